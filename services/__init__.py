@@ -1,0 +1,1 @@
+"""The prediction-serving mesh: frontend, selection service, model containers."""

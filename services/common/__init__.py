@@ -1,0 +1,1 @@
+"""Pieces shared by every service: errors, config, servers, tensors, telemetry."""

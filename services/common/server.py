@@ -1,0 +1,103 @@
+"""The one way to build a grpc.aio server: health, reflection, message limits, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+logger = logging.getLogger(__name__)
+
+READY_PREFIX = "CLIPPER_READY"
+
+
+@dataclass
+class Server:
+    """A started server with its health servicer and the port it bound."""
+
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    port: int
+    service_names: tuple[str, ...]
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *self.service_names):
+            await self.health.set(name, status)
+
+    async def stop(self, grace_s: float | None) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
+
+
+async def start_server(
+    add_servicers: Iterable[tuple[Callable[[grpc.aio.Server], None], str]],
+    host: str,
+    port: int,
+    max_message_bytes: int = 4 * 1024 * 1024,
+    max_concurrent_rpcs: int | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> Server:
+    """Start a server on `host:port` (0 picks a free port).
+
+    `add_servicers` holds `(add_to_server, full service name)` pairs. Health reports
+    NOT_SERVING until the caller says `set_serving(True)`.
+    """
+    server = grpc.aio.server(
+        interceptors=list(interceptors),
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
+    )
+    names: list[str] = []
+    for add, name in add_servicers:
+        add(server)
+        names.append(name)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME),
+        server,
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"could not bind {host}:{port}")
+    await server.start()
+    result = Server(server, health_servicer, bound, tuple(names))
+    await result.set_serving(False)
+    return result
+
+
+def announce_ready(service: str, port: int) -> None:
+    """Print the line launchers wait for, then log the bound port."""
+    print(f"{READY_PREFIX} service={service} port={port}", flush=True)
+    logger.info("%s listening on port %d", service, port)
+
+
+async def wait_for_signal() -> None:
+    """Return on the first SIGTERM or SIGINT; a second one exits at once."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            raise SystemExit(1)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    await stop.wait()

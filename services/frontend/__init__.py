@@ -1,0 +1,1 @@
+"""Frontend: the public entry (queries, feedback, management, container registry)."""

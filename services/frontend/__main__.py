@@ -1,0 +1,64 @@
+"""`python -m services.frontend --port 1337 --selection HOST:PORT`."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+
+from services.common.kv_store import FileStore
+from services.common.server import announce_ready, start_server, wait_for_signal
+from services.common.telemetry import setup_logging
+from services.frontend.config import Config, config_from_args
+from services.frontend.management_servicer import ManagementServicer, RegistryServicer
+from services.frontend.query_path import QueryPath
+from services.frontend.recent import RecentPredictions
+from services.frontend.registry import Registry
+from services.frontend.replica_table import ReplicaTable
+from services.frontend.selection_client import SelectionClient
+from services.frontend.servicer import FrontendServicer
+from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
+
+GRACE_S = 5.0
+
+
+async def main(cfg: Config) -> None:
+    store = FileStore(cfg.state_path)
+    registry = Registry(store, cfg.replica_ttl_s)
+    await registry.load()
+    replicas = ReplicaTable(registry, cfg.container_token)
+    selection = SelectionClient(cfg.selection)
+    query_path = QueryPath(registry, replicas, selection, RecentPredictions())
+    server = await start_server(
+        [
+            (functools.partial(pb_grpc.add_FrontendServicer_to_server,
+                               FrontendServicer(query_path)), "clipper.v1.Frontend"),
+            (functools.partial(pb_grpc.add_ManagementServicer_to_server,
+                               ManagementServicer(registry, replicas, cfg.management_token)),
+             "clipper.v1.Management"),
+            (functools.partial(pb_grpc.add_RegistryServicer_to_server,
+                               RegistryServicer(registry, replicas, cfg.container_token,
+                                                cfg.heartbeat_ms)),
+             "clipper.v1.Registry"),
+        ],
+        cfg.host,
+        cfg.port,
+        max_message_bytes=cfg.max_message_bytes,
+        max_concurrent_rpcs=cfg.max_concurrent_rpcs,
+    )
+    await replicas.start()
+    await selection.start()
+    await server.set_serving(True)
+    announce_ready("frontend", server.port)
+    try:
+        await wait_for_signal()
+    finally:
+        await server.stop(GRACE_S)
+        await selection.aclose()
+        await replicas.aclose()
+        await store.aclose()
+
+
+if __name__ == "__main__":
+    config = config_from_args()
+    setup_logging("frontend", config.log_level)
+    asyncio.run(main(config))

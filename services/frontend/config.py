@@ -1,0 +1,74 @@
+"""Settings of the frontend (flags, with CLIPPER_FRONTEND_* env defaults; tokens are shared)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+from services.common.config import env_default, require
+
+SERVICE = "frontend"
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str
+    port: int
+    state_path: str
+    selection: str
+    management_token: str
+    container_token: str
+    heartbeat_ms: int
+    replica_ttl_s: float
+    max_message_bytes: int
+    max_concurrent_rpcs: int
+    log_level: str
+
+
+def config_from_args(argv: list[str] | None = None) -> Config:
+    def env(name: str, default: str) -> str:
+        return env_default(SERVICE, name, default, str)
+
+    p = argparse.ArgumentParser(prog="python -m services.frontend")
+    p.add_argument("--host", default=env("host", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=env_default(SERVICE, "port", 1337, int))
+    p.add_argument(
+        "--state-path", default=env("state_path", ".run/frontend-state.json"),
+        help="embedded state file (applications, models, versions, replicas)",
+    )
+    p.add_argument("--selection", default=env("selection", "127.0.0.1:1338"),
+                   help="selection service address")
+    p.add_argument("--heartbeat-ms", type=int,
+                   default=env_default(SERVICE, "heartbeat_ms", 1000, int))
+    p.add_argument("--replica-ttl-s", type=float,
+                   default=env_default(SERVICE, "replica_ttl_s", 3.0, float),
+                   help="drop a replica after this long without a heartbeat")
+    p.add_argument("--max-message-bytes", type=int,
+                   default=env_default(SERVICE, "max_message_bytes", 4 * 1024 * 1024, int))
+    p.add_argument("--max-concurrent-rpcs", type=int,
+                   default=env_default(SERVICE, "max_concurrent_rpcs", 10_000, int))
+    p.add_argument("--log-level", default=env("log_level", "INFO"))
+    args = p.parse_args(argv)
+    management_token = os.environ.get("CLIPPER_MANAGEMENT_TOKEN", "")
+    container_token = os.environ.get("CLIPPER_CONTAINER_TOKEN", "")
+    require(bool(management_token), "CLIPPER_MANAGEMENT_TOKEN must be set")
+    require(bool(container_token), "CLIPPER_CONTAINER_TOKEN must be set")
+    require(args.heartbeat_ms > 0, f"--heartbeat-ms={args.heartbeat_ms}: must be > 0")
+    require(args.replica_ttl_s * 1000 > args.heartbeat_ms,
+            f"--replica-ttl-s={args.replica_ttl_s}: must exceed one heartbeat")
+    require(args.max_message_bytes >= 1024,
+            f"--max-message-bytes={args.max_message_bytes}: must be >= 1024")
+    return Config(
+        host=args.host,
+        port=args.port,
+        state_path=args.state_path,
+        selection=args.selection,
+        management_token=management_token,
+        container_token=container_token,
+        heartbeat_ms=args.heartbeat_ms,
+        replica_ttl_s=args.replica_ttl_s,
+        max_message_bytes=args.max_message_bytes,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
+        log_level=args.log_level,
+    )

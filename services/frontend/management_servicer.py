@@ -1,0 +1,201 @@
+"""Management (applications, links, versions; management token) and the container Registry."""
+
+from __future__ import annotations
+
+import grpc
+
+from services.common import tensors
+from services.common.auth import check_token
+from services.common.errors import InvalidInput, handle_errors
+from services.common.tensors import spec_from_proto, spec_to_proto
+from services.frontend.registry import Application, ModelRecord, Registry, ReplicaRecord
+from services.frontend.replica_table import ReplicaTable
+from services.generated.clipper.v1 import clipper_pb2 as pb
+from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
+from services.selection.policies import POLICIES
+
+MAX_SLO_MS = 60_000
+
+
+class ManagementServicer(pb_grpc.ManagementServicer):
+    def __init__(self, registry: Registry, replicas: ReplicaTable, token: str) -> None:
+        self.registry = registry
+        self.replicas = replicas
+        self.token = token
+
+    def _auth(self, context: grpc.aio.ServicerContext) -> None:
+        check_token(context, self.token, "management")
+
+    @handle_errors
+    async def CreateApplication(
+        self, request: pb.ApplicationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Application:
+        self._auth(context)
+        app = await self.registry.create_app(application_from_proto(request.application))
+        return application_to_proto(app)
+
+    @handle_errors
+    async def UpdateApplication(
+        self, request: pb.ApplicationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Application:
+        self._auth(context)
+        app = await self.registry.update_app(application_from_proto(request.application))
+        return application_to_proto(app)
+
+    @handle_errors
+    async def DeleteApplication(
+        self, request: pb.ApplicationName, context: grpc.aio.ServicerContext
+    ) -> pb.Empty:
+        self._auth(context)
+        await self.registry.delete_app(request.name)
+        return pb.Empty()
+
+    @handle_errors
+    async def GetApplication(
+        self, request: pb.ApplicationName, context: grpc.aio.ServicerContext
+    ) -> pb.Application:
+        self._auth(context)
+        return application_to_proto(self.registry.get_app(request.name))
+
+    @handle_errors
+    async def ListApplications(
+        self, request: pb.ListApplicationsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListApplicationsResponse:
+        self._auth(context)
+        apps = sorted(self.registry.apps.values(), key=lambda a: a.name)
+        return pb.ListApplicationsResponse(applications=[application_to_proto(a) for a in apps])
+
+    @handle_errors
+    async def LinkModel(
+        self, request: pb.LinkRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Application:
+        self._auth(context)
+        app = await self.registry.link(request.application, request.model)
+        return application_to_proto(app)
+
+    @handle_errors
+    async def UnlinkModel(
+        self, request: pb.LinkRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Application:
+        self._auth(context)
+        app = await self.registry.unlink(request.application, request.model)
+        return application_to_proto(app)
+
+    @handle_errors
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        self._auth(context)
+        models = sorted(self.registry.models.values(), key=lambda m: m.name)
+        return pb.ListModelsResponse(models=[model_to_proto(m) for m in models])
+
+    @handle_errors
+    async def SetModelVersion(
+        self, request: pb.SetModelVersionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Model:
+        self._auth(context)
+        return model_to_proto(await self.registry.set_version(request.model, request.version))
+
+    @handle_errors
+    async def ListReplicas(
+        self, request: pb.ListReplicasRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListReplicasResponse:
+        self._auth(context)
+        out = []
+        for rid, r in sorted(self.registry.replicas.items()):
+            if request.model and r.model != request.model:
+                continue
+            client = self.replicas.clients.get(rid)
+            out.append(pb.Replica(
+                replica_id=rid, model=r.model, version=r.version, address=r.address,
+                connected=bool(client and client.connected),
+                outstanding=client.outstanding if client else 0,
+            ))
+        return pb.ListReplicasResponse(replicas=out)
+
+
+class RegistryServicer(pb_grpc.RegistryServicer):
+    """Containers announce themselves here (container token) on a heartbeat."""
+
+    def __init__(self, registry: Registry, replicas: ReplicaTable, token: str,
+                 heartbeat_ms: int) -> None:
+        self.registry = registry
+        self.replicas = replicas
+        self.token = token
+        self.heartbeat_ms = heartbeat_ms
+
+    @handle_errors
+    async def Announce(
+        self, request: pb.AnnounceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AnnounceResponse:
+        check_token(context, self.token, "container")
+        for field, value in (("model", request.model), ("version", request.version),
+                             ("address", request.address), ("replica_id", request.replica_id)):
+            if not value:
+                raise InvalidInput(f"announce needs a {field}")
+        spec = spec_from_proto(request.input_spec) if request.input_spec.dtype else None
+        record = ReplicaRecord(request.replica_id, request.model, request.version, request.address)
+        is_new = request.replica_id not in self.registry.replicas
+        await self.registry.announce(record, spec)
+        if is_new:
+            await self.replicas.sync()
+        return pb.AnnounceResponse(heartbeat_ms=self.heartbeat_ms)
+
+    @handle_errors
+    async def Deregister(
+        self, request: pb.DeregisterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Empty:
+        check_token(context, self.token, "container")
+        if await self.registry.deregister(request.replica_id):
+            await self.replicas.sync()
+        return pb.Empty()
+
+
+# ---------------------------------------------------------------- conversions
+
+
+def application_from_proto(msg: pb.Application) -> Application:
+    if not msg.name:
+        raise InvalidInput("application name is empty")
+    if not msg.input_spec.dtype:
+        raise InvalidInput("application needs an input_spec (dtype and shape)")
+    if not 0 < msg.slo_ms <= MAX_SLO_MS:
+        raise InvalidInput(f"slo_ms must be in 1..{MAX_SLO_MS}, got {msg.slo_ms}")
+    policy = msg.policy or "static"
+    if policy not in POLICIES:
+        raise InvalidInput(f"unknown policy {policy!r}; expected one of {', '.join(POLICIES)}")
+    default = None
+    if msg.HasField("default_output"):
+        tensors.decode(msg.default_output)
+        default = msg.default_output.SerializeToString()
+    return Application(
+        name=msg.name,
+        input_spec=spec_from_proto(msg.input_spec),
+        slo_ms=msg.slo_ms,
+        policy=policy,
+        policy_params=dict(msg.policy_params),
+        linked_models=tuple(dict.fromkeys(msg.linked_models)),
+        default_output=default,
+    )
+
+
+def application_to_proto(app: Application) -> pb.Application:
+    msg = pb.Application(
+        name=app.name,
+        input_spec=spec_to_proto(app.input_spec),
+        slo_ms=app.slo_ms,
+        policy=app.policy,
+        policy_params=app.policy_params,
+        linked_models=app.linked_models,
+    )
+    if app.default_output is not None:
+        msg.default_output.ParseFromString(app.default_output)
+    return msg
+
+
+def model_to_proto(model: ModelRecord) -> pb.Model:
+    versions = [
+        pb.ModelVersion(version=v, input_spec=pb.TensorSpec(**spec) if spec else None)
+        for v, spec in sorted(model.versions.items())
+    ]
+    return pb.Model(name=model.name, active_version=model.active_version, versions=versions)

@@ -1,0 +1,194 @@
+"""The query path: validate, select, fan out to replicas, wait until the deadline, combine.
+
+The deadline is the application's SLO, or the client's gRPC deadline (less a
+small margin to send the answer) when that is tighter. The answer goes out as
+soon as every selected model has answered; at the deadline, whatever arrived
+is combined; with nothing usable, the application's default output goes back,
+flagged, or the query fails with the most telling error.
+
+Inputs are validated by decoding them (zero-copy) and then forwarded to the
+containers as the original message, so the hot path never re-encodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass, field
+
+from services.common import tensors
+from services.common.errors import (
+    ClipperError,
+    DeadlineExpired,
+    InvalidInput,
+    NotFound,
+    Unavailable,
+)
+from services.frontend.combine import Answer, weighted_vote
+from services.frontend.recent import RecentPredictions
+from services.frontend.registry import Application, Registry
+from services.frontend.replica_table import ReplicaTable
+from services.frontend.selection_client import SelectionClient
+from services.generated.clipper.v1 import clipper_pb2 as pb
+
+logger = logging.getLogger(__name__)
+
+# Time kept back from a client's own deadline to encode and send the answer.
+CLIENT_MARGIN_S = 0.002
+
+
+@dataclass
+class Prediction:
+    query_id: str
+    output: pb.Tensor
+    default_used: bool = False
+    default_reason: str = ""
+    models: list[str] = field(default_factory=list)
+    missing_models: list[str] = field(default_factory=list)
+    confidence: float = 0.0
+
+
+@dataclass
+class _FanOut:
+    answers: list[Answer]
+    missing: list[str]
+    errors: list[ClipperError]
+    timed_out: bool
+
+
+class QueryPath:
+    def __init__(
+        self,
+        registry: Registry,
+        replicas: ReplicaTable,
+        selection: SelectionClient,
+        recent: RecentPredictions,
+    ) -> None:
+        self.registry = registry
+        self.replicas = replicas
+        self.selection = selection
+        self.recent = recent
+
+    def deadline(self, app: Application, client_remaining_s: float | None) -> float:
+        now = asyncio.get_running_loop().time()
+        deadline = now + app.slo_ms / 1000.0
+        if client_remaining_s is not None:
+            deadline = min(deadline, now + client_remaining_s - CLIENT_MARGIN_S)
+        return deadline
+
+    def validate(self, app: Application, value: pb.Tensor) -> None:
+        if not value.dtype and not value.shape:
+            raise InvalidInput(f"missing input: expected a tensor {app.input_spec.describe()}")
+        app.input_spec.check(tensors.decode(value))
+
+    async def predict(
+        self,
+        app_name: str,
+        value: pb.Tensor,
+        context_key: str = "",
+        query_id: str = "",
+        client_remaining_s: float | None = None,
+    ) -> Prediction:
+        app = self.registry.get_app(app_name)
+        self.validate(app, value)
+        deadline = self.deadline(app, client_remaining_s)
+        query_id = query_id or uuid.uuid4().hex
+        decision = await self.selection.select(app, context_key, deadline)
+        fan = await self._fan_out(decision, value, deadline)
+        if fan.answers:
+            combined = weighted_vote(fan.answers)
+            self.recent.put(query_id, app.name, context_key,
+                            {a.model: a.output for a in fan.answers})
+            return Prediction(
+                query_id=query_id,
+                output=combined.output,
+                models=[a.served_by for a in fan.answers],
+                missing_models=fan.missing,
+                confidence=combined.confidence,
+            )
+        return self._fallback(app, query_id, fan)
+
+    async def feedback(
+        self,
+        app_name: str,
+        context_key: str,
+        query_id: str,
+        value: pb.Tensor | None,
+        label: pb.Tensor,
+        client_remaining_s: float | None = None,
+    ) -> list[str]:
+        """Score each model's answer against `label` and update the policy state."""
+        app = self.registry.get_app(app_name)
+        tensors.decode(label)
+        if query_id:
+            recent = self.recent.get(query_id)
+            if recent is None or recent.application != app_name:
+                raise NotFound(f"no recent prediction {query_id!r} for application {app_name!r}")
+            outputs = recent.outputs
+        elif value is not None:
+            self.validate(app, value)
+            deadline = self.deadline(app, client_remaining_s)
+            candidates = [(m, 1.0) for m in app.linked_models]
+            fan = await self._fan_out(candidates, value, deadline)
+            if not fan.answers:
+                raise Unavailable(f"no model of {app_name!r} answered to score the feedback")
+            outputs = {a.model: a.output for a in fan.answers}
+        else:
+            raise InvalidInput("feedback needs a query_id or an input")
+        await self.selection.observe(app, context_key, label, outputs)
+        return sorted(outputs)
+
+    async def _fan_out(
+        self, decision: list[tuple[str, float]], value: pb.Tensor, deadline: float
+    ) -> _FanOut:
+        weights = dict(decision)
+        tasks = {
+            asyncio.create_task(self.replicas.query(model, value, deadline, {})): model
+            for model, _ in decision
+        }
+        timeout = max(deadline - asyncio.get_running_loop().time(), 0.0)
+        try:
+            done, pending = await asyncio.wait(tasks, timeout=timeout)
+        finally:
+            for task in tasks:
+                task.cancel()  # no-op for finished ones; stops stragglers and our own cancel
+        answers: list[Answer] = []
+        errors: list[ClipperError] = []
+        missing = [tasks[t] for t in pending]
+        for task in tasks:  # policy order, so ties break the policy's way
+            if task not in done:
+                continue
+            model = tasks[task]
+            exc = task.exception()
+            if exc is None:
+                served_by, output = task.result()
+                answers.append(Answer(model, served_by, output, weights[model]))
+            else:
+                missing.append(model)
+                errors.append(exc if isinstance(exc, ClipperError) else ClipperError(repr(exc)))
+                if not isinstance(exc, ClipperError):
+                    logger.error("query to %s failed", model, exc_info=exc)
+        return _FanOut(answers, missing, errors, timed_out=bool(pending))
+
+    def _fallback(self, app: Application, query_id: str, fan: _FanOut) -> Prediction:
+        if fan.timed_out:
+            reason = f"no model answered within the deadline ({app.slo_ms} ms SLO)"
+            error: ClipperError = DeadlineExpired(f"application {app.name!r}: {reason}")
+        elif fan.errors:
+            error = fan.errors[0]
+            reason = error.message
+        else:
+            error = Unavailable(f"application {app.name!r}: no model selected")
+            reason = error.message
+        if app.default_output is None:
+            raise error
+        output = pb.Tensor()
+        output.ParseFromString(app.default_output)
+        return Prediction(
+            query_id=query_id,
+            output=output,
+            default_used=True,
+            default_reason=reason,
+            missing_models=fan.missing,
+        )

@@ -1,0 +1,91 @@
+"""The frontend's connections to live replicas, kept in step with the registry.
+
+`sync` opens a ReplicaClient for each new replica and closes those that left.
+`query` sends to the connected replica of a model's active version with the
+fewest outstanding queries, and retries another replica if the first one's
+stream breaks before it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from services.common.errors import Unavailable
+from services.frontend.registry import Registry
+from services.frontend.replica_client import ReplicaClient
+from services.generated.clipper.v1 import clipper_pb2 as pb
+
+logger = logging.getLogger(__name__)
+
+
+class ReplicaTable:
+    def __init__(self, registry: Registry, token: str, sync_interval_s: float = 0.25) -> None:
+        self.registry = registry
+        self.token = token
+        self.sync_interval_s = sync_interval_s
+        self.clients: dict[str, ReplicaClient] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.sync()
+        self._task = asyncio.create_task(self._run(), name="replica-table")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for client in self.clients.values():
+            await client.aclose()
+        self.clients.clear()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.sync_interval_s)
+            try:
+                await self.registry.expire_replicas()
+                await self.sync()
+            except Exception:
+                logger.exception("replica table sync failed")
+
+    async def sync(self) -> None:
+        """Open clients for new replicas (or moved ones) and close those that left."""
+        wanted = self.registry.replicas
+        for rid in [rid for rid, c in self.clients.items() if wanted.get(rid) != c.record]:
+            await self.clients.pop(rid).aclose()
+        for rid, record in wanted.items():
+            if rid not in self.clients:
+                client = ReplicaClient(record, self.token)
+                await client.start()
+                self.clients[rid] = client
+
+    def candidates(self, model: str) -> list[ReplicaClient]:
+        """Connected replicas of the model's active version, fewest outstanding first."""
+        live = [
+            self.clients[r.replica_id]
+            for r in self.registry.active_replicas(model)
+            if r.replica_id in self.clients and self.clients[r.replica_id].connected
+        ]
+        return sorted(live, key=lambda c: c.outstanding)
+
+    async def query(
+        self, model: str, value: pb.Tensor, deadline: float, trace: dict[str, str]
+    ) -> tuple[str, pb.Tensor]:
+        """Answer from one replica of `model`; returns ("name:version", output)."""
+        tried: set[str] = set()
+        while True:
+            replicas = [c for c in self.candidates(model) if c.record.replica_id not in tried]
+            if not replicas:
+                raise Unavailable(f"no live replica of model {model!r}")
+            client = replicas[0]
+            tried.add(client.record.replica_id)
+            try:
+                output = await client.query(value, deadline, trace)
+            except Unavailable:
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise
+                continue  # its stream broke: try another replica while time remains
+            return f"{model}:{client.record.version}", output

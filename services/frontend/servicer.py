@@ -1,0 +1,134 @@
+"""The frontend's public query API: Predict, PredictStream, Feedback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from services.common.errors import (
+    ClipperError,
+    code_value,
+    handle_errors,
+    handle_stream_errors,
+)
+from services.frontend.query_path import Prediction, QueryPath
+from services.generated.clipper.v1 import clipper_pb2 as pb
+from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
+
+logger = logging.getLogger(__name__)
+
+# Most queries one PredictStream may have in flight before it stops reading.
+STREAM_WINDOW = 256
+
+
+class FrontendServicer(pb_grpc.FrontendServicer):
+    def __init__(self, query_path: QueryPath) -> None:
+        self.query_path = query_path
+
+    @handle_errors
+    async def Predict(
+        self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PredictResponse:
+        prediction = await self.query_path.predict(
+            request.application,
+            request.input,
+            request.context_key,
+            request.query_id,
+            context.time_remaining(),
+        )
+        return _to_proto(prediction)
+
+    @handle_stream_errors
+    async def PredictStream(
+        self,
+        request_iterator: AsyncIterator[pb.PredictRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.PredictStreamResponse]:
+        """Queries run concurrently; each answer (or error) goes out when ready, with its index."""
+        out: asyncio.Queue[pb.PredictStreamResponse | None] = asyncio.Queue()
+        window = asyncio.Semaphore(STREAM_WINDOW)
+        reader = asyncio.create_task(self._read_stream(request_iterator, context, out, window))
+        try:
+            while (response := await out.get()) is not None:
+                yield response
+            await reader
+        finally:
+            reader.cancel()
+
+    async def _read_stream(
+        self,
+        request_iterator: AsyncIterator[pb.PredictRequest],
+        context: grpc.aio.ServicerContext,
+        out: asyncio.Queue[pb.PredictStreamResponse | None],
+        window: asyncio.Semaphore,
+    ) -> None:
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            index = 0
+            async for request in request_iterator:
+                await window.acquire()
+                task = asyncio.create_task(self._answer(index, request, context, out))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                task.add_done_callback(lambda _: window.release())
+                index += 1
+            if tasks:
+                await asyncio.wait(tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            out.put_nowait(None)
+
+    async def _answer(
+        self,
+        index: int,
+        request: pb.PredictRequest,
+        context: grpc.aio.ServicerContext,
+        out: asyncio.Queue[pb.PredictStreamResponse | None],
+    ) -> None:
+        try:
+            prediction = await self.query_path.predict(
+                request.application,
+                request.input,
+                request.context_key,
+                request.query_id,
+                context.time_remaining(),
+            )
+        except ClipperError as exc:
+            error = pb.Error(code=code_value(exc.code), message=exc.message)
+            out.put_nowait(pb.PredictStreamResponse(index=index, error=error))
+        except Exception:
+            logger.exception("stream query failed")
+            error = pb.Error(code=code_value(grpc.StatusCode.INTERNAL), message="internal error")
+            out.put_nowait(pb.PredictStreamResponse(index=index, error=error))
+        else:
+            out.put_nowait(pb.PredictStreamResponse(index=index, response=_to_proto(prediction)))
+
+    @handle_errors
+    async def Feedback(
+        self, request: pb.FeedbackRequest, context: grpc.aio.ServicerContext
+    ) -> pb.FeedbackResponse:
+        models = await self.query_path.feedback(
+            request.application,
+            request.context_key,
+            request.query_id,
+            request.input if request.HasField("input") else None,
+            request.label,
+            context.time_remaining(),
+        )
+        return pb.FeedbackResponse(models=models)
+
+
+def _to_proto(p: Prediction) -> pb.PredictResponse:
+    return pb.PredictResponse(
+        query_id=p.query_id,
+        output=p.output,
+        default_used=p.default_used,
+        default_reason=p.default_reason,
+        models=p.models,
+        missing_models=p.missing_models,
+        confidence=p.confidence,
+    )

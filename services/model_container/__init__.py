@@ -1,0 +1,1 @@
+"""Model container: the SDK users wrap a model with, and the runtime that serves it."""

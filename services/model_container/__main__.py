@@ -1,0 +1,60 @@
+"""`python -m services.model_container --model pkg.mod:attr --name NAME --frontend HOST:PORT`."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import uuid
+
+from services.common.server import announce_ready, start_server, wait_for_signal
+from services.common.telemetry import setup_logging
+from services.common.tensors import spec_to_proto
+from services.generated.clipper.v1 import clipper_pb2 as pb
+from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
+from services.model_container.announcer import Announcer
+from services.model_container.batcher import Batcher
+from services.model_container.config import Config, config_from_args
+from services.model_container.sdk import load_model
+from services.model_container.servicer import ContainerServicer
+
+logger = logging.getLogger(__name__)
+GRACE_S = 5.0
+
+
+async def main(cfg: Config) -> None:
+    model = load_model(cfg.model_ref)
+    batcher = Batcher(model, cfg.max_batch_size, cfg.max_queue)
+    await batcher.start()
+    servicer = ContainerServicer(batcher, cfg.token, cfg.input_spec)
+    server = await start_server(
+        [(functools.partial(pb_grpc.add_ModelContainerServicer_to_server, servicer),
+          "clipper.v1.ModelContainer")],
+        cfg.host,
+        cfg.port,
+    )
+    announce = pb.AnnounceRequest(
+        model=cfg.name,
+        version=cfg.version,
+        address=f"{cfg.advertise_host}:{server.port}",
+        replica_id=uuid.uuid4().hex,
+    )
+    if cfg.input_spec is not None:
+        announce.input_spec.CopyFrom(spec_to_proto(cfg.input_spec))
+    announcer = Announcer(list(cfg.frontends), announce, cfg.token, cfg.heartbeat_s)
+    await server.set_serving(True)
+    await announcer.start()
+    announce_ready("model_container", server.port)
+    logger.info("serving model %s version %s", cfg.name, cfg.version)
+    try:
+        await wait_for_signal()
+    finally:
+        await announcer.aclose()
+        await server.stop(GRACE_S)
+        await batcher.aclose()
+
+
+if __name__ == "__main__":
+    config = config_from_args()
+    setup_logging(f"container[{config.name}:{config.version}]", config.log_level)
+    asyncio.run(main(config))

@@ -1,0 +1,77 @@
+"""Announces this replica to the frontends and keeps announcing on a heartbeat."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from services.common.auth import bearer
+from services.generated.clipper.v1 import clipper_pb2 as pb
+from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
+
+logger = logging.getLogger(__name__)
+
+
+class Announcer:
+    """Heartbeats `Registry.Announce` to every frontend; deregisters on close."""
+
+    def __init__(
+        self,
+        frontends: list[str],
+        announce: pb.AnnounceRequest,
+        token: str,
+        interval_s: float,
+    ) -> None:
+        self.frontends = frontends
+        self.announce = announce
+        self.token = token
+        self.interval_s = interval_s
+        self.registered = asyncio.Event()
+        self._channels: list[grpc.aio.Channel] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._channels = [grpc.aio.insecure_channel(addr) for addr in self.frontends]
+        self._task = asyncio.create_task(self._run(), name="announcer")
+
+    async def _run(self) -> None:
+        stubs = [pb_grpc.RegistryStub(ch) for ch in self._channels]
+        while True:
+            pairs = zip(stubs, self.frontends, strict=True)
+            results = await asyncio.gather(*(self._announce_once(s, a) for s, a in pairs))
+            if any(results):
+                self.registered.set()
+            await asyncio.sleep(self.interval_s)
+
+    async def _announce_once(self, stub: pb_grpc.RegistryStub, address: str) -> bool:
+        try:
+            await stub.Announce(
+                self.announce, metadata=bearer(self.token), timeout=max(self.interval_s, 1.0)
+            )
+            return True
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                logger.error("frontend %s refused this container: %s", address, exc.details())
+            else:
+                logger.warning("announce to %s failed: %s", address, exc.code().name)
+            return False
+
+    async def aclose(self) -> None:
+        """Stop heartbeating and tell every frontend this replica is gone."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        request = pb.DeregisterRequest(replica_id=self.announce.replica_id)
+        for channel in self._channels:
+            try:
+                await pb_grpc.RegistryStub(channel).Deregister(
+                    request, metadata=bearer(self.token), timeout=1.0
+                )
+            except grpc.aio.AioRpcError as exc:
+                logger.warning("deregister failed: %s", exc.code().name)
+            await channel.close()

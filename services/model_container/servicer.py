@@ -1,0 +1,105 @@
+"""The container's gRPC edge: one multiplexed query stream per frontend."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+
+from services.common import tensors
+from services.common.auth import check_token
+from services.common.errors import ClipperError, code_value, handle_stream_errors
+from services.common.tensors import TensorSpec
+from services.generated.clipper.v1 import clipper_pb2 as pb
+from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
+from services.model_container.batcher import Batcher
+
+logger = logging.getLogger(__name__)
+
+
+class ContainerServicer(pb_grpc.ModelContainerServicer):
+    """Decodes queries, hands them to the batcher and streams replies as they finish."""
+
+    def __init__(self, batcher: Batcher, token: str, input_spec: TensorSpec | None) -> None:
+        self.batcher = batcher
+        self.token = token
+        self.input_spec = input_spec
+
+    @handle_stream_errors
+    async def Predict(
+        self,
+        request_iterator: AsyncIterator[pb.ContainerQuery],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ContainerReply]:
+        check_token(context, self.token, "container")
+        replies: asyncio.Queue[pb.ContainerReply | None] = asyncio.Queue()
+        reader = asyncio.create_task(self._read(request_iterator, replies))
+        try:
+            while (reply := await replies.get()) is not None:
+                yield reply
+            await reader  # finished: surfaces its errors, if any
+        finally:
+            reader.cancel()
+
+    async def _read(
+        self,
+        request_iterator: AsyncIterator[pb.ContainerQuery],
+        replies: asyncio.Queue[pb.ContainerReply | None],
+    ) -> None:
+        """Read queries until the stream ends, then wait for their answers and close."""
+        loop = asyncio.get_running_loop()
+        in_flight: set[asyncio.Future[object]] = set()
+        try:
+            async for query in request_iterator:
+                try:
+                    value = tensors.decode(query.input)
+                    if self.input_spec is not None:
+                        self.input_spec.check(value)
+                    deadline = loop.time() + query.budget_us / 1e6
+                    future = self.batcher.submit(value, deadline)
+                except ClipperError as exc:
+                    replies.put_nowait(_error_reply(query.id, exc))
+                    continue
+                in_flight.add(future)
+                future.add_done_callback(_reply_when_done(query.id, replies, in_flight))
+            if in_flight:
+                await asyncio.wait(in_flight)
+        finally:
+            for future in in_flight:
+                future.cancel()
+            replies.put_nowait(None)
+
+
+def _reply_when_done(
+    query_id: int,
+    replies: asyncio.Queue[pb.ContainerReply | None],
+    in_flight: set[asyncio.Future[object]],
+) -> Callable[[asyncio.Future[object]], None]:
+    def done(future: asyncio.Future[object]) -> None:
+        in_flight.discard(future)
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if isinstance(exc, ClipperError):
+            replies.put_nowait(_error_reply(query_id, exc))
+        elif exc is not None:
+            replies.put_nowait(_error_reply(query_id, ClipperError("internal error")))
+        else:
+            try:
+                output = tensors.encode(future.result())
+            except Exception as err:
+                replies.put_nowait(
+                    _error_reply(query_id, ClipperError(f"cannot encode model output: {err}"))
+                )
+            else:
+                replies.put_nowait(pb.ContainerReply(id=query_id, output=output))
+
+    return done
+
+
+def _error_reply(query_id: int, exc: ClipperError) -> pb.ContainerReply:
+    return pb.ContainerReply(
+        id=query_id, error=pb.Error(code=code_value(exc.code), message=exc.message)
+    )

@@ -1,0 +1,1 @@
+"""Selection service: decides which models answer a query and learns from feedback."""

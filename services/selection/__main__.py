@@ -1,0 +1,40 @@
+"""`python -m services.selection --port 1338 --state-path FILE`."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+
+from services.common.kv_store import FileStore
+from services.common.server import announce_ready, start_server, wait_for_signal
+from services.common.telemetry import setup_logging
+from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
+from services.selection.config import Config, config_from_args
+from services.selection.decider import Decider
+from services.selection.servicer import SelectionServicer
+
+GRACE_S = 5.0
+
+
+async def main(cfg: Config) -> None:
+    store = FileStore(cfg.state_path)
+    servicer = SelectionServicer(Decider(store))
+    server = await start_server(
+        [(functools.partial(pb_grpc.add_SelectionServicer_to_server, servicer),
+          "clipper.v1.Selection")],
+        cfg.host,
+        cfg.port,
+    )
+    await server.set_serving(True)
+    announce_ready("selection", server.port)
+    try:
+        await wait_for_signal()
+    finally:
+        await server.stop(GRACE_S)
+        await store.aclose()
+
+
+if __name__ == "__main__":
+    config = config_from_args()
+    setup_logging("selection", config.log_level)
+    asyncio.run(main(config))

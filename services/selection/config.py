@@ -1,0 +1,32 @@
+"""Settings of the selection service (flags, with CLIPPER_SELECTION_* env defaults)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from services.common.config import env_default
+
+SERVICE = "selection"
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str
+    port: int
+    state_path: str
+    log_level: str
+
+
+def config_from_args(argv: list[str] | None = None) -> Config:
+    p = argparse.ArgumentParser(prog="python -m services.selection")
+    p.add_argument("--host", default=env_default(SERVICE, "host", "127.0.0.1", str))
+    p.add_argument("--port", type=int, default=env_default(SERVICE, "port", 1338, int))
+    p.add_argument(
+        "--state-path",
+        default=env_default(SERVICE, "state_path", ".run/selection-state.json", str),
+        help="embedded state file (policy state per application and context)",
+    )
+    p.add_argument("--log-level", default=env_default(SERVICE, "log_level", "INFO", str))
+    args = p.parse_args(argv)
+    return Config(args.host, args.port, args.state_path, args.log_level)

@@ -1,0 +1,25 @@
+"""One fixed model: `policy_params["model"]`, else the first linked model."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from services.common.errors import InvalidInput
+from services.selection.policies.base import Observation, SelectContext, State, record_outcome
+
+
+class StaticModel:
+    name: ClassVar[str] = "static"
+
+    def select(self, ctx: SelectContext, state: State) -> list[tuple[str, float]]:
+        model = ctx.params.get("model") or (ctx.candidates[0] if ctx.candidates else "")
+        if not model:
+            raise InvalidInput(f"application {ctx.application!r} has no linked model")
+        if model not in ctx.candidates:
+            raise InvalidInput(
+                f"static policy model {model!r} is not linked to {ctx.application!r}"
+            )
+        return [(model, 1.0)]
+
+    def observe(self, ctx: SelectContext, state: State, obs: Observation) -> State:
+        return record_outcome(state, obs)

@@ -1,0 +1,70 @@
+"""The selection service's gRPC edge: one multiplexed Decide stream per frontend."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from services.common import tensors
+from services.common.errors import ClipperError, InvalidInput, code_value, handle_stream_errors
+from services.generated.clipper.v1 import clipper_pb2 as pb
+from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
+from services.selection.decider import Decider
+from services.selection.policies import Observation, SelectContext
+
+logger = logging.getLogger(__name__)
+
+
+class SelectionServicer(pb_grpc.SelectionServicer):
+    def __init__(self, decider: Decider) -> None:
+        self.decider = decider
+
+    @handle_stream_errors
+    async def Decide(
+        self,
+        request_iterator: AsyncIterator[pb.SelectionRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.SelectionReply]:
+        async for request in request_iterator:
+            yield await self._handle(request)
+
+    async def _handle(self, request: pb.SelectionRequest) -> pb.SelectionReply:
+        try:
+            body = request.WhichOneof("body")
+            if body == "select":
+                q = request.select
+                ctx = SelectContext(
+                    q.application, q.context_key, tuple(q.candidates), dict(q.policy_params)
+                )
+                chosen = await self.decider.select(q.policy, ctx)
+                decision = pb.Decision(
+                    models=[pb.WeightedModel(model=m, weight=w) for m, w in chosen]
+                )
+                return pb.SelectionReply(id=request.id, decision=decision)
+            if body == "observe":
+                o = request.observe
+                ctx = SelectContext(
+                    o.application, o.context_key, tuple(o.candidates), dict(o.policy_params)
+                )
+                obs = Observation(
+                    outputs={m: tensors.tensor_key(t) for m, t in o.outputs.items()},
+                    label=tensors.tensor_key(o.label),
+                )
+                await self.decider.observe(o.policy, ctx, obs)
+                return pb.SelectionReply(id=request.id, observed=pb.Observed())
+            raise InvalidInput("selection request has neither select nor observe")
+        except ClipperError as exc:
+            return pb.SelectionReply(
+                id=request.id, error=pb.Error(code=code_value(exc.code), message=exc.message)
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("selection request failed")
+            return pb.SelectionReply(
+                id=request.id,
+                error=pb.Error(code=code_value(grpc.StatusCode.INTERNAL), message="internal error"),
+            )
