@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 
 
-async def drain(outbox: asyncio.Queue[T]) -> AsyncIterator[T]:
-    """Yield what is put on `outbox`, forever: the request iterator of a client stream."""
+class _Writable(Protocol):
+    async def write(self, request: Any) -> None: ...
+
+
+async def pump(outbox: asyncio.Queue[T], call: _Writable) -> None:
+    """The one writer of a client stream: send what is put on `outbox`, in order, forever."""
     while True:
-        yield await outbox.get()
+        await call.write(await outbox.get())

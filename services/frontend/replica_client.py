@@ -16,7 +16,7 @@ import grpc
 
 from services.common.auth import bearer
 from services.common.errors import ClipperError, Unavailable, error_from_code
-from services.common.streams import drain
+from services.common.streams import pump
 from services.frontend.registry import ReplicaRecord
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
@@ -109,18 +109,24 @@ class ReplicaClient:
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
             await self._channel.channel_ready()
         self._outbox = asyncio.Queue()
-        call = stub.Predict(drain(self._outbox), metadata=bearer(self.token))
-        await call.initial_metadata()
-        self.connected = True
-        logger.info("connected to replica %s", self.record.address)
-        async for reply in call:
-            future = self._pending.get(reply.id)
-            if future is None or future.done():
-                continue  # the caller gave up (deadline) before the answer came
-            if reply.WhichOneof("result") == "output":
-                future.set_result(reply.output)
-            else:
-                future.set_exception(error_from_code(reply.error.code, reply.error.message))
+        call = stub.Predict(metadata=bearer(self.token))
+        writer = asyncio.create_task(pump(self._outbox, call))
+        try:
+            await call.initial_metadata()
+            self.connected = True
+            logger.info("connected to replica %s", self.record.address)
+            async for reply in call:
+                future = self._pending.get(reply.id)
+                if future is None or future.done():
+                    continue  # the caller gave up (deadline) before the answer came
+                if reply.WhichOneof("result") == "output":
+                    future.set_result(reply.output)
+                else:
+                    future.set_exception(error_from_code(reply.error.code, reply.error.message))
+        finally:
+            writer.cancel()
+            call.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
 
     def _fail_pending(self, exc: ClipperError) -> None:
         for future in self._pending.values():

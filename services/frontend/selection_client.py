@@ -15,7 +15,7 @@ import logging
 import grpc
 
 from services.common.errors import ClipperError, InvalidInput, Unavailable, error_from_code
-from services.common.streams import drain
+from services.common.streams import pump
 from services.frontend.registry import Application
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
@@ -128,14 +128,20 @@ class SelectionClient:
                 async with asyncio.timeout(2.0):
                     await self._channel.channel_ready()
                 self._outbox = asyncio.Queue()
-                call = stub.Decide(drain(self._outbox))
-                self.connected = True
-                logger.info("connected to selection service %s", self.address)
-                backoff_s = 0.05
-                async for reply in call:
-                    future = self._pending.get(reply.id)
-                    if future is not None and not future.done():
-                        future.set_result(reply)
+                call = stub.Decide()
+                writer = asyncio.create_task(pump(self._outbox, call))
+                try:
+                    self.connected = True
+                    logger.info("connected to selection service %s", self.address)
+                    backoff_s = 0.05
+                    async for reply in call:
+                        future = self._pending.get(reply.id)
+                        if future is not None and not future.done():
+                            future.set_result(reply)
+                finally:
+                    writer.cancel()
+                    call.cancel()
+                    await asyncio.gather(writer, return_exceptions=True)
             except (grpc.aio.AioRpcError, TimeoutError) as exc:
                 if self.connected:
                     logger.warning("selection stream broke: %r", exc)

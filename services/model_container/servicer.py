@@ -34,6 +34,7 @@ class ContainerServicer(pb_grpc.ModelContainerServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ContainerReply]:
         check_token(context, self.token, "container")
+        await context.send_initial_metadata(())
         replies: asyncio.Queue[pb.ContainerReply | None] = asyncio.Queue()
         reader = asyncio.create_task(self._read(request_iterator, replies))
         try:

@@ -1,0 +1,1 @@
+"""Command-line tool over the Management and Frontend RPCs."""

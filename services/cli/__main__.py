@@ -1,0 +1,165 @@
+"""`python -m services.cli [--frontend HOST:PORT] COMMAND ...`
+
+Management commands need the management token (`--token` or
+CLIPPER_MANAGEMENT_TOKEN). Output is JSON, for people and scripts alike.
+
+  apps list | get NAME | delete NAME
+  apps create NAME --input-dtype float32 --input-shape 64 --slo-ms 100
+                   [--policy all] [--param k=v] [--model M ...] [--default -1 --default-dtype int64]
+  apps link APP MODEL | apps unlink APP MODEL
+  models list | models set-version MODEL VERSION
+  replicas list [--model M]
+  predict APP --values 0,1,2,... [--dtype float32] [--shape 64] [--context USER]
+  feedback APP --query-id ID --label 3 [--label-dtype int64] [--context USER]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from services.common import tensors
+from services.common.auth import bearer
+from services.generated.clipper.v1 import clipper_pb2 as pb
+from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m services.cli", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--frontend", default=os.environ.get("CLIPPER_CLI_FRONTEND", "127.0.0.1:1337"))
+    p.add_argument("--token", default=os.environ.get("CLIPPER_MANAGEMENT_TOKEN", ""))
+    p.add_argument("--timeout-s", type=float, default=10.0)
+    sub = p.add_subparsers(dest="group", required=True)
+
+    apps = sub.add_parser("apps").add_subparsers(dest="command", required=True)
+    apps.add_parser("list")
+    for name in ("get", "delete"):
+        apps.add_parser(name).add_argument("name")
+    create = apps.add_parser("create")
+    create.add_argument("name")
+    create.add_argument("--input-dtype", required=True)
+    create.add_argument("--input-shape", required=True, help="comma-separated, -1 for any")
+    create.add_argument("--slo-ms", type=int, default=100)
+    create.add_argument("--policy", default="static")
+    create.add_argument("--param", action="append", default=[], help="policy parameter k=v")
+    create.add_argument("--model", action="append", default=[], help="model to link")
+    create.add_argument("--default", help="default output values, comma-separated")
+    create.add_argument("--default-dtype", default="int64")
+    for name in ("link", "unlink"):
+        cmd = apps.add_parser(name)
+        cmd.add_argument("application")
+        cmd.add_argument("model")
+
+    models = sub.add_parser("models").add_subparsers(dest="command", required=True)
+    models.add_parser("list")
+    set_version = models.add_parser("set-version")
+    set_version.add_argument("model")
+    set_version.add_argument("version")
+
+    replicas = sub.add_parser("replicas").add_subparsers(dest="command", required=True)
+    replicas.add_parser("list").add_argument("--model", default="")
+
+    predict = sub.add_parser("predict")
+    predict.add_argument("application")
+    predict.add_argument("--values", required=True, help="comma-separated numbers")
+    predict.add_argument("--dtype", default="float32")
+    predict.add_argument("--shape", default="", help="default: one dimension of len(values)")
+    predict.add_argument("--context", default="")
+
+    feedback = sub.add_parser("feedback")
+    feedback.add_argument("application")
+    feedback.add_argument("--query-id", required=True)
+    feedback.add_argument("--label", required=True)
+    feedback.add_argument("--label-dtype", default="int64")
+    feedback.add_argument("--context", default="")
+    return p
+
+
+def _values(raw: str, dtype: str, shape: str = "") -> pb.Tensor:
+    array = np.array([float(v) for v in raw.split(",") if v.strip()], dtype=dtype)
+    if shape:
+        array = array.reshape([int(d) for d in shape.split(",")])
+    elif array.size == 1:
+        array = array.reshape(())
+    return tensors.encode(array)
+
+
+def _show(msg: Message) -> dict[str, Any]:
+    """JSON of a message, with tensors decoded to lists."""
+    data: dict[str, Any] = json_format.MessageToDict(msg, preserving_proto_field_name=True)
+    for field, value in msg.ListFields():
+        if isinstance(value, pb.Tensor):
+            data[field.name] = tensors.decode(value).tolist()
+    return data
+
+
+def run(args: argparse.Namespace) -> Any:
+    channel = grpc.insecure_channel(args.frontend)
+    mgmt = pb_grpc.ManagementStub(channel)
+    front = pb_grpc.FrontendStub(channel)
+    kw: dict[str, Any] = {"metadata": bearer(args.token), "timeout": args.timeout_s}
+    group, command = args.group, getattr(args, "command", "")
+    if group == "apps" and command == "list":
+        reply = mgmt.ListApplications(pb.ListApplicationsRequest(), **kw)
+        return [_show(a) for a in reply.applications]
+    if group == "apps" and command in ("get", "delete"):
+        method = mgmt.GetApplication if command == "get" else mgmt.DeleteApplication
+        return _show(method(pb.ApplicationName(name=args.name), **kw))
+    if group == "apps" and command == "create":
+        app = pb.Application(
+            name=args.name,
+            input_spec=pb.TensorSpec(dtype=args.input_dtype,
+                                     shape=[int(d) for d in args.input_shape.split(",")]),
+            slo_ms=args.slo_ms,
+            policy=args.policy,
+            policy_params=dict(kv.split("=", 1) for kv in args.param),
+            linked_models=args.model,
+        )
+        if args.default is not None:
+            app.default_output.CopyFrom(_values(args.default, args.default_dtype))
+        return _show(mgmt.CreateApplication(pb.ApplicationRequest(application=app), **kw))
+    if group == "apps" and command in ("link", "unlink"):
+        method = mgmt.LinkModel if command == "link" else mgmt.UnlinkModel
+        return _show(method(pb.LinkRequest(application=args.application, model=args.model), **kw))
+    if group == "models" and command == "list":
+        return [_show(m) for m in mgmt.ListModels(pb.ListModelsRequest(), **kw).models]
+    if group == "models" and command == "set-version":
+        version = pb.SetModelVersionRequest(model=args.model, version=args.version)
+        return _show(mgmt.SetModelVersion(version, **kw))
+    if group == "replicas":
+        reply = mgmt.ListReplicas(pb.ListReplicasRequest(model=args.model), **kw)
+        return [_show(r) for r in reply.replicas]
+    if group == "predict":
+        query = pb.PredictRequest(application=args.application, context_key=args.context,
+                                  input=_values(args.values, args.dtype, args.shape))
+        return _show(front.Predict(query, timeout=args.timeout_s))
+    if group == "feedback":
+        fb = pb.FeedbackRequest(application=args.application, context_key=args.context,
+                                query_id=args.query_id,
+                                label=_values(args.label, args.label_dtype))
+        return _show(front.Feedback(fb, timeout=args.timeout_s))
+    raise SystemExit(f"unknown command {group} {command}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = run(args)
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""`make run`: the whole mesh as local processes with embedded state, until Ctrl-C.
+
+Starts the selection service, the frontend on 127.0.0.1:1337 and one container
+per example digits model, registers the application `digits` (all models,
+majority vote), checks one query end to end, and prints how to query it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from services.common.auth import bearer
+from services.common.processes import ServiceProcess, start_service
+from services.common.telemetry import setup_logging
+from services.common.tensors import encode
+from services.generated.clipper.v1 import clipper_pb2 as pb
+from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
+from services.mesh import digits
+
+logger = logging.getLogger("mesh")
+APP = "digits"
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m services.mesh", description=__doc__)
+    p.add_argument("--port", type=int, default=1337, help="frontend port (0: any free port)")
+    p.add_argument("--state-dir", default=".run", help="state files, trained models and logs")
+    p.add_argument("--replicas", type=int, default=1, help="replicas per model")
+    p.add_argument("--slo-ms", type=int, default=100)
+    return p.parse_args()
+
+
+def start_mesh(args: argparse.Namespace, env: dict[str, str]) -> list[ServiceProcess]:
+    state = Path(args.state_dir)
+    logs = state / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    model_paths = digits.train(state / "models")
+    procs: list[ServiceProcess] = []
+    selection = start_service(
+        "services.selection",
+        ["--port", "0", "--state-path", str(state / "selection-state.json")],
+        env=env, log_path=logs / "selection.log",
+    )
+    procs.append(selection)
+    frontend = start_service(
+        "services.frontend",
+        ["--port", str(args.port), "--selection", selection.address,
+         "--state-path", str(state / "frontend-state.json")],
+        env=env, log_path=logs / "frontend.log",
+    )
+    procs.append(frontend)
+    containers = [(name, path, i) for name, path in model_paths.items()
+                  for i in range(args.replicas)]
+    with ThreadPoolExecutor(max_workers=len(containers)) as pool:
+        procs.extend(pool.map(lambda c: start_service(
+            "services.model_container",
+            ["--model", str(c[1]), "--name", c[0], "--version", "1",
+             "--frontend", frontend.address, "--input-dtype", digits.INPUT_DTYPE,
+             "--input-shape", ",".join(map(str, digits.INPUT_SHAPE))],
+            name=f"{c[0]}-{c[2]}", env=env, log_path=logs / f"{c[0]}-{c[2]}.log",
+        ), containers))
+    return procs
+
+
+def register_app(address: str, token: str, models: list[str], slo_ms: int,
+                 expected_replicas: int) -> None:
+    """Create the digits application if it is new, and wait for every replica to connect."""
+    channel = grpc.insecure_channel(address)
+    mgmt = pb_grpc.ManagementStub(channel)
+    md = bearer(token)
+    existing = {a.name for a in mgmt.ListApplications(pb.ListApplicationsRequest(),
+                                                      metadata=md, timeout=5).applications}
+    if APP not in existing:
+        app = pb.Application(
+            name=APP,
+            input_spec=pb.TensorSpec(dtype=digits.INPUT_DTYPE, shape=list(digits.INPUT_SHAPE)),
+            slo_ms=slo_ms,
+            policy="all",
+            linked_models=models,
+            default_output=encode(np.int64(-1)),
+        )
+        mgmt.CreateApplication(pb.ApplicationRequest(application=app), metadata=md, timeout=5)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        replicas = mgmt.ListReplicas(pb.ListReplicasRequest(), metadata=md, timeout=5).replicas
+        if sum(r.connected for r in replicas) >= expected_replicas:
+            break
+        time.sleep(0.05)
+    channel.close()
+
+
+def query_commands(address: str) -> tuple[str, str, int]:
+    """A ready-to-paste query (our CLI and grpcurl) for one test digit, and its label."""
+    _, x_test, _, y_test = digits.split()
+    sample = x_test[0]
+    values = ",".join(str(int(v)) for v in sample)
+    cli = f"{sys.executable} -m services.cli --frontend {address} predict {APP} --values {values}"
+    raw = base64.b64encode(sample.astype("<f4").tobytes()).decode()
+    body = json.dumps({"application": APP,
+                       "input": {"dtype": "float32", "shape": [64], "raw": raw}})
+    grpcurl = f"grpcurl -plaintext -d '{body}' {address} clipper.v1.Frontend/Predict"
+    return cli, grpcurl, int(y_test[0])
+
+
+def main() -> int:
+    args = parse_args()
+    setup_logging("mesh")
+    started = time.monotonic()
+    env = {
+        "CLIPPER_MANAGEMENT_TOKEN": os.environ.get("CLIPPER_MANAGEMENT_TOKEN")
+        or secrets.token_urlsafe(16),
+        "CLIPPER_CONTAINER_TOKEN": os.environ.get("CLIPPER_CONTAINER_TOKEN")
+        or secrets.token_urlsafe(16),
+    }
+    stop = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    procs: list[ServiceProcess] = []
+    try:
+        procs = start_mesh(args, env)
+        frontend = procs[1]
+        models = list(digits.estimators())
+        register_app(frontend.address, env["CLIPPER_MANAGEMENT_TOKEN"], models, args.slo_ms,
+                     len(models) * args.replicas)
+        cli, grpcurl, label = query_commands(frontend.address)
+        print(f"\nMesh ready in {time.monotonic() - started:.1f} s: frontend on {frontend.address}"
+              f" (selection on {procs[0].address}, {len(procs) - 2} model containers)\n"
+              f"Logs and state in {args.state_dir}/. Ctrl-C stops everything.\n\n"
+              f"Management token:  export CLIPPER_MANAGEMENT_TOKEN="
+              f"{env['CLIPPER_MANAGEMENT_TOKEN']}\n\n"
+              f"Query a test digit (true label {label}):\n  {cli}\n\nOr with grpcurl:\n"
+              f"  {grpcurl}\n", flush=True)
+        while not stop and all(p.proc.poll() is None for p in procs):
+            time.sleep(0.2)
+        for p in procs:
+            if p.proc.poll() is not None:
+                logger.error("%s exited with %s; stopping the mesh", p.name, p.proc.returncode)
+                return 1
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
