@@ -66,12 +66,12 @@ class SklearnModel:
 
 def as_model(obj: Any) -> Model:
     """Adapt an object: a Model as is, an estimator, a class or factory, or a function."""
-    if isinstance(obj, Model):
-        return obj
-    if callable(getattr(obj, "predict", None)) and not isinstance(obj, type):
-        return SklearnModel(obj)
     if isinstance(obj, type):
         return as_model(obj())
+    if isinstance(obj, Model):
+        return obj
+    if callable(getattr(obj, "predict", None)):
+        return SklearnModel(obj)
     if callable(obj):
         return CallableModel(obj)
     raise TypeError(

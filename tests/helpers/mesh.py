@@ -1,0 +1,108 @@
+"""Start real mesh processes for tests and talk to them over real gRPC."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from services.common.auth import bearer
+from services.common.processes import ServiceProcess, start_service
+from services.generated.clipper.v1 import clipper_pb2 as pb
+from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
+
+MANAGEMENT_TOKEN = "test-management-token"
+CONTAINER_TOKEN = "test-container-token"
+ENV = {"CLIPPER_MANAGEMENT_TOKEN": MANAGEMENT_TOKEN, "CLIPPER_CONTAINER_TOKEN": CONTAINER_TOKEN}
+MGMT = bearer(MANAGEMENT_TOKEN)
+
+
+class Mesh:
+    """Selection service, frontend and containers as child processes in `workdir`."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: list[ServiceProcess] = []
+        self.selection: ServiceProcess | None = None
+        self.frontend: ServiceProcess | None = None
+
+    def _start(self, module: str, args: list[str], name: str,
+               env: dict[str, str] | None = None) -> ServiceProcess:
+        proc = start_service(module, args, name=name, env={**ENV, **(env or {})},
+                             log_path=self.workdir / f"{name}.log")
+        self.procs.append(proc)
+        return proc
+
+    def start_selection(self) -> ServiceProcess:
+        self.selection = self._start(
+            "services.selection",
+            ["--port", "0", "--state-path", str(self.workdir / "selection.json")], "selection",
+        )
+        return self.selection
+
+    def start_frontend(self, *extra: str) -> ServiceProcess:
+        assert self.selection is not None
+        self.frontend = self._start(
+            "services.frontend",
+            ["--port", "0", "--selection", self.selection.address,
+             "--state-path", str(self.workdir / "frontend.json"),
+             "--heartbeat-ms", "200", "--replica-ttl-s", "1.0", *extra],
+            "frontend",
+        )
+        return self.frontend
+
+    def start_container(self, model: str, name: str, version: str = "1",
+                        *extra: str, env: dict[str, str] | None = None) -> ServiceProcess:
+        assert self.frontend is not None
+        return self._start(
+            "services.model_container",
+            ["--model", model, "--name", name, "--version", version,
+             "--frontend", self.frontend.address, "--heartbeat-s", "0.2", *extra],
+            f"{name}-{version}-{len(self.procs)}", env=env,
+        )
+
+    @property
+    def address(self) -> str:
+        assert self.frontend is not None
+        return self.frontend.address
+
+    @contextmanager
+    def management(self) -> Iterator[Any]:
+        with grpc.insecure_channel(self.address) as channel:
+            yield pb_grpc.ManagementStub(channel)
+
+    def create_app(self, name: str, models: list[str], dtype: str = "float32",
+                   shape: tuple[int, ...] = (4,), slo_ms: int = 1000, policy: str = "static",
+                   default: pb.Tensor | None = None) -> None:
+        app = pb.Application(name=name, input_spec=pb.TensorSpec(dtype=dtype, shape=list(shape)),
+                             slo_ms=slo_ms, policy=policy, linked_models=models)
+        if default is not None:
+            app.default_output.CopyFrom(default)
+        with self.management() as mgmt:
+            mgmt.CreateApplication(pb.ApplicationRequest(application=app), metadata=MGMT,
+                                   timeout=5)
+
+    def replicas(self, model: str = "") -> list[pb.Replica]:
+        with self.management() as mgmt:
+            reply = mgmt.ListReplicas(pb.ListReplicasRequest(model=model), metadata=MGMT,
+                                      timeout=5)
+        return list(reply.replicas)
+
+    def wait_connected(self, model: str, count: int, timeout_s: float = 20.0) -> None:
+        """Wait until `count` replicas of `model` are registered and connected (and no more)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            live = self.replicas(model)
+            if len(live) == count and all(r.connected for r in live):
+                return
+            time.sleep(0.02)
+        raise TimeoutError(f"{model}: wanted {count} connected replicas, have {live}")
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs.clear()

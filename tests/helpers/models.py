@@ -1,0 +1,48 @@
+"""Test models with known behaviour, served by real containers via `--model tests.helpers.models:NAME`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+class SumModel:
+    """Returns the sum of each input as float64: distinct inputs give distinct answers."""
+
+    def predict_batch(self, inputs: list[np.ndarray]) -> Sequence[Any]:
+        return [np.float64(x.sum()) for x in inputs]
+
+
+class VersionOne:
+    def predict_batch(self, inputs: list[np.ndarray]) -> Sequence[Any]:
+        return [np.int64(1)] * len(inputs)
+
+
+class VersionTwo:
+    def predict_batch(self, inputs: list[np.ndarray]) -> Sequence[Any]:
+        return [np.int64(2)] * len(inputs)
+
+
+class SlowModel:
+    """Sleeps 1 s per batch: far past any test SLO."""
+
+    def predict_batch(self, inputs: list[np.ndarray]) -> Sequence[Any]:
+        time.sleep(1.0)
+        return [np.int64(7)] * len(inputs)
+
+
+class FailsOnNegative:
+    """Raises for a batch holding an input whose first value is negative, else sums."""
+
+    def predict_batch(self, inputs: list[np.ndarray]) -> Sequence[Any]:
+        if any(float(x.reshape(-1)[0]) < 0 for x in inputs):
+            raise ValueError("negative input")
+        return [np.float64(x.sum()) for x in inputs]
+
+
+def double(x: np.ndarray) -> np.ndarray:
+    """A plain function model (served through CallableModel)."""
+    return x * 2
