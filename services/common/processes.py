@@ -30,6 +30,7 @@ class ServiceProcess:
     proc: subprocess.Popen[str]
     port: int
     output: list[str] = field(default_factory=list)
+    reader: threading.Thread | None = None
 
     @property
     def address(self) -> str:
@@ -44,12 +45,19 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self._join_reader()
         return self.proc.returncode
 
     def kill(self) -> None:
+        """SIGKILL: the process gets no chance to deregister (a crash, as tests need)."""
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        self._join_reader()
+
+    def _join_reader(self) -> None:
+        if self.reader is not None:
+            self.reader.join(5)
 
 
 def start_service(
@@ -81,22 +89,25 @@ def start_service(
 
     def pump() -> None:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            lines.append(line)
-            match = _READY.match(line)
-            if match and not found:
-                found.append(int(match.group(2)))
-                ready.set()
+        with proc.stdout:
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                lines.append(line)
+                match = _READY.match(line)
+                if match and not found:
+                    found.append(int(match.group(2)))
+                    ready.set()
         ready.set()
 
-    threading.Thread(target=pump, name=f"stdout-{module}", daemon=True).start()
+    reader = threading.Thread(target=pump, name=f"stdout-{module}", daemon=True)
+    reader.start()
     ready.wait(timeout_s)
     if not found:
         proc.kill()
         proc.wait()
+        reader.join(5)
         raise RuntimeError(
             f"{module} did not become ready within {timeout_s}s "
             f"(exit code {proc.returncode}); output:\n" + "\n".join(lines[-20:])
         )
-    return ServiceProcess(name or module, proc, found[0], lines)
+    return ServiceProcess(name or module, proc, found[0], lines, reader)

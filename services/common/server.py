@@ -12,6 +12,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.interceptors import RejectUndecodable
+
 logger = logging.getLogger(__name__)
 
 READY_PREFIX = "CLIPPER_READY"
@@ -54,7 +56,7 @@ async def start_server(
     NOT_SERVING until the caller says `set_serving(True)`.
     """
     server = grpc.aio.server(
-        interceptors=list(interceptors),
+        interceptors=[RejectUndecodable(), *interceptors],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

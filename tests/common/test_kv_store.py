@@ -33,4 +33,5 @@ async def test_concurrent_writes_leave_valid_json(tmp_path: Path) -> None:
     store = FileStore(path)
     await asyncio.gather(*(store.put(f"k{i}", {"i": i}) for i in range(50)))
     assert len(json.loads(path.read_text())) == 50
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # noqa: ASYNC240
+    assert not leftovers  # no temp files left behind

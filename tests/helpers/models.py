@@ -1,4 +1,4 @@
-"""Test models with known behaviour, served by real containers via `--model tests.helpers.models:NAME`."""
+"""Test models with known behaviour, for real containers (`--model tests.helpers.models:X`)."""
 
 from __future__ import annotations
 

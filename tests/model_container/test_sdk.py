@@ -36,7 +36,7 @@ def test_load_importable_objects() -> None:
 
 
 def test_bad_references_say_what_was_expected() -> None:
-    with pytest.raises(ValueError, match="expected 'package.module:attr'"):
+    with pytest.raises(ValueError, match=r"expected 'package\.module:attr'"):
         load_model("no_colon_here")
     with pytest.raises(TypeError, match="cannot serve int"):
         as_model(3)
