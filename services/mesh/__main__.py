@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import signal
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -47,7 +48,14 @@ def start_mesh(args: argparse.Namespace, env: dict[str, str]) -> list[ServicePro
     state = Path(args.state_dir)
     logs = state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    model_paths = digits.train(state / "models")
+    model_dir = state / "models"
+    model_paths = digits.model_paths(model_dir)
+    if not all(p.exists() for p in model_paths.values()) or not digits.sample_path(
+        model_dir
+    ).exists():
+        logger.info("training the example digits models into %s", model_dir)
+        subprocess.run([sys.executable, "-m", "services.mesh.digits", str(model_dir)],
+                       check=True)
     procs: list[ServiceProcess] = []
     selection = start_service(
         "services.selection",
@@ -102,17 +110,17 @@ def register_app(address: str, token: str, models: list[str], slo_ms: int,
     channel.close()
 
 
-def query_commands(address: str) -> tuple[str, str, int]:
+def query_commands(address: str, model_dir: Path) -> tuple[str, str, int]:
     """A ready-to-paste query (our CLI and grpcurl) for one test digit, and its label."""
-    _, x_test, _, y_test = digits.split()
-    sample = x_test[0]
+    saved = json.loads(digits.sample_path(model_dir).read_text())
+    sample = np.array(saved["values"], dtype=np.float32)
     values = ",".join(str(int(v)) for v in sample)
     cli = f"{sys.executable} -m services.cli --frontend {address} predict {APP} --values {values}"
     raw = base64.b64encode(sample.astype("<f4").tobytes()).decode()
     body = json.dumps({"application": APP,
                        "input": {"dtype": "float32", "shape": [64], "raw": raw}})
     grpcurl = f"grpcurl -plaintext -d '{body}' {address} clipper.v1.Frontend/Predict"
-    return cli, grpcurl, int(y_test[0])
+    return cli, grpcurl, int(saved["label"])
 
 
 def main() -> int:
@@ -136,10 +144,10 @@ def main() -> int:
     try:
         procs = start_mesh(args, env)
         frontend = procs[1]
-        models = list(digits.estimators())
+        models = list(digits.MODEL_NAMES)
         register_app(frontend.address, env["CLIPPER_MANAGEMENT_TOKEN"], models, args.slo_ms,
                      len(models) * args.replicas)
-        cli, grpcurl, label = query_commands(frontend.address)
+        cli, grpcurl, label = query_commands(frontend.address, Path(args.state_dir) / "models")
         print(f"\nMesh ready in {time.monotonic() - started:.1f} s: frontend on {frontend.address}"
               f" (selection on {procs[0].address}, {len(procs) - 2} model containers)\n"
               f"Logs and state in {args.state_dir}/. Ctrl-C stops everything.\n\n"

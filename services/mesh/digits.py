@@ -5,18 +5,25 @@ Inputs are float32 vectors of 64 pixel values (0..16); outputs are the digit (in
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+MODEL_NAMES = ("digits-logreg", "digits-svm", "digits-knn")
 INPUT_DTYPE = "float32"
 INPUT_SHAPE = (64,)
 SEED = 0
 
 
 def split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(x_train, x_test, y_train, y_test), the same on every call."""
+    """(x_train, x_test, y_train, y_test), the same on every call.
+
+    `python -m services.mesh.digits DIR` trains into DIR (in its own process, so
+    that a launcher need not hold scikit-learn in memory).
+    """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -44,18 +51,33 @@ def estimators() -> dict[str, Any]:
     }
 
 
-def train(out_dir: Path, names: list[str] | None = None) -> dict[str, Path]:
+def model_paths(out_dir: Path) -> dict[str, Path]:
+    """Where `train` puts each example model: name -> joblib path."""
+    return {name: out_dir / f"{name}.joblib" for name in MODEL_NAMES}
+
+
+def sample_path(out_dir: Path) -> Path:
+    """One test digit, `{"values": [...64 floats], "label": int}`, for a ready-to-paste query."""
+    return out_dir / "sample.json"
+
+
+def train(out_dir: Path) -> dict[str, Path]:
     """Train the example models (or reuse files already there); return name -> joblib path."""
     import joblib
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    wanted = {n: e for n, e in estimators().items() if names is None or n in names}
-    paths = {name: out_dir / f"{name}.joblib" for name in wanted}
+    paths = model_paths(out_dir)
     missing = [n for n, p in paths.items() if not p.exists()]
-    if missing:
-        x_train, _, y_train, _ = split()
-        for name in missing:
+    x_train, x_test, y_train, y_test = split()
+    for name, estimator in estimators().items():
+        if name in missing:
             tmp = paths[name].with_suffix(".tmp")
-            joblib.dump(wanted[name].fit(x_train, y_train), tmp)
+            joblib.dump(estimator.fit(x_train, y_train), tmp)
             tmp.replace(paths[name])
+    sample = {"values": x_test[0].tolist(), "label": int(y_test[0])}
+    sample_path(out_dir).write_text(json.dumps(sample))
     return paths
+
+
+if __name__ == "__main__":
+    train(Path(sys.argv[1]))

@@ -17,7 +17,7 @@ from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.mesh import digits
 from tests.helpers.mesh import Mesh
 
-MODELS = list(digits.estimators())
+MODELS = list(digits.MODEL_NAMES)
 
 
 @pytest.fixture(scope="module")
