@@ -44,7 +44,9 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def start_mesh(args: argparse.Namespace, env: dict[str, str]) -> list[ServiceProcess]:
+def start_mesh(args: argparse.Namespace, env: dict[str, str],
+               procs: list[ServiceProcess]) -> None:
+    """Start every service, appending each to `procs` as soon as it runs (for cleanup)."""
     state = Path(args.state_dir)
     logs = state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -56,7 +58,6 @@ def start_mesh(args: argparse.Namespace, env: dict[str, str]) -> list[ServicePro
         logger.info("training the example digits models into %s", model_dir)
         subprocess.run([sys.executable, "-m", "services.mesh.digits", str(model_dir)],
                        check=True)
-    procs: list[ServiceProcess] = []
     selection = start_service(
         "services.selection",
         ["--port", "0", "--state-path", str(state / "selection-state.json")],
@@ -72,15 +73,19 @@ def start_mesh(args: argparse.Namespace, env: dict[str, str]) -> list[ServicePro
     procs.append(frontend)
     containers = [(name, path, i) for name, path in model_paths.items()
                   for i in range(args.replicas)]
-    with ThreadPoolExecutor(max_workers=len(containers)) as pool:
-        procs.extend(pool.map(lambda c: start_service(
+
+    def start_container(spec: tuple[str, Path, int]) -> None:
+        name, path, i = spec
+        procs.append(start_service(
             "services.model_container",
-            ["--model", str(c[1]), "--name", c[0], "--version", "1",
+            ["--model", str(path), "--name", name, "--version", "1",
              "--frontend", frontend.address, "--input-dtype", digits.INPUT_DTYPE,
              "--input-shape", ",".join(map(str, digits.INPUT_SHAPE))],
-            name=f"{c[0]}-{c[2]}", env=env, log_path=logs / f"{c[0]}-{c[2]}.log",
-        ), containers))
-    return procs
+            name=f"{name}-{i}", env=env, log_path=logs / f"{name}-{i}.log",
+        ))
+
+    with ThreadPoolExecutor(max_workers=len(containers)) as pool:
+        list(pool.map(start_container, containers))
 
 
 def register_app(address: str, token: str, models: list[str], slo_ms: int,
@@ -142,7 +147,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     procs: list[ServiceProcess] = []
     try:
-        procs = start_mesh(args, env)
+        start_mesh(args, env, procs)
         frontend = procs[1]
         models = list(digits.MODEL_NAMES)
         register_app(frontend.address, env["CLIPPER_MANAGEMENT_TOKEN"], models, args.slo_ms,
