@@ -110,6 +110,8 @@ class ManagementServicer(pb_grpc.ManagementServicer):
                 replica_id=rid, model=r.model, version=r.version, address=r.address,
                 connected=bool(client and client.connected),
                 outstanding=client.outstanding if client else 0,
+                queue_depth=client.queue_depth if client else 0,
+                est_wait_us=int(client.est_wait_s * 1e6) if client else 0,
             ))
         return pb.ListReplicasResponse(replicas=out)
 

@@ -35,6 +35,9 @@ class ReplicaClient:
         self.record = record
         self.token = token
         self.connected = False
+        # As last reported by the replica with its replies.
+        self.queue_depth = 0
+        self.est_wait_s = 0.0
         self._pending: dict[int, asyncio.Future[pb.Tensor]] = {}
         self._ids = itertools.count(1)
         self._outbox: asyncio.Queue[pb.ContainerQuery] = asyncio.Queue()
@@ -44,6 +47,11 @@ class ReplicaClient:
     @property
     def outstanding(self) -> int:
         return len(self._pending)
+
+    def expected_load(self) -> tuple[int, float]:
+        """Queries ahead of a new one (ours in flight, or the replica's queue when longer:
+        other frontends send to it too), then its reported wait to break ties."""
+        return max(self.outstanding, self.queue_depth), self.est_wait_s
 
     async def start(self) -> None:
         self._channel = grpc.aio.insecure_channel(
@@ -116,6 +124,8 @@ class ReplicaClient:
             self.connected = True
             logger.info("connected to replica %s", self.record.address)
             async for reply in call:
+                self.queue_depth = reply.load.queue_depth
+                self.est_wait_s = reply.load.est_wait_us / 1e6
                 future = self._pending.get(reply.id)
                 if future is None or future.done():
                     continue  # the caller gave up (deadline) before the answer came

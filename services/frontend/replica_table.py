@@ -1,17 +1,19 @@
 """The frontend's connections to live replicas, kept in step with the registry.
 
 `sync` opens a ReplicaClient for each new replica and closes those that left.
-`query` sends to the connected replica of a model's active version with the
-fewest outstanding queries, and retries another replica if the first one's
-stream breaks before it answers.
+`query` sends to a connected replica of the model's active version, the
+less loaded of two picked at random (power of two choices, on queries ahead
+and reported wait), and retries another replica when the first one's stream
+breaks or it rejects the query as overloaded, while the deadline allows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 
-from services.common.errors import Unavailable
+from services.common.errors import ClipperError, Overloaded, Unavailable
 from services.frontend.registry import Registry
 from services.frontend.replica_client import ReplicaClient
 from services.generated.clipper.v1 import clipper_pb2 as pb
@@ -63,29 +65,39 @@ class ReplicaTable:
                 self.clients[rid] = client
 
     def candidates(self, model: str) -> list[ReplicaClient]:
-        """Connected replicas of the model's active version, fewest outstanding first."""
-        live = [
+        """Connected replicas of the model's active version."""
+        return [
             self.clients[r.replica_id]
             for r in self.registry.active_replicas(model)
             if r.replica_id in self.clients and self.clients[r.replica_id].connected
         ]
-        return sorted(live, key=lambda c: c.outstanding)
 
     async def query(
         self, model: str, value: pb.Tensor, deadline: float, trace: dict[str, str]
     ) -> tuple[str, pb.Tensor]:
         """Answer from one replica of `model`; returns ("name:version", output)."""
         tried: set[str] = set()
+        last_error: ClipperError | None = None
         while True:
             replicas = [c for c in self.candidates(model) if c.record.replica_id not in tried]
             if not replicas:
+                if tried and last_error is not None:
+                    raise last_error
                 raise Unavailable(f"no live replica of model {model!r}")
-            client = replicas[0]
+            client = choose(replicas)
             tried.add(client.record.replica_id)
             try:
                 output = await client.query(value, deadline, trace)
-            except Unavailable:
+            except (Unavailable, Overloaded) as exc:
                 if asyncio.get_running_loop().time() >= deadline:
                     raise
-                continue  # its stream broke: try another replica while time remains
+                last_error = exc
+                continue  # broken stream or full queue: try another replica
             return f"{model}:{client.record.version}", output
+
+
+def choose(replicas: list[ReplicaClient]) -> ReplicaClient:
+    """Power of two choices: the less loaded of two random replicas."""
+    if len(replicas) <= 2:
+        return min(replicas, key=ReplicaClient.expected_load)
+    return min(random.sample(replicas, 2), key=ReplicaClient.expected_load)

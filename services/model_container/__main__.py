@@ -15,7 +15,7 @@ from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.model_container.announcer import Announcer
 from services.model_container.batcher import Batcher
 from services.model_container.config import Config, config_from_args
-from services.model_container.sdk import load_model
+from services.model_container.runner import ModelRunner
 from services.model_container.servicer import ContainerServicer
 
 logger = logging.getLogger(__name__)
@@ -23,8 +23,8 @@ GRACE_S = 5.0
 
 
 async def main(cfg: Config) -> None:
-    model = load_model(cfg.model_ref)
-    batcher = Batcher(model, cfg.max_batch_size, cfg.max_queue)
+    runner = ModelRunner(cfg.model_ref, cfg.worker, cfg.batching.concurrency)
+    batcher = Batcher(runner, cfg.batching)
     await batcher.start()
     servicer = ContainerServicer(batcher, cfg.token, cfg.input_spec)
     server = await start_server(

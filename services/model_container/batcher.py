@@ -1,10 +1,24 @@
-"""Batches queries for one model replica and runs the model off the event loop.
+"""Deadline-aware adaptive batching for one model replica.
 
-Queries wait in a queue ordered by deadline. The worker takes up to
-`max_batch_size` of them at a time (those already past their deadline are
-answered as expired, never run), runs `predict_batch` in a worker thread, and
-resolves each query's future with its own output. One batch runs at a time.
-The queue is bounded: past `max_queue` waiting queries, `submit` rejects at once.
+Queries wait in a queue ordered by deadline. Whenever a worker is free the
+batcher picks the next batch:
+
+- **adaptive** (default): the largest batch, up to `max_batch_size`, that
+  started now still finishes before the earliest deadline in it, by the online
+  latency model (`latency_model.py`). While that model is unknown, AIMD on the
+  maximum batch size stands in (grow by one after a batch that met its
+  deadline, halve after one that missed). A query that cannot finish by its
+  deadline even alone is answered as expired and never run. When the whole
+  queue fits and a query is expected to arrive soon, it waits for more (up to
+  `max_delay_ms` after the oldest query came), never past the point where
+  the bigger batch would miss the earliest deadline.
+- **fixed**: what common batchers do (a maximum size and a wait timeout): run
+  when `max_batch_size` queries wait or `max_delay_ms` after the oldest came.
+  Kept as the baseline the benchmarks compare against.
+
+Admission is bounded: past `max_queue` waiting queries, or when the estimated
+wait already exceeds a query's deadline, `submit` rejects at once (Overloaded)
+so that the frontend can try another replica or answer with the default.
 """
 
 from __future__ import annotations
@@ -13,41 +27,77 @@ import asyncio
 import heapq
 import itertools
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import math
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from services.common.errors import ClipperError, DeadlineExpired, Overloaded
-from services.model_container.sdk import Model
+from services.model_container.latency_model import LatencyModel
+from services.model_container.runner import ModelRunner
 
 logger = logging.getLogger(__name__)
+
+BATCHING_MODES = ("adaptive", "fixed")
 
 
 class ModelFailed(ClipperError):
     """The model raised, or returned the wrong number of outputs, for a batch."""
 
 
+@dataclass(frozen=True)
+class BatchingConfig:
+    mode: str = "adaptive"
+    max_batch_size: int = 64
+    max_queue: int = 1024
+    max_delay_ms: float = 2.0
+    concurrency: int = 1
+
+    def __post_init__(self) -> None:
+        if self.mode not in BATCHING_MODES:
+            raise ValueError(f"batching mode {self.mode!r}: expected one of {BATCHING_MODES}")
+        for name in ("max_batch_size", "max_queue", "concurrency"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.max_delay_ms < 0:
+            raise ValueError(f"max_delay_ms={self.max_delay_ms}: must be >= 0")
+
+
 @dataclass(order=True)
 class _Pending:
     deadline: float
     seq: int
+    arrival: float = field(compare=False)
     input: np.ndarray = field(compare=False)
     future: asyncio.Future[Any] = field(compare=False)
 
 
-class Batcher:
-    """Deadline-ordered, bounded queue feeding one model, a batch at a time."""
+@dataclass(frozen=True)
+class Load:
+    """What the replica reports to frontends: its queue and expected wait."""
 
-    def __init__(self, model: Model, max_batch_size: int = 32, max_queue: int = 1024) -> None:
-        self.model = model
-        self.max_batch_size = max_batch_size
-        self.max_queue = max_queue
+    queue_depth: int
+    est_wait_s: float
+
+
+class Batcher:
+    def __init__(self, runner: ModelRunner, config: BatchingConfig | None = None,
+                 latency: LatencyModel | None = None) -> None:
+        self.runner = runner
+        self.config = config or BatchingConfig()
+        self.latency = latency or LatencyModel()
+        self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent sizes, for tests and metrics
         self._heap: list[_Pending] = []
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
-        self._executor: ThreadPoolExecutor | None = None
+        self._busy = 0
+        self._running_until: list[float] = []
+        self._aimd_cap = 1.0
+        self._interarrival_s = math.inf
+        self._last_arrival: float | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._worker: asyncio.Task[None] | None = None
 
     @property
@@ -55,77 +105,195 @@ class Batcher:
         return len(self._heap)
 
     async def start(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        await self.runner.start()
         self._worker = asyncio.create_task(self._run(), name="batcher")
+        self._worker.add_done_callback(_log_failure)
 
     async def aclose(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            try:
-                await self._worker
-            except asyncio.CancelledError:
-                pass
+        tasks = [t for t in (self._worker, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for item in self._heap:
             if not item.future.done():
                 item.future.set_exception(ClipperError("container is shutting down"))
         self._heap.clear()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        await self.runner.aclose()
+
+    # ------------------------------------------------------------ admission
 
     def submit(self, value: np.ndarray, deadline: float) -> asyncio.Future[Any]:
         """Queue one query; its future resolves to the model's output for it."""
         loop = asyncio.get_running_loop()
-        if deadline <= loop.time():
+        now = loop.time()
+        if deadline <= now:
             raise DeadlineExpired("query arrived after its deadline")
-        if len(self._heap) >= self.max_queue:
-            raise Overloaded(f"queue full ({self.max_queue} queries waiting)")
+        if len(self._heap) >= self.config.max_queue:
+            raise Overloaded(f"queue full ({self.config.max_queue} queries waiting)")
+        if self.config.mode == "adaptive":
+            wait_s = self.estimated_wait(now)
+            if wait_s is not None and now + wait_s > deadline:
+                raise Overloaded(
+                    f"estimated wait {wait_s * 1000:.1f} ms exceeds the "
+                    f"{(deadline - now) * 1000:.1f} ms left"
+                )
+        if self._last_arrival is not None:
+            gap = now - self._last_arrival
+            self._interarrival_s = (gap if math.isinf(self._interarrival_s)
+                                    else 0.8 * self._interarrival_s + 0.2 * gap)
+        self._last_arrival = now
         future: asyncio.Future[Any] = loop.create_future()
-        heapq.heappush(self._heap, _Pending(deadline, next(self._seq), value, future))
+        heapq.heappush(self._heap, _Pending(deadline, next(self._seq), now, value, future))
         self._wakeup.set()
         return future
+
+    def estimated_wait(self, now: float) -> float | None:
+        """Time until a query queued now would be answered, or None while the model is unknown."""
+        cfg = self.config
+        size = min(len(self._heap) + 1, cfg.max_batch_size)
+        batch_s = self.latency.estimate(size)
+        if batch_s is None:
+            return None
+        batches_ahead = math.ceil((len(self._heap) + 1) / cfg.max_batch_size)
+        running_s = 0.0
+        if self._busy >= cfg.concurrency and self._running_until:
+            running_s = max(0.0, min(self._running_until) - now)
+        return running_s + batches_ahead * batch_s / cfg.concurrency
+
+    def load(self) -> Load:
+        loop = asyncio.get_running_loop()
+        return Load(len(self._heap), self.estimated_wait(loop.time()) or 0.0)
+
+    # ------------------------------------------------------------ the worker
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not self._heap:
+            if not self._heap or self._busy >= self.config.concurrency:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            batch = self._take_batch(loop.time())
-            if batch:
-                await self._run_batch(loop, batch)
-
-    def _take_batch(self, now: float) -> list[_Pending]:
-        batch: list[_Pending] = []
-        while self._heap and len(batch) < self.max_batch_size:
-            item = heapq.heappop(self._heap)
-            if item.future.done():
-                continue  # the caller gave up
-            if item.deadline <= now:
-                item.future.set_exception(DeadlineExpired("deadline passed while queued"))
                 continue
-            batch.append(item)
+            now = loop.time()
+            plan = self._plan_fixed(now) if self.config.mode == "fixed" else self._plan(now)
+            if isinstance(plan, float):
+                self._wakeup.clear()
+                try:
+                    async with asyncio.timeout_at(plan):
+                        await self._wakeup.wait()
+                except TimeoutError:
+                    pass
+                continue
+            if plan:
+                self._dispatch(plan, now)
+
+    def _plan(self, now: float) -> list[_Pending] | float:
+        """The next adaptive batch, or the time to wait until for a bigger one."""
+        cfg = self.config
+        self._expire_hopeless(now)
+        if not self._heap:
+            return []
+        earliest = self._heap[0].deadline
+        known = self.latency.known
+        cap = cfg.max_batch_size if known else max(1, min(cfg.max_batch_size,
+                                                          int(self._aimd_cap)))
+        size = min(cap, len(self._heap))
+        if known:
+            while size > 1 and now + self._estimate(size) > earliest:
+                size -= 1
+        if known and size == len(self._heap) and size < cap and cfg.max_delay_ms > 0:
+            oldest = min(item.arrival for item in self._heap)
+            hold_until = min(oldest + cfg.max_delay_ms / 1000,
+                             earliest - self._estimate(size + 1))
+            if hold_until > now and self._interarrival_s < hold_until - now:
+                return hold_until
+        return self._pop(size)
+
+    def _plan_fixed(self, now: float) -> list[_Pending] | float:
+        cfg = self.config
+        live = sum(not item.future.done() for item in self._heap)
+        if live < cfg.max_batch_size and cfg.max_delay_ms > 0:
+            oldest = min(item.arrival for item in self._heap)
+            if now < oldest + cfg.max_delay_ms / 1000:
+                return oldest + cfg.max_delay_ms / 1000
+        return self._pop(cfg.max_batch_size)
+
+    def _estimate(self, size: int) -> float:
+        estimate = self.latency.estimate(size)
+        assert estimate is not None
+        return estimate
+
+    def _expire_hopeless(self, now: float) -> None:
+        """Answer as expired the queries at the head that cannot finish even alone."""
+        alone = self.latency.estimate(1) or 0.0
+        while self._heap:
+            head = self._heap[0]
+            if head.future.done():
+                heapq.heappop(self._heap)
+            elif head.deadline <= now + alone:
+                heapq.heappop(self._heap)
+                head.future.set_exception(
+                    DeadlineExpired("cannot finish before its deadline; not run")
+                )
+            else:
+                return
+
+    def _pop(self, size: int) -> list[_Pending]:
+        batch: list[_Pending] = []
+        while self._heap and len(batch) < size:
+            item = heapq.heappop(self._heap)
+            if not item.future.done():  # the caller may have given up
+                batch.append(item)
         return batch
 
-    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
-        inputs = [item.input for item in batch]
+    def _dispatch(self, batch: list[_Pending], now: float) -> None:
+        self._busy += 1
+        expected_end = now + (self.latency.estimate(len(batch)) or 0.0)
+        self._running_until.append(expected_end)
+        task = asyncio.create_task(self._run_batch(batch, expected_end))
+        self._tasks.add(task)
+        task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._busy -= 1
+        self._wakeup.set()
+        _log_failure(task)
+
+    async def _run_batch(self, batch: list[_Pending], expected_end: float) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
-            outputs = await loop.run_in_executor(self._executor, self.model.predict_batch, inputs)
+            outputs = await self.runner.run([item.input for item in batch])
             if len(outputs) != len(batch):
                 raise ModelFailed(
                     f"model returned {len(outputs)} outputs for a batch of {len(batch)}"
                 )
         except ModelFailed as exc:
-            self._fail(batch, exc)
+            _fail(batch, exc)
+            return
         except Exception as exc:
             logger.warning("model raised on a batch of %d: %r", len(batch), exc)
-            self._fail(batch, ModelFailed(f"model raised {type(exc).__name__}: {exc}"))
-        else:
-            for item, output in zip(batch, outputs, strict=True):
-                if not item.future.done():
-                    item.future.set_result(output)
-
-    @staticmethod
-    def _fail(batch: list[_Pending], exc: ClipperError) -> None:
-        for item in batch:
+            _fail(batch, ModelFailed(f"model raised {type(exc).__name__}: {exc}"))
+            return
+        finally:
+            self._running_until.remove(expected_end)
+        for item, output in zip(batch, outputs, strict=True):
             if not item.future.done():
-                item.future.set_exception(exc)
+                item.future.set_result(output)
+        finished = loop.time()
+        self.latency.observe(len(batch), finished - started)
+        self.batch_sizes.append(len(batch))
+        met = finished <= min(item.deadline for item in batch)
+        cap = self.config.max_batch_size
+        self._aimd_cap = min(cap, self._aimd_cap + 1) if met else max(1.0, self._aimd_cap / 2)
+
+
+def _fail(batch: list[_Pending], exc: ClipperError) -> None:
+    for item in batch:
+        if not item.future.done():
+            item.future.set_exception(exc)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("batcher task failed", exc_info=task.exception())

@@ -6,8 +6,10 @@ import argparse
 import os
 from dataclasses import dataclass
 
-from services.common.config import env_default, require
+from services.common.config import ConfigError, env_default, require
 from services.common.tensors import TensorSpec
+from services.model_container.batcher import BATCHING_MODES, BatchingConfig
+from services.model_container.runner import WORKER_KINDS
 
 SERVICE = "container"
 
@@ -23,8 +25,8 @@ class Config:
     port: int
     advertise_host: str
     input_spec: TensorSpec | None
-    max_batch_size: int
-    max_queue: int
+    batching: BatchingConfig
+    worker: str
     heartbeat_s: float
     log_level: str
 
@@ -57,10 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--input-dtype", default=env("input_dtype", ""), help="e.g. float32")
     p.add_argument("--input-shape", default=env("input_shape", ""), help="e.g. 64 or 8,8")
-    p.add_argument(
-        "--max-batch-size", type=int, default=env_default(SERVICE, "max_batch_size", 32, int)
-    )
-    p.add_argument("--max-queue", type=int, default=env_default(SERVICE, "max_queue", 1024, int))
+    p.add_argument("--batching", choices=BATCHING_MODES, default=env("batching", "adaptive"),
+                   help="adaptive (deadline-aware) or fixed (size + timeout, a baseline)")
+    p.add_argument("--max-batch-size", type=int,
+                   default=env_default(SERVICE, "max_batch_size", 64, int))
+    p.add_argument("--max-queue", type=int, default=env_default(SERVICE, "max_queue", 1024, int),
+                   help="queries waiting past this are rejected at once")
+    p.add_argument("--max-delay-ms", type=float,
+                   default=env_default(SERVICE, "max_delay_ms", 2.0, float),
+                   help="longest wait for a bigger batch after the oldest query came")
+    p.add_argument("--concurrency", type=int,
+                   default=env_default(SERVICE, "concurrency", 1, int),
+                   help="batches running at once")
+    p.add_argument("--worker", choices=WORKER_KINDS, default=env("worker", "thread"),
+                   help="run the model in worker threads or worker processes")
     p.add_argument(
         "--heartbeat-s", type=float, default=env_default(SERVICE, "heartbeat_s", 1.0, float)
     )
@@ -74,8 +86,11 @@ def config_from_args(argv: list[str] | None = None) -> Config:
     require(bool(args.model), "--model (CLIPPER_CONTAINER_MODEL) is required")
     require(bool(args.name), "--name (CLIPPER_CONTAINER_NAME) is required")
     require(bool(token), "CLIPPER_CONTAINER_TOKEN must be set (the frontend's container token)")
-    require(args.max_batch_size >= 1, f"--max-batch-size={args.max_batch_size}: must be >= 1")
-    require(args.max_queue >= 1, f"--max-queue={args.max_queue}: must be >= 1")
+    try:
+        batching = BatchingConfig(args.batching, args.max_batch_size, args.max_queue,
+                                  args.max_delay_ms, args.concurrency)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     require(args.heartbeat_s > 0, f"--heartbeat-s={args.heartbeat_s}: must be > 0")
     spec = None
     if args.input_dtype:
@@ -91,8 +106,8 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         port=args.port,
         advertise_host=advertise,
         input_spec=spec,
-        max_batch_size=args.max_batch_size,
-        max_queue=args.max_queue,
+        batching=batching,
+        worker=args.worker,
         heartbeat_s=args.heartbeat_s,
         log_level=args.log_level,
     )

@@ -61,10 +61,10 @@ class ContainerServicer(pb_grpc.ModelContainerServicer):
                     deadline = loop.time() + query.budget_us / 1e6
                     future = self.batcher.submit(value, deadline)
                 except ClipperError as exc:
-                    replies.put_nowait(_error_reply(query.id, exc))
+                    replies.put_nowait(self._with_load(_error_reply(query.id, exc)))
                     continue
                 in_flight.add(future)
-                future.add_done_callback(_reply_when_done(query.id, replies, in_flight))
+                future.add_done_callback(self._reply_when_done(query.id, replies, in_flight))
             if in_flight:
                 await asyncio.wait(in_flight)
         finally:
@@ -72,32 +72,37 @@ class ContainerServicer(pb_grpc.ModelContainerServicer):
                 future.cancel()
             replies.put_nowait(None)
 
+    def _with_load(self, reply: pb.ContainerReply) -> pb.ContainerReply:
+        load = self.batcher.load()
+        reply.load.queue_depth = load.queue_depth
+        reply.load.est_wait_us = int(load.est_wait_s * 1e6)
+        return reply
 
-def _reply_when_done(
-    query_id: int,
-    replies: asyncio.Queue[pb.ContainerReply | None],
-    in_flight: set[asyncio.Future[object]],
-) -> Callable[[asyncio.Future[object]], None]:
-    def done(future: asyncio.Future[object]) -> None:
-        in_flight.discard(future)
-        if future.cancelled():
-            return
-        exc = future.exception()
-        if isinstance(exc, ClipperError):
-            replies.put_nowait(_error_reply(query_id, exc))
-        elif exc is not None:
-            replies.put_nowait(_error_reply(query_id, ClipperError("internal error")))
-        else:
-            try:
-                output = tensors.encode(future.result())
-            except Exception as err:
-                replies.put_nowait(
-                    _error_reply(query_id, ClipperError(f"cannot encode model output: {err}"))
-                )
+    def _reply_when_done(
+        self,
+        query_id: int,
+        replies: asyncio.Queue[pb.ContainerReply | None],
+        in_flight: set[asyncio.Future[object]],
+    ) -> Callable[[asyncio.Future[object]], None]:
+        def done(future: asyncio.Future[object]) -> None:
+            in_flight.discard(future)
+            if future.cancelled():
+                return
+            exc = future.exception()
+            if isinstance(exc, ClipperError):
+                reply = _error_reply(query_id, exc)
+            elif exc is not None:
+                reply = _error_reply(query_id, ClipperError("internal error"))
             else:
-                replies.put_nowait(pb.ContainerReply(id=query_id, output=output))
+                try:
+                    reply = pb.ContainerReply(id=query_id, output=tensors.encode(future.result()))
+                except Exception as err:
+                    reply = _error_reply(
+                        query_id, ClipperError(f"cannot encode model output: {err}")
+                    )
+            replies.put_nowait(self._with_load(reply))
 
-    return done
+        return done
 
 
 def _error_reply(query_id: int, exc: ClipperError) -> pb.ContainerReply:

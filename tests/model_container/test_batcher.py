@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from services.common.errors import DeadlineExpired, Overloaded
-from services.model_container.batcher import Batcher, ModelFailed
+from services.model_container.batcher import Batcher, BatchingConfig, ModelFailed
+from services.model_container.runner import ModelRunner
 
 
 class GatedModel:
@@ -29,6 +30,10 @@ class GatedModel:
         return [x * 2 for x in inputs]
 
 
+def make_batcher(model: object, **config: Any) -> Batcher:
+    return Batcher(ModelRunner("", model=model), BatchingConfig(**config))  # type: ignore[arg-type]
+
+
 async def started(model: GatedModel) -> None:
     assert await asyncio.to_thread(model.started.wait, 10)
 
@@ -40,7 +45,7 @@ async def far() -> float:
 
 async def test_batches_respect_the_maximum_and_answers_reach_their_callers(far: float) -> None:
     model = GatedModel()
-    batcher = Batcher(model, max_batch_size=4)
+    batcher = make_batcher(model, max_batch_size=4)
     await batcher.start()
     try:
         first = batcher.submit(np.array([0.0]), far)
@@ -57,7 +62,7 @@ async def test_batches_respect_the_maximum_and_answers_reach_their_callers(far: 
 
 async def test_expired_queries_never_reach_the_model(far: float) -> None:
     model = GatedModel()
-    batcher = Batcher(model, max_batch_size=8)
+    batcher = make_batcher(model, max_batch_size=8)
     await batcher.start()
     loop = asyncio.get_running_loop()
     try:
@@ -78,7 +83,7 @@ async def test_expired_queries_never_reach_the_model(far: float) -> None:
 
 async def test_a_failing_batch_fails_only_its_own_queries(far: float) -> None:
     model = GatedModel(fail_when=-1.0)
-    batcher = Batcher(model, max_batch_size=1)
+    batcher = make_batcher(model, max_batch_size=1)
     await batcher.start()
     try:
         bad = batcher.submit(np.array([-1.0]), far)
@@ -93,7 +98,7 @@ async def test_a_failing_batch_fails_only_its_own_queries(far: float) -> None:
 
 async def test_a_full_queue_rejects_at_once(far: float) -> None:
     model = GatedModel()
-    batcher = Batcher(model, max_batch_size=1, max_queue=2)
+    batcher = make_batcher(model, max_batch_size=1, max_queue=2)
     await batcher.start()
     try:
         running = batcher.submit(np.array([0.0]), far)
@@ -109,10 +114,113 @@ async def test_a_full_queue_rejects_at_once(far: float) -> None:
 
 
 async def test_a_query_already_late_is_refused() -> None:
-    batcher = Batcher(GatedModel())
+    batcher = make_batcher(GatedModel())
     await batcher.start()
     try:
         with pytest.raises(DeadlineExpired):
             batcher.submit(np.array([0.0]), asyncio.get_running_loop().time() - 1)
     finally:
         await batcher.aclose()
+
+
+class InstantModel:
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.started = threading.Event()
+        self.sizes: list[int] = []
+
+    def predict_batch(self, inputs: list[np.ndarray]) -> Sequence[Any]:
+        self.started.set()
+        self.gate.wait(10)
+        self.sizes.append(len(inputs))
+        return [0] * len(inputs)
+
+
+def seeded_batcher(model: object, **config: Any) -> Batcher:
+    """A batcher whose latency model already knows: 5 ms per batch + 1 ms per item."""
+    batcher = make_batcher(model, **config)
+    for size in [1, 16, 32, 64] * 16:
+        batcher.latency.observe(size, 0.005 + 0.001 * size)
+    assert batcher.latency.known
+    return batcher
+
+
+@pytest.mark.parametrize("slo_ms", [20, 40, 100])
+async def test_batches_are_as_large_as_the_deadline_allows(slo_ms: int, far: float) -> None:
+    model = InstantModel()
+    batcher = seeded_batcher(model, max_batch_size=64, max_delay_ms=0)
+    await batcher.start()
+    loop = asyncio.get_running_loop()
+    try:
+        blocker = batcher.submit(np.array([0.0]), far)
+        await asyncio.to_thread(model.started.wait, 10)
+        deadline = loop.time() + slo_ms / 1000
+        queued, refused = [], 0
+        for _ in range(64):
+            try:
+                queued.append(batcher.submit(np.array([1.0]), deadline))
+            except Overloaded:
+                refused += 1  # its wait would pass the deadline: refused at once
+        model.gate.set()
+        await asyncio.wait_for(blocker, 10)
+        await asyncio.wait([asyncio.ensure_future(q) for q in queued], timeout=10)
+    finally:
+        await batcher.aclose()
+    second = model.sizes[1]
+    assert second <= min(slo_ms - 5, 64)  # 5 ms + 1 ms per item must fit in the SLO
+    assert second >= {20: 5, 40: 20, 100: 64}[slo_ms], model.sizes
+    assert refused == 64 - len(queued)
+    assert (refused > 0) == (slo_ms < 100)
+
+
+async def test_a_query_that_cannot_finish_in_time_is_expired_unrun(far: float) -> None:
+    model = InstantModel()
+    model.gate.set()
+    batcher = seeded_batcher(model)
+    await batcher.start()
+    loop = asyncio.get_running_loop()
+    try:
+        # 5 ms + 1 ms is the least a batch takes; 3 ms is not enough. Admission already
+        # knows: the query is refused at once rather than queued.
+        with pytest.raises(Overloaded, match="estimated wait"):
+            batcher.submit(np.array([0.0]), loop.time() + 0.003)
+        ok = batcher.submit(np.array([0.0]), far)
+        await asyncio.wait_for(ok, 10)
+    finally:
+        await batcher.aclose()
+    assert model.sizes == [1]
+
+
+async def test_delayed_batching_waits_for_more_but_not_past_the_deadline() -> None:
+    model = InstantModel()
+    model.gate.set()
+    batcher = seeded_batcher(model, max_batch_size=64, max_delay_ms=50)
+    await batcher.start()
+    loop = asyncio.get_running_loop()
+    try:
+        # Queries 1 ms apart: the batcher expects more and waits for them.
+        futures = []
+        for _ in range(10):
+            futures.append(batcher.submit(np.array([0.0]), loop.time() + 0.2))
+            await asyncio.sleep(0.001)
+        started = loop.time()
+        await asyncio.wait_for(asyncio.gather(*futures), 10)
+        waited = loop.time() - started
+    finally:
+        await batcher.aclose()
+    assert max(model.sizes) > 1  # it grouped queries instead of running them one by one
+    assert waited < 0.2  # and answered well before the deadline
+
+
+async def test_the_fixed_baseline_waits_its_timeout() -> None:
+    model = InstantModel()
+    model.gate.set()
+    batcher = make_batcher(model, mode="fixed", max_batch_size=32, max_delay_ms=30)
+    await batcher.start()
+    loop = asyncio.get_running_loop()
+    try:
+        futures = [batcher.submit(np.array([0.0]), loop.time() + 5) for _ in range(5)]
+        await asyncio.wait_for(asyncio.gather(*futures), 10)
+    finally:
+        await batcher.aclose()
+    assert model.sizes == [5]

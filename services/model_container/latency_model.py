@@ -1,0 +1,68 @@
+"""Online estimate of a model's batch latency as a function of batch size.
+
+The last `window` (batch size, latency) observations are kept. Every few
+observations a line latency = fixed + per_item * size is fitted by least
+squares (slope and intercept kept non-negative) and lifted by a high quantile
+of its residuals, so the estimate is a high quantile of the latency at each
+size, learnt at the sizes actually run and carried to the sizes not yet tried.
+Until two different sizes have been seen the model is unknown, and the batcher
+falls back to AIMD on its maximum batch size.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+MIN_SAMPLES = 8
+REFIT_EVERY = 8
+
+
+class LatencyModel:
+    def __init__(self, quantile: float = 0.99, window: int = 256) -> None:
+        self.quantile = quantile
+        self._samples: deque[tuple[int, float]] = deque(maxlen=window)
+        self._fixed_s = 0.0
+        self._per_item_s = 0.0
+        self._margin_s = 0.0
+        self._fitted = False
+        self._since_fit = 0
+
+    @property
+    def known(self) -> bool:
+        return self._fitted
+
+    def observe(self, batch_size: int, latency_s: float) -> None:
+        self._samples.append((batch_size, latency_s))
+        self._since_fit += 1
+        if self._since_fit >= REFIT_EVERY:
+            self._refit()
+
+    def estimate(self, batch_size: int) -> float | None:
+        """High-quantile latency (s) of a batch of this size, or None while unknown."""
+        if not self._fitted:
+            return None
+        return self._fixed_s + self._per_item_s * batch_size + self._margin_s
+
+    def line(self) -> tuple[float, float] | None:
+        """(fixed_s, per_item_s) of the fitted line, before the quantile lift."""
+        return (self._fixed_s, self._per_item_s) if self._fitted else None
+
+    def _refit(self) -> None:
+        self._since_fit = 0
+        if len(self._samples) < MIN_SAMPLES:
+            return
+        data = np.array(self._samples, dtype=float)
+        sizes, latency = data[:, 0], data[:, 1]
+        if np.ptp(sizes) == 0:
+            return
+        per_item, fixed = np.polyfit(sizes, latency, 1)
+        if per_item < 0:
+            per_item, fixed = 0.0, float(np.mean(latency))
+        if fixed < 0:
+            fixed, per_item = 0.0, float(np.dot(sizes, latency) / np.dot(sizes, sizes))
+        residuals = latency - (fixed + per_item * sizes)
+        self._fixed_s, self._per_item_s = float(fixed), float(per_item)
+        self._margin_s = max(0.0, float(np.quantile(residuals, self.quantile)))
+        self._fitted = True

@@ -1,0 +1,76 @@
+"""Where a model's batches run: worker threads (default) or worker processes.
+
+Threads suit models that release the GIL (numpy, scikit-learn, PyTorch, ONNX
+Runtime). Pure-Python models that hold the GIL can run in processes instead;
+each process loads the model itself from its reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from collections.abc import Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from services.model_container.sdk import Model, load_model
+
+WORKER_KINDS = ("thread", "process")
+
+_process_model: Model | None = None
+
+
+def _load_in_process(model_ref: str) -> None:
+    global _process_model
+    _process_model = load_model(model_ref)
+
+
+def _is_loaded() -> bool:
+    return _process_model is not None
+
+
+def _predict_in_process(inputs: list[np.ndarray]) -> list[Any]:
+    assert _process_model is not None, "worker process has no model"
+    return list(_process_model.predict_batch(inputs))
+
+
+class ModelRunner:
+    """Runs `predict_batch` off the event loop, up to `workers` batches at once."""
+
+    def __init__(self, model_ref: str, kind: str = "thread", workers: int = 1,
+                 model: Model | None = None) -> None:
+        if kind not in WORKER_KINDS:
+            raise ValueError(f"worker kind {kind!r}: expected one of {', '.join(WORKER_KINDS)}")
+        self.model_ref = model_ref
+        self.kind = kind
+        self.workers = workers
+        self.model = model
+        self._executor: Executor | None = None
+
+    async def start(self) -> None:
+        if self.kind == "thread":
+            if self.model is None:
+                self.model = await asyncio.to_thread(load_model, self.model_ref)
+            self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="model")
+        else:
+            # spawn, not fork: a forked child would inherit gRPC's threads and locks.
+            self._executor = ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_load_in_process, initargs=(self.model_ref,),
+            )
+            loop = asyncio.get_running_loop()
+            # Load the model now, not on the first query.
+            await loop.run_in_executor(self._executor, _is_loaded)
+
+    async def run(self, inputs: list[np.ndarray]) -> Sequence[Any]:
+        loop = asyncio.get_running_loop()
+        if self.kind == "thread":
+            assert self.model is not None
+            return await loop.run_in_executor(self._executor, self.model.predict_batch, inputs)
+        return await loop.run_in_executor(self._executor, _predict_in_process, inputs)
+
+    async def aclose(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+
+from services.model_container.latency_model import LatencyModel
+
+
+def test_unknown_until_two_sizes_are_seen() -> None:
+    model = LatencyModel()
+    for _ in range(32):
+        model.observe(4, 0.010)
+    assert not model.known and model.estimate(4) is None
+    for _ in range(8):
+        model.observe(8, 0.012)
+    assert model.known
+
+
+def test_converges_to_a_known_cost_with_noise() -> None:
+    """Truth: 5 ms per batch + 0.1 ms per item, with up to 0.5 ms of positive jitter."""
+    rng = np.random.default_rng(0)
+    model = LatencyModel(quantile=0.99)
+    for _ in range(2000):
+        size = int(rng.integers(1, 65))
+        model.observe(size, 0.005 + 0.0001 * size + rng.uniform(0, 0.0005))
+    line = model.line()
+    assert line is not None
+    fixed, per_item = line
+    assert fixed == pytest.approx(0.00525, abs=0.0005)  # within 0.5 ms
+    assert per_item == pytest.approx(0.0001, rel=0.1)  # within 10%
+    for size in (1, 16, 64):
+        truth_worst = 0.005 + 0.0001 * size + 0.0005
+        estimate = model.estimate(size)
+        assert estimate is not None
+        assert truth_worst - 0.0003 <= estimate <= truth_worst + 0.0005  # a high quantile
+
+
+def test_follows_a_model_that_slows_down() -> None:
+    model = LatencyModel(window=128)
+    for size in [1, 8] * 64:
+        model.observe(size, 0.001 * size)
+    for size in [1, 8] * 64:
+        model.observe(size, 0.002 * size)
+    assert model.estimate(8) == pytest.approx(0.016, rel=0.05)
