@@ -46,3 +46,11 @@ class FailsOnNegative:
 def double(x: np.ndarray) -> np.ndarray:
     """A plain function model (served through CallableModel)."""
     return x * 2
+
+
+class TenMsPerBatch:
+    """Costs 10 ms per batch whatever its size; returns each input's sum."""
+
+    def predict_batch(self, inputs: list[np.ndarray]) -> Sequence[Any]:
+        time.sleep(0.010)
+        return [np.float64(x.sum()) for x in inputs]
