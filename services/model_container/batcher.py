@@ -52,7 +52,7 @@ class BatchingConfig:
     mode: str = "adaptive"
     max_batch_size: int = 64
     max_queue: int = 1024
-    max_delay_ms: float = 2.0
+    max_delay_ms: float = 10.0
     concurrency: int = 1
 
     def __post_init__(self) -> None:
@@ -148,10 +148,14 @@ class Batcher:
         return future
 
     def estimated_wait(self, now: float) -> float | None:
-        """Time until a query queued now would be answered, or None while the model is unknown."""
+        """Typical time until a query queued now is answered; None while the model is unknown.
+
+        Typical, not a high quantile: a query is refused only when it would most
+        likely be late, not whenever it might be.
+        """
         cfg = self.config
         size = min(len(self._heap) + 1, cfg.max_batch_size)
-        batch_s = self.latency.estimate(size)
+        batch_s = self.latency.typical(size)
         if batch_s is None:
             return None
         batches_ahead = math.ceil((len(self._heap) + 1) / cfg.max_batch_size)
@@ -201,11 +205,19 @@ class Batcher:
             while size > 1 and now + self._estimate(size) > earliest:
                 size -= 1
         if known and size == len(self._heap) and size < cap and cfg.max_delay_ms > 0:
-            oldest = min(item.arrival for item in self._heap)
-            hold_until = min(oldest + cfg.max_delay_ms / 1000,
-                             earliest - self._estimate(size + 1))
-            if hold_until > now and self._interarrival_s < hold_until - now:
-                return hold_until
+            # The whole queue fits. If queries arrive faster than a batch this size can
+            # serve them (rate * its latency > its size), running it now would leave the
+            # model ever busier with small batches: hold for more, while the bigger
+            # batch still meets the earliest deadline.
+            if size < self._estimate(size) / self._interarrival_s:
+                oldest = min(item.arrival for item in self._heap)
+                # Spend at most half the slack of the oldest query waiting: the rest
+                # absorbs a batch that runs long.
+                latest_start = earliest - self._estimate(size + 1)
+                hold_until = min(oldest + cfg.max_delay_ms / 1000,
+                                 oldest + (latest_start - oldest) / 2)
+                if hold_until > now:
+                    return hold_until
         return self._pop(size)
 
     def _plan_fixed(self, now: float) -> list[_Pending] | float:
@@ -224,7 +236,7 @@ class Batcher:
 
     def _expire_hopeless(self, now: float) -> None:
         """Answer as expired the queries at the head that cannot finish even alone."""
-        alone = self.latency.estimate(1) or 0.0
+        alone = self.latency.typical(1) or 0.0
         while self._heap:
             head = self._heap[0]
             if head.future.done():

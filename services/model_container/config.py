@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, default=env_default(SERVICE, "max_queue", 1024, int),
                    help="queries waiting past this are rejected at once")
     p.add_argument("--max-delay-ms", type=float,
-                   default=env_default(SERVICE, "max_delay_ms", 2.0, float),
+                   default=env_default(SERVICE, "max_delay_ms", 10.0, float),
                    help="longest wait for a bigger batch after the oldest query came")
     p.add_argument("--concurrency", type=int,
                    default=env_default(SERVICE, "concurrency", 1, int),

@@ -45,6 +45,12 @@ class LatencyModel:
             return None
         return self._fixed_s + self._per_item_s * batch_size + self._margin_s
 
+    def typical(self, batch_size: int) -> float | None:
+        """The fitted line without the quantile lift: what a batch usually takes."""
+        if not self._fitted:
+            return None
+        return self._fixed_s + self._per_item_s * batch_size
+
     def line(self) -> tuple[float, float] | None:
         """(fixed_s, per_item_s) of the fitted line, before the quantile lift."""
         return (self._fixed_s, self._per_item_s) if self._fitted else None

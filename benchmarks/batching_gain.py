@@ -1,0 +1,153 @@
+"""Batching gain, SLO attainment and bursts: adaptive vs batch size 1 vs a fixed batcher.
+
+Queries go straight to one container's stream (as a frontend sends them), for a
+synthetic model costing 5 ms per batch plus 0.1 ms per item and for a real
+digits model; then the synthetic model again through the frontend. Each
+figure is a ratio against batch size 1 measured in the same run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.harness import BATCHERS, TOKENS, find_capacity, start_container
+from benchmarks.loadgen import (
+    ContainerStream,
+    FrontendUnary,
+    RunResult,
+    Send,
+    open_loop,
+    open_loop_profile,
+)
+from services.mesh import digits
+from tests.helpers.mesh import Mesh
+
+SLO_S = 0.020
+SYNTHETIC = "benchmarks.models:Synthetic"
+
+
+@dataclass
+class Capacity:
+    label: str
+    qps: float
+    probes: list[RunResult] = field(default_factory=list)
+
+
+def _container_sender(address: str, value: np.ndarray) -> Callable[
+        [], Awaitable[tuple[Send, Callable[[], Awaitable[None]]]]]:
+    async def make() -> tuple[Send, Callable[[], Awaitable[None]]]:
+        stream = ContainerStream(address, TOKENS["CLIPPER_CONTAINER_TOKEN"], value, SLO_S)
+        await stream.__aenter__()
+        return stream.send, lambda: stream.__aexit__(None, None, None)
+    return make
+
+
+def _frontend_sender(address: str, app: str, value: np.ndarray) -> Callable[
+        [], Awaitable[tuple[Send, Callable[[], Awaitable[None]]]]]:
+    async def make() -> tuple[Send, Callable[[], Awaitable[None]]]:
+        client = FrontendUnary(address, app, value)
+        return client.send, lambda: client.__aexit__(None, None, None)
+    return make
+
+
+async def _warm_up(make: Callable[[], Awaitable[tuple[Send, Callable[[], Awaitable[None]]]]],
+                   rate: float) -> None:
+    """Let the batcher learn its latency before it is measured."""
+    send, close = await make()
+    try:
+        for r in (rate / 4, rate / 2, rate):
+            await open_loop(send, r, 0.5, SLO_S)
+    finally:
+        await close()
+
+
+async def container_capacities(work: Path, model: str, value: np.ndarray,
+                               start_qps: float) -> list[Capacity]:
+    out = []
+    for label, flags in BATCHERS.items():
+        proc = start_container(work, model, flags, name=f"c-{len(out)}")
+        try:
+            make = _container_sender(proc.address, value)
+            await _warm_up(make, start_qps * 4)
+            qps, probes = await find_capacity(make, SLO_S, start_qps)
+            out.append(Capacity(label, qps, probes))
+        finally:
+            proc.stop()
+    return out
+
+
+async def frontend_capacities(work: Path, value: np.ndarray, start_qps: float) -> list[Capacity]:
+    out = []
+    for label, flags in BATCHERS.items():
+        mesh = Mesh(work / f"mesh-{len(out)}")
+        mesh.workdir.mkdir()
+        try:
+            mesh.start_selection()
+            mesh.start_frontend()
+            mesh.start_container(SYNTHETIC, "synthetic", "1", *flags)
+            mesh.create_app("synthetic", ["synthetic"], shape=(4,), slo_ms=int(SLO_S * 1000))
+            mesh.wait_connected("synthetic", 1)
+            make = _frontend_sender(mesh.address, "synthetic", value)
+            await _warm_up(make, start_qps * 4)
+            qps, probes = await find_capacity(make, SLO_S, start_qps)
+            out.append(Capacity(label, qps, probes))
+        finally:
+            mesh.close()
+    return out
+
+
+async def slo_attainment(work: Path, capacity_qps: float) -> dict[float, RunResult]:
+    """Open-loop load at 50/80/95% of the adaptive batcher's capacity, 3 s each."""
+    proc = start_container(work, SYNTHETIC, BATCHERS["adaptive"], name="slo")
+    results = {}
+    try:
+        make = _container_sender(proc.address, np.ones(4, np.float32))
+        await _warm_up(make, capacity_qps / 2)
+        for share in (0.5, 0.8, 0.95):
+            send, close = await make()
+            try:
+                results[share] = await open_loop(send, capacity_qps * share, 3.0, SLO_S)
+            finally:
+                await close()
+    finally:
+        proc.stop()
+    return results
+
+
+async def bursts(work: Path, capacity_qps: float) -> dict[str, RunResult]:
+    """30% of capacity for 2 s, 150% for 2 s, 30% for 3 s, for adaptive and fixed."""
+
+    def rate_at(t: float) -> float:
+        return capacity_qps * (1.5 if 2.0 <= t < 4.0 else 0.3)
+
+    out = {}
+    for label in ("adaptive", "fixed (max 32, 5 ms wait)"):
+        proc = start_container(work, SYNTHETIC, BATCHERS[label], name=f"burst-{len(out)}")
+        try:
+            make = _container_sender(proc.address, np.ones(4, np.float32))
+            await _warm_up(make, capacity_qps / 2)
+            send, close = await make()
+            try:
+                out[label] = await open_loop_profile(send, rate_at, 7.0, SLO_S)
+            finally:
+                await close()
+        finally:
+            proc.stop()
+    return out
+
+
+@contextlib.asynccontextmanager
+async def digits_model(work: Path) -> AsyncIterator[str]:
+    paths = digits.train(work / "models")
+    yield str(paths["digits-svm"])
+
+
+def digits_input() -> np.ndarray:
+    _, x_test, _, _ = digits.split()
+    return x_test[0].astype(np.float32)
+
