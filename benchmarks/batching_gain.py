@@ -8,8 +8,7 @@ figure is a ratio against batch size 1 measured in the same run.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,12 +138,6 @@ async def bursts(work: Path, capacity_qps: float) -> dict[str, RunResult]:
         finally:
             proc.stop()
     return out
-
-
-@contextlib.asynccontextmanager
-async def digits_model(work: Path) -> AsyncIterator[str]:
-    paths = digits.train(work / "models")
-    yield str(paths["digits-svm"])
 
 
 def digits_input() -> np.ndarray:

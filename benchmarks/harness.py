@@ -9,8 +9,9 @@ from pathlib import Path
 
 from benchmarks.loadgen import RunResult, Send, open_loop
 from services.common.processes import ServiceProcess, start_service
+from tests.helpers.mesh import ENV
 
-TOKENS = {"CLIPPER_MANAGEMENT_TOKEN": "bench-management", "CLIPPER_CONTAINER_TOKEN": "bench-container"}
+TOKENS = ENV  # the same tokens the test mesh uses
 
 # Batchers compared everywhere: (label, container flags).
 BATCHERS: dict[str, list[str]] = {

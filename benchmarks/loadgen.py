@@ -17,6 +17,7 @@ import numpy as np
 
 from services.common.auth import bearer
 from services.common.streams import pump
+from services.frontend.replica_client import REPLY_RESERVE_S
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 
@@ -172,8 +173,9 @@ class ContainerStream:
         query_id = next(self._ids)
         future: asyncio.Future[pb.ContainerReply] = asyncio.get_running_loop().create_future()
         self._pending[query_id] = future
+        budget_s = self.slo_s - REPLY_RESERVE_S  # what a frontend would give it
         self._outbox.put_nowait(pb.ContainerQuery(
-            id=query_id, input=self.input, budget_us=int(self.slo_s * 1e6)))
+            id=query_id, input=self.input, budget_us=int(budget_s * 1e6)))
         reply = await future
         return reply.WhichOneof("result") == "output", reply.load.queue_depth
 

@@ -27,11 +27,12 @@ from services.mesh import digits
 READY = re.compile(r"Mesh ready in [\d.]+ s: frontend on (\S+)")
 
 
-def _start_mesh(state_dir: Path) -> tuple[subprocess.Popen[str], str, float]:
+def start_mesh(state_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], str, float]:
     """Start `python -m services.mesh`; return it, the frontend address and seconds to ready."""
     started = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.mesh", "--port", "0", "--state-dir", str(state_dir)],
+        [sys.executable, "-m", "services.mesh", "--port", "0", "--state-dir", str(state_dir),
+         *extra],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         start_new_session=True,
     )
@@ -43,7 +44,7 @@ def _start_mesh(state_dir: Path) -> tuple[subprocess.Popen[str], str, float]:
     raise RuntimeError(f"mesh exited with {proc.wait()} before it was ready")
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
+def stop_mesh(proc: subprocess.Popen[str]) -> None:
     proc.terminate()
     try:
         proc.wait(30)
@@ -107,20 +108,21 @@ def _mesh_latency(address: str, x: np.ndarray) -> tuple[list[float], int]:
 
 
 def run(out: Path, queries: int) -> str:
+    del out  # figures only, no plot
     _, x_test, _, _ = digits.split()
     x = np.resize(x_test, (queries, x_test.shape[1])).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
-        cold, _, cold_s = _start_mesh(state)  # trains the models on first start
-        _stop(cold)
-        proc, address, warm_s = _start_mesh(state)
+        cold, _, cold_s = start_mesh(state)  # trains the models on first start
+        stop_mesh(cold)
+        proc, address, warm_s = start_mesh(state)
         try:
             time.sleep(2.0)  # let the mesh settle before reading its idle memory
             rss_mb, processes = _tree_rss_mb(proc.pid)
             _mesh_latency(address, x[:50])  # warm-up
             mesh_samples, defaults = _mesh_latency(address, x)
         finally:
-            _stop(proc)
+            stop_mesh(proc)
         local_samples = _in_process_latency(state / "models", x)
     m50, m99 = _percentiles(mesh_samples)
     l50, l99 = _percentiles(local_samples)

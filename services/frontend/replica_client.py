@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 2.0
 MAX_BACKOFF_S = 2.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Kept back from the budget a container is given: the reply's way back and combining.
+REPLY_RESERVE_S = 0.002
 
 
 class ReplicaClient:
@@ -79,7 +81,7 @@ class ReplicaClient:
         if not self.connected:
             raise Unavailable(f"replica {self.record.address} is not connected")
         loop = asyncio.get_running_loop()
-        budget_us = max(int((deadline - loop.time()) * 1e6), 0)
+        budget_us = max(int((deadline - loop.time() - REPLY_RESERVE_S) * 1e6), 0)
         query_id = next(self._ids)
         future: asyncio.Future[pb.Tensor] = loop.create_future()
         self._pending[query_id] = future

@@ -196,29 +196,48 @@ class Batcher:
         self._expire_hopeless(now)
         if not self._heap:
             return []
-        earliest = self._heap[0].deadline
-        known = self.latency.known
-        cap = cfg.max_batch_size if known else max(1, min(cfg.max_batch_size,
-                                                          int(self._aimd_cap)))
-        size = min(cap, len(self._heap))
-        if known:
-            while size > 1 and now + self._estimate(size) > earliest:
-                size -= 1
-        if known and size == len(self._heap) and size < cap and cfg.max_delay_ms > 0:
-            # The whole queue fits. If queries arrive faster than a batch this size can
-            # serve them (rate * its latency > its size), running it now would leave the
-            # model ever busier with small batches: hold for more, while the bigger
-            # batch still meets the earliest deadline.
-            if size < self._estimate(size) / self._interarrival_s:
-                oldest = min(item.arrival for item in self._heap)
-                # Spend at most half the slack of the oldest query waiting: the rest
-                # absorbs a batch that runs long.
-                latest_start = earliest - self._estimate(size + 1)
-                hold_until = min(oldest + cfg.max_delay_ms / 1000,
-                                 oldest + (latest_start - oldest) / 2)
-                if hold_until > now:
-                    return hold_until
-        return self._pop(size)
+        if not self.latency.known:
+            return self._pop(max(1, min(cfg.max_batch_size, int(self._aimd_cap))))
+        # Candidates in deadline order. A batch starting at the i-th is bounded by that
+        # query's deadline; start where the batch can be largest (the oldest such).
+        # Under overload this skips the few oldest queries, which could only go out
+        # in tiny batches, instead of letting them shrink every batch (and goodput).
+        window = heapq.nsmallest(min(len(self._heap), 4 * cfg.max_batch_size), self._heap)
+        start, size = 0, 0
+        for i, item in enumerate(window):
+            if size >= len(window) - i:
+                break  # no later start can make a bigger batch
+            fits = self.latency.largest_within(item.deadline - now,
+                                               min(cfg.max_batch_size, len(window) - i))
+            if fits > size:
+                start, size = i, fits
+        if size == 0:
+            start, size = 0, 1  # nothing fits the high-quantile estimate: try the oldest
+        if start == 0 and size == len(self._heap) and size < cfg.max_batch_size:
+            hold_until = self._hold_until(size, window[0].deadline)
+            if hold_until > now:
+                return hold_until
+        batch = window[start:start + size]
+        taken = {id(item) for item in batch}
+        self._heap = [item for item in self._heap if id(item) not in taken]
+        heapq.heapify(self._heap)
+        return batch
+
+    def _hold_until(self, size: int, earliest: float) -> float:
+        """When to stop waiting for more queries (a time in the past: do not wait).
+
+        The whole queue fits. If queries arrive faster than a batch this size serves
+        them, running it now would keep the model ever busier with small batches: hold
+        for more, spending at most half the slack of the oldest query, so that the rest
+        absorbs a batch that runs long, and never past `max_delay_ms`.
+        """
+        cfg = self.config
+        typical = self.latency.typical(size) or 0.0
+        if cfg.max_delay_ms <= 0 or size * self._interarrival_s >= typical:
+            return 0.0
+        oldest = min(item.arrival for item in self._heap)
+        latest_start = earliest - self._estimate(size + 1)
+        return min(oldest + cfg.max_delay_ms / 1000, oldest + (latest_start - oldest) / 2)
 
     def _plan_fixed(self, now: float) -> list[_Pending] | float:
         cfg = self.config

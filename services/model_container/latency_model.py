@@ -45,6 +45,17 @@ class LatencyModel:
             return None
         return self._fixed_s + self._per_item_s * batch_size + self._margin_s
 
+    def largest_within(self, budget_s: float, cap: int) -> int:
+        """The largest batch size (up to `cap`) whose estimate fits `budget_s`; 0 if none."""
+        if not self._fitted:
+            return 0
+        room = budget_s - self._fixed_s - self._margin_s
+        if room < self._per_item_s:
+            return 0
+        if self._per_item_s <= 0:
+            return cap
+        return min(cap, int(room / self._per_item_s))
+
     def typical(self, batch_size: int) -> float | None:
         """The fitted line without the quantile lift: what a batch usually takes."""
         if not self._fitted:

@@ -1,0 +1,37 @@
+"""A bare grpc.aio server that answers Predict with its input: the gRPC limit to compare with.
+
+`python -m benchmarks.echo_server --port 0` prints the usual ready line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import grpc
+
+from services.common.server import announce_ready, wait_for_signal
+from services.generated.clipper.v1 import clipper_pb2 as pb
+from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
+
+
+class EchoFrontend(pb_grpc.FrontendServicer):
+    async def Predict(self, request: pb.PredictRequest,
+                      context: grpc.aio.ServicerContext) -> pb.PredictResponse:
+        return pb.PredictResponse(query_id=request.query_id, output=request.input)
+
+
+async def main(port: int) -> None:
+    server = grpc.aio.server()
+    pb_grpc.add_FrontendServicer_to_server(EchoFrontend(), server)
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    announce_ready("echo", bound)
+    await wait_for_signal()
+    await server.stop(1)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    asyncio.run(main(parser.parse_args().port))

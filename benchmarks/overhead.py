@@ -1,0 +1,85 @@
+"""Overhead and the mesh's limit.
+
+- Overhead: a no-op model, one query at a time: through the frontend vs straight
+  to the container's stream vs an in-process call.
+- The whole mesh (as `make run` starts it, digits, 3 models, majority vote) at a
+  20 ms SLO, against a bare grpc.aio echo server with the same payload.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.harness import TOKENS, find_capacity
+from benchmarks.loadgen import ContainerStream, FrontendUnary, RunResult, Send, closed_loop
+from benchmarks.mesh_latency import start_mesh, stop_mesh
+from benchmarks.models import NoOp
+from services.common.processes import start_service
+from services.mesh import digits
+from tests.helpers.mesh import Mesh
+
+SLO_S = 0.020
+
+
+async def noop_overhead(work: Path, queries_s: float = 3.0) -> dict[str, RunResult]:
+    value = np.ones(4, np.float32)
+    out: dict[str, RunResult] = {}
+    model = NoOp()
+    samples = []
+    for _ in range(5000):
+        started = time.perf_counter()
+        model.predict_batch([value])
+        samples.append(time.perf_counter() - started)
+    from benchmarks.loadgen import Outcome
+    out["in-process call"] = RunResult(0, 1, 1, [Outcome(0, s, True) for s in samples])
+    mesh = Mesh(work / "noop")
+    mesh.workdir.mkdir()
+    try:
+        mesh.start_selection()
+        mesh.start_frontend()
+        container = mesh.start_container("benchmarks.models:NoOp", "noop")
+        mesh.create_app("noop", ["noop"], slo_ms=1000)
+        mesh.wait_connected("noop", 1)
+        async with ContainerStream(container.address, TOKENS["CLIPPER_CONTAINER_TOKEN"],
+                                   value, 1.0) as stream:
+            await closed_loop(stream.send, 1, 0.3, 1.0)
+            out["container stream"] = await closed_loop(stream.send, 1, queries_s, 1.0)
+        async with FrontendUnary(mesh.address, "noop", value, channels=1) as client:
+            await closed_loop(client.send, 1, 0.3, 1.0)
+            out["through the frontend"] = await closed_loop(client.send, 1, queries_s, 1.0)
+    finally:
+        mesh.close()
+    return out
+
+
+async def mesh_vs_echo(work: Path) -> tuple[tuple[float, list[RunResult]],
+                                            tuple[float, list[RunResult]]]:
+    """Capacity of the `make run` mesh at a 20 ms SLO, and of the echo server."""
+    _, x_test, _, _ = digits.split()
+    value = x_test[0].astype(np.float32)
+    echo = start_service("benchmarks.echo_server", ["--port", "0"], name="echo")
+    try:
+        echo_cap = await find_capacity(_unary(echo.address, "digits", value), SLO_S, 200)
+    finally:
+        echo.stop()
+
+    def real_within_slo(result: RunResult) -> bool:
+        return result.percentile_ms(99) <= SLO_S * 1000 and result.within_slo >= 0.999
+
+    proc, address, _ = start_mesh(work / "mesh", "--slo-ms", "20")
+    try:
+        mesh_cap = await find_capacity(_unary(address, "digits", value), SLO_S, 50,
+                                       ok=real_within_slo)
+    finally:
+        stop_mesh(proc)
+    return mesh_cap, echo_cap
+
+
+def _unary(address: str, app: str, value: np.ndarray):  # type: ignore[no-untyped-def]
+    async def make() -> tuple[Send, object]:
+        client = FrontendUnary(address, app, value)
+        return client.send, lambda: client.__aexit__(None, None, None)
+    return make
