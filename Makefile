@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := $(shell find protos -name '*.proto')
 GEN := services/generated
 
-.PHONY: run test proto lint typecheck bench clean
+.PHONY: run test proto lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,11 +33,11 @@ test: proto
 	$(PY) -m pytest -q
 
 lint: proto
-	$(VENV)/bin/ruff check services tests
-	$(VENV)/bin/mypy services
+	$(VENV)/bin/ruff check services tests benchmarks
+	$(VENV)/bin/mypy services benchmarks
 
 bench: proto
-	$(PY) -m benchmarks
+	$(PY) -m benchmarks $(ARGS)
 
 clean:
 	rm -rf $(GEN) .run .pytest_cache .mypy_cache

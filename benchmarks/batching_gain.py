@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.harness import BATCHERS, TOKENS, find_capacity, start_container
+from benchmarks.harness import BATCHERS, TOKENS, capacity, start_container, sweep
 from benchmarks.loadgen import (
     ContainerStream,
     FrontendUnary,
@@ -32,9 +32,18 @@ SYNTHETIC = "benchmarks.models:Synthetic"
 
 @dataclass
 class Capacity:
+    """A batcher's sweep, and the highest rates that met the SLO for 99% and 95%."""
+
     label: str
-    qps: float
     probes: list[RunResult] = field(default_factory=list)
+
+    @property
+    def qps(self) -> float:
+        return capacity(self.probes, 0.99)
+
+    @property
+    def qps95(self) -> float:
+        return capacity(self.probes, 0.95)
 
 
 def _container_sender(address: str, value: np.ndarray) -> Callable[
@@ -65,23 +74,21 @@ async def _warm_up(make: Callable[[], Awaitable[tuple[Send, Callable[[], Awaitab
         await close()
 
 
-async def container_capacities(work: Path, model: str, value: np.ndarray,
-                               start_qps: float) -> list[Capacity]:
-    out = []
+async def container_capacities(work: Path, model: str, value: np.ndarray) -> list[Capacity]:
+    out: list[Capacity] = []
     for label, flags in BATCHERS.items():
         proc = start_container(work, model, flags, name=f"c-{len(out)}")
         try:
             make = _container_sender(proc.address, value)
-            await _warm_up(make, start_qps * 4)
-            qps, probes = await find_capacity(make, SLO_S, start_qps)
-            out.append(Capacity(label, qps, probes))
+            await _warm_up(make, 400)
+            out.append(Capacity(label, await sweep(make, SLO_S)))
         finally:
             proc.stop()
     return out
 
 
-async def frontend_capacities(work: Path, value: np.ndarray, start_qps: float) -> list[Capacity]:
-    out = []
+async def frontend_capacities(work: Path, value: np.ndarray) -> list[Capacity]:
+    out: list[Capacity] = []
     for label, flags in BATCHERS.items():
         mesh = Mesh(work / f"mesh-{len(out)}")
         mesh.workdir.mkdir()
@@ -92,9 +99,8 @@ async def frontend_capacities(work: Path, value: np.ndarray, start_qps: float) -
             mesh.create_app("synthetic", ["synthetic"], shape=(4,), slo_ms=int(SLO_S * 1000))
             mesh.wait_connected("synthetic", 1)
             make = _frontend_sender(mesh.address, "synthetic", value)
-            await _warm_up(make, start_qps * 4)
-            qps, probes = await find_capacity(make, SLO_S, start_qps)
-            out.append(Capacity(label, qps, probes))
+            await _warm_up(make, 400)
+            out.append(Capacity(label, await sweep(make, SLO_S)))
         finally:
             mesh.close()
     return out
@@ -124,7 +130,7 @@ async def bursts(work: Path, capacity_qps: float) -> dict[str, RunResult]:
     def rate_at(t: float) -> float:
         return capacity_qps * (1.5 if 2.0 <= t < 4.0 else 0.3)
 
-    out = {}
+    out: dict[str, RunResult] = {}
     for label in ("adaptive", "fixed (max 32, 5 ms wait)"):
         proc = start_container(work, SYNTHETIC, BATCHERS[label], name=f"burst-{len(out)}")
         try:
@@ -142,5 +148,6 @@ async def bursts(work: Path, capacity_qps: float) -> dict[str, RunResult]:
 
 def digits_input() -> np.ndarray:
     _, x_test, _, _ = digits.split()
-    return x_test[0].astype(np.float32)
+    row: np.ndarray = x_test[0].astype(np.float32)
+    return row
 

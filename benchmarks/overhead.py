@@ -9,11 +9,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.harness import TOKENS, find_capacity
+from benchmarks.harness import TOKENS, sweep
 from benchmarks.loadgen import ContainerStream, FrontendUnary, RunResult, Send, closed_loop
 from benchmarks.mesh_latency import start_mesh, stop_mesh
 from benchmarks.models import NoOp
@@ -55,31 +56,27 @@ async def noop_overhead(work: Path, queries_s: float = 3.0) -> dict[str, RunResu
     return out
 
 
-async def mesh_vs_echo(work: Path) -> tuple[tuple[float, list[RunResult]],
-                                            tuple[float, list[RunResult]]]:
-    """Capacity of the `make run` mesh at a 20 ms SLO, and of the echo server."""
+async def mesh_vs_echo(work: Path) -> tuple[list[RunResult], list[RunResult]]:
+    """Sweeps of the `make run` mesh at a 20 ms SLO, and of the echo server."""
     _, x_test, _, _ = digits.split()
     value = x_test[0].astype(np.float32)
     echo = start_service("benchmarks.echo_server", ["--port", "0"], name="echo")
     try:
-        echo_cap = await find_capacity(_unary(echo.address, "digits", value), SLO_S, 200)
+        echo_runs = await sweep(_unary(echo.address, "digits", value), SLO_S)
     finally:
         echo.stop()
 
-    def real_within_slo(result: RunResult) -> bool:
-        return result.percentile_ms(99) <= SLO_S * 1000 and result.within_slo >= 0.999
-
     proc, address, _ = start_mesh(work / "mesh", "--slo-ms", "20")
     try:
-        mesh_cap = await find_capacity(_unary(address, "digits", value), SLO_S, 50,
-                                       ok=real_within_slo)
+        mesh_runs = await sweep(_unary(address, "digits", value), SLO_S)
     finally:
         stop_mesh(proc)
-    return mesh_cap, echo_cap
+    return mesh_runs, echo_runs
 
 
-def _unary(address: str, app: str, value: np.ndarray):  # type: ignore[no-untyped-def]
-    async def make() -> tuple[Send, object]:
+def _unary(address: str, app: str, value: np.ndarray) -> Callable[
+        [], Awaitable[tuple[Send, Callable[[], Awaitable[None]]]]]:
+    async def make() -> tuple[Send, Callable[[], Awaitable[None]]]:
         client = FrontendUnary(address, app, value)
         return client.send, lambda: client.__aexit__(None, None, None)
     return make
