@@ -143,7 +143,7 @@ class ContainerStream:
         self.token = token
         self.input = tensors.encode(value)
         self.slo_s = slo_s
-        self._pending: dict[int, asyncio.Future[pb.ContainerReply]] = {}
+        self._pending: dict[int, asyncio.Future[tuple[pb.ContainerReply, int]]] = {}
         self._ids = itertools.count(1)
         self._outbox: asyncio.Queue[pb.ContainerQuery] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
@@ -152,7 +152,7 @@ class ContainerStream:
         self._channel = grpc.aio.insecure_channel(self.address)
         self._call = pb_grpc.ModelContainerStub(self._channel).Predict(
             metadata=bearer(self.token))
-        self._tasks = [asyncio.create_task(pump(self._outbox, self._call)),
+        self._tasks = [asyncio.create_task(pump(self._outbox, self._call, _container_request)),
                        asyncio.create_task(self._read())]
         return self
 
@@ -164,20 +164,27 @@ class ContainerStream:
         await self._channel.close()
 
     async def _read(self) -> None:
-        async for reply in self._call:
-            future = self._pending.pop(reply.id, None)
-            if future is not None and not future.done():
-                future.set_result(reply)
+        async for response in self._call:
+            for reply in response.replies:
+                future = self._pending.pop(reply.id, None)
+                if future is not None and not future.done():
+                    future.set_result((reply, response.load.queue_depth))
 
     async def send(self) -> tuple[bool, int]:
         query_id = next(self._ids)
-        future: asyncio.Future[pb.ContainerReply] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[tuple[pb.ContainerReply, int]] = (
+            asyncio.get_running_loop().create_future()
+        )
         self._pending[query_id] = future
         budget_s = self.slo_s - REPLY_RESERVE_S  # what a frontend would give it
         self._outbox.put_nowait(pb.ContainerQuery(
             id=query_id, input=self.input, budget_us=int(budget_s * 1e6)))
-        reply = await future
-        return reply.WhichOneof("result") == "output", reply.load.queue_depth
+        reply, depth = await future
+        return reply.WhichOneof("result") == "output", depth
+
+
+def _container_request(queries: list[pb.ContainerQuery]) -> pb.ContainerRequest:
+    return pb.ContainerRequest(queries=queries)
 
 
 class FrontendUnary:

@@ -1,18 +1,32 @@
-"""Helpers for long-lived bidi streams."""
+"""Helpers for long-lived bidi streams that multiplex many small messages."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
+
+# Most items one stream message carries.
+MAX_ITEMS_PER_MESSAGE = 256
 
 
 class _Writable(Protocol):
     async def write(self, request: Any) -> None: ...
 
 
-async def pump(outbox: asyncio.Queue[T], call: _Writable) -> None:
-    """The one writer of a client stream: send what is put on `outbox`, in order, forever."""
+def take_waiting(first: T, queue: asyncio.Queue[T]) -> list[T]:
+    """`first` and whatever else is already waiting in `queue` (bounded), without waiting."""
+    items = [first]
+    while len(items) < MAX_ITEMS_PER_MESSAGE and not queue.empty():
+        items.append(queue.get_nowait())
+    return items
+
+
+async def pump(outbox: asyncio.Queue[T], call: _Writable,
+               wrap: Callable[[list[T]], Any]) -> None:
+    """The one writer of a client stream: forever, send what waits on `outbox`, in order,
+    as few messages as possible (`wrap` builds one message from a list of items)."""
     while True:
-        await call.write(await outbox.get())
+        await call.write(wrap(take_waiting(await outbox.get(), outbox)))

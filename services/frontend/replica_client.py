@@ -120,21 +120,26 @@ class ReplicaClient:
             await self._channel.channel_ready()
         self._outbox = asyncio.Queue()
         call = stub.Predict(metadata=bearer(self.token))
-        writer = asyncio.create_task(pump(self._outbox, call))
+        writer = asyncio.create_task(
+            pump(self._outbox, call, lambda queries: pb.ContainerRequest(queries=queries))
+        )
         try:
             await call.initial_metadata()
             self.connected = True
             logger.info("connected to replica %s", self.record.address)
-            async for reply in call:
-                self.queue_depth = reply.load.queue_depth
-                self.est_wait_s = reply.load.est_wait_us / 1e6
-                future = self._pending.get(reply.id)
-                if future is None or future.done():
-                    continue  # the caller gave up (deadline) before the answer came
-                if reply.WhichOneof("result") == "output":
-                    future.set_result(reply.output)
-                else:
-                    future.set_exception(error_from_code(reply.error.code, reply.error.message))
+            async for response in call:
+                self.queue_depth = response.load.queue_depth
+                self.est_wait_s = response.load.est_wait_us / 1e6
+                for reply in response.replies:
+                    future = self._pending.get(reply.id)
+                    if future is None or future.done():
+                        continue  # the caller gave up (deadline) before the answer came
+                    if reply.WhichOneof("result") == "output":
+                        future.set_result(reply.output)
+                    else:
+                        future.set_exception(
+                            error_from_code(reply.error.code, reply.error.message)
+                        )
         finally:
             writer.cancel()
             call.cancel()

@@ -129,15 +129,18 @@ class SelectionClient:
                     await self._channel.channel_ready()
                 self._outbox = asyncio.Queue()
                 call = stub.Decide()
-                writer = asyncio.create_task(pump(self._outbox, call))
+                writer = asyncio.create_task(
+                    pump(self._outbox, call, lambda reqs: pb.DecideRequest(requests=reqs))
+                )
                 try:
                     self.connected = True
                     logger.info("connected to selection service %s", self.address)
                     backoff_s = 0.05
-                    async for reply in call:
-                        future = self._pending.get(reply.id)
-                        if future is not None and not future.done():
-                            future.set_result(reply)
+                    async for response in call:
+                        for reply in response.replies:
+                            future = self._pending.get(reply.id)
+                            if future is not None and not future.done():
+                                future.set_result(reply)
                 finally:
                     writer.cancel()
                     call.cancel()

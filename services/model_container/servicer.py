@@ -11,6 +11,7 @@ import grpc
 from services.common import tensors
 from services.common.auth import check_token
 from services.common.errors import ClipperError, code_value, handle_stream_errors
+from services.common.streams import take_waiting
 from services.common.tensors import TensorSpec
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
@@ -18,9 +19,15 @@ from services.model_container.batcher import Batcher
 
 logger = logging.getLogger(__name__)
 
+Replies = asyncio.Queue[pb.ContainerReply | None]
+
 
 class ContainerServicer(pb_grpc.ModelContainerServicer):
-    """Decodes queries, hands them to the batcher and streams replies as they finish."""
+    """Decodes queries, hands them to the batcher and streams replies as they finish.
+
+    Every response message carries all the replies that were waiting (a whole batch,
+    typically) and the replica's current load.
+    """
 
     def __init__(self, batcher: Batcher, token: str, input_spec: TensorSpec | None) -> None:
         self.batcher = batcher
@@ -30,41 +37,43 @@ class ContainerServicer(pb_grpc.ModelContainerServicer):
     @handle_stream_errors
     async def Predict(
         self,
-        request_iterator: AsyncIterator[pb.ContainerQuery],
+        request_iterator: AsyncIterator[pb.ContainerRequest],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[pb.ContainerReply]:
+    ) -> AsyncIterator[pb.ContainerResponse]:
         check_token(context, self.token, "container")
         await context.send_initial_metadata(())
-        replies: asyncio.Queue[pb.ContainerReply | None] = asyncio.Queue()
+        replies: Replies = asyncio.Queue()
         reader = asyncio.create_task(self._read(request_iterator, replies))
         try:
-            while (reply := await replies.get()) is not None:
-                yield reply
+            while (first := await replies.get()) is not None:
+                batch = take_waiting(first, replies)
+                done = batch[-1] is None
+                yield self._response([r for r in batch if r is not None])
+                if done:
+                    break
             await reader  # finished: surfaces its errors, if any
         finally:
             reader.cancel()
 
-    async def _read(
-        self,
-        request_iterator: AsyncIterator[pb.ContainerQuery],
-        replies: asyncio.Queue[pb.ContainerReply | None],
-    ) -> None:
+    async def _read(self, request_iterator: AsyncIterator[pb.ContainerRequest],
+                    replies: Replies) -> None:
         """Read queries until the stream ends, then wait for their answers and close."""
         loop = asyncio.get_running_loop()
         in_flight: set[asyncio.Future[object]] = set()
         try:
-            async for query in request_iterator:
-                try:
-                    value = tensors.decode(query.input)
-                    if self.input_spec is not None:
-                        self.input_spec.check(value)
-                    deadline = loop.time() + query.budget_us / 1e6
-                    future = self.batcher.submit(value, deadline)
-                except ClipperError as exc:
-                    replies.put_nowait(self._with_load(_error_reply(query.id, exc)))
-                    continue
-                in_flight.add(future)
-                future.add_done_callback(self._reply_when_done(query.id, replies, in_flight))
+            async for message in request_iterator:
+                for query in message.queries:
+                    try:
+                        value = tensors.decode(query.input)
+                        if self.input_spec is not None:
+                            self.input_spec.check(value)
+                        deadline = loop.time() + query.budget_us / 1e6
+                        future = self.batcher.submit(value, deadline)
+                    except ClipperError as exc:
+                        replies.put_nowait(_error_reply(query.id, exc))
+                        continue
+                    in_flight.add(future)
+                    future.add_done_callback(_reply_when_done(query.id, replies, in_flight))
             if in_flight:
                 await asyncio.wait(in_flight)
         finally:
@@ -72,37 +81,35 @@ class ContainerServicer(pb_grpc.ModelContainerServicer):
                 future.cancel()
             replies.put_nowait(None)
 
-    def _with_load(self, reply: pb.ContainerReply) -> pb.ContainerReply:
+    def _response(self, replies: list[pb.ContainerReply]) -> pb.ContainerResponse:
         load = self.batcher.load()
-        reply.load.queue_depth = load.queue_depth
-        reply.load.est_wait_us = int(load.est_wait_s * 1e6)
-        return reply
+        return pb.ContainerResponse(
+            replies=replies,
+            load=pb.ReplicaLoad(queue_depth=load.queue_depth,
+                                est_wait_us=int(load.est_wait_s * 1e6)),
+        )
 
-    def _reply_when_done(
-        self,
-        query_id: int,
-        replies: asyncio.Queue[pb.ContainerReply | None],
-        in_flight: set[asyncio.Future[object]],
-    ) -> Callable[[asyncio.Future[object]], None]:
-        def done(future: asyncio.Future[object]) -> None:
-            in_flight.discard(future)
-            if future.cancelled():
-                return
-            exc = future.exception()
-            if isinstance(exc, ClipperError):
-                reply = _error_reply(query_id, exc)
-            elif exc is not None:
-                reply = _error_reply(query_id, ClipperError("internal error"))
-            else:
-                try:
-                    reply = pb.ContainerReply(id=query_id, output=tensors.encode(future.result()))
-                except Exception as err:
-                    reply = _error_reply(
-                        query_id, ClipperError(f"cannot encode model output: {err}")
-                    )
-            replies.put_nowait(self._with_load(reply))
 
-        return done
+def _reply_when_done(
+    query_id: int, replies: Replies, in_flight: set[asyncio.Future[object]]
+) -> Callable[[asyncio.Future[object]], None]:
+    def done(future: asyncio.Future[object]) -> None:
+        in_flight.discard(future)
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if isinstance(exc, ClipperError):
+            reply = _error_reply(query_id, exc)
+        elif exc is not None:
+            reply = _error_reply(query_id, ClipperError("internal error"))
+        else:
+            try:
+                reply = pb.ContainerReply(id=query_id, output=tensors.encode(future.result()))
+            except Exception as err:
+                reply = _error_reply(query_id, ClipperError(f"cannot encode model output: {err}"))
+        replies.put_nowait(reply)
+
+    return done
 
 
 def _error_reply(query_id: int, exc: ClipperError) -> pb.ContainerReply:

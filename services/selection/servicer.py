@@ -25,11 +25,11 @@ class SelectionServicer(pb_grpc.SelectionServicer):
     @handle_stream_errors
     async def Decide(
         self,
-        request_iterator: AsyncIterator[pb.SelectionRequest],
+        request_iterator: AsyncIterator[pb.DecideRequest],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[pb.SelectionReply]:
-        async for request in request_iterator:
-            yield await self._handle(request)
+    ) -> AsyncIterator[pb.DecideResponse]:
+        async for message in request_iterator:
+            yield pb.DecideResponse(replies=[await self._handle(r) for r in message.requests])
 
     async def _handle(self, request: pb.SelectionRequest) -> pb.SelectionReply:
         try:

@@ -1,4 +1,4 @@
-"""A burst against a replica with a small queue: bounded depth, prompt answers for all."""
+"""Batching over real processes: a burst against a small queue, and worker processes."""
 
 from __future__ import annotations
 
@@ -26,8 +26,12 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         mesh.start_frontend()
         mesh.start_container("tests.helpers.models:TenMsPerBatch", "ten", "1",
                              "--max-queue", str(MAX_QUEUE), "--max-batch-size", "4")
+        mesh.start_container("tests.helpers.models:SumModel", "in-process", "1",
+                             "--worker", "process", "--concurrency", "2")
         mesh.create_app("ten", ["ten"], slo_ms=2000, default=tensors.encode(np.float64(-1)))
+        mesh.create_app("in-process", ["in-process"], slo_ms=2000)
         mesh.wait_connected("ten", 1)
+        mesh.wait_connected("in-process", 1)
         yield mesh
     finally:
         mesh.close()
@@ -76,3 +80,18 @@ async def test_a_burst_is_shed_promptly_and_the_queue_stays_bounded(
                for r, _ in shed)
     assert max(s for _, s in shed) < 1.0  # shed at once, not after the 2 s SLO
     assert depths and max(depths) <= MAX_QUEUE
+
+
+async def test_a_model_in_worker_processes_answers_every_caller(
+    channel: grpc.aio.Channel,
+) -> None:
+    stub = pb_grpc.FrontendStub(channel)
+
+    async def one(i: int) -> float:
+        value = tensors.encode(np.array([i, 1, 1, 1], dtype=np.float32))
+        reply = await stub.Predict(pb.PredictRequest(application="in-process", input=value),
+                                   timeout=10)
+        assert not reply.default_used, reply.default_reason
+        return float(tensors.decode(reply.output).item())
+
+    assert await asyncio.gather(*(one(i) for i in range(100))) == [i + 3 for i in range(100)]
