@@ -1,7 +1,7 @@
 """The query path: validate, select, fan out to replicas, wait until the deadline, combine.
 
-The deadline is the application's SLO, or the client's gRPC deadline (less a
-small margin to send the answer) when that is tighter. The answer goes out as
+The deadline is the application's SLO, or the client's gRPC deadline when that
+is tighter, less a small margin to send the answer back. The answer goes out as
 soon as every selected model has answered; at the deadline, whatever arrived
 is combined; with nothing usable, the application's default output goes back,
 flagged, or the query fails with the most telling error.
@@ -34,8 +34,8 @@ from services.generated.clipper.v1 import clipper_pb2 as pb
 
 logger = logging.getLogger(__name__)
 
-# Time kept back from a client's own deadline to encode and send the answer.
-CLIENT_MARGIN_S = 0.002
+# Time kept back from the SLO and from a client's own deadline to send the answer back.
+REPLY_MARGIN_S = 0.002
 
 
 @dataclass
@@ -74,8 +74,8 @@ class QueryPath:
         now = asyncio.get_running_loop().time()
         deadline = now + app.slo_ms / 1000.0
         if client_remaining_s is not None:
-            deadline = min(deadline, now + client_remaining_s - CLIENT_MARGIN_S)
-        return deadline
+            deadline = min(deadline, now + client_remaining_s)
+        return deadline - REPLY_MARGIN_S
 
     def validate(self, app: Application, value: pb.Tensor) -> None:
         if not value.dtype and not value.shape:
