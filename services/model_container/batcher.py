@@ -203,16 +203,13 @@ class Batcher:
         # Under overload this skips the few oldest queries, which could only go out
         # in tiny batches, instead of letting them shrink every batch (and goodput).
         window = heapq.nsmallest(min(len(self._heap), 4 * cfg.max_batch_size), self._heap)
-        start, size = 0, 0
-        for i, item in enumerate(window):
-            if size >= len(window) - i:
-                break  # no later start can make a bigger batch
-            fits = self.latency.largest_within(item.deadline - now,
-                                               min(cfg.max_batch_size, len(window) - i))
-            if fits > size:
-                start, size = i, fits
+        start, size = self._best_batch(window, now, typical=False)
         if size == 0:
-            start, size = 0, 1  # nothing fits the high-quantile estimate: try the oldest
+            # Nothing fits the high-quantile estimate (a noisy machine inflates it): size
+            # by the typical latency rather than fall back to batches of one.
+            start, size = self._best_batch(window, now, typical=True)
+        if size == 0:
+            start, size = 0, 1
         if start == 0 and size == len(self._heap) and size < cfg.max_batch_size:
             hold_until = self._hold_until(size, window[0].deadline)
             if hold_until > now:
@@ -222,6 +219,19 @@ class Batcher:
         self._heap = [item for item in self._heap if id(item) not in taken]
         heapq.heapify(self._heap)
         return batch
+
+    def _best_batch(self, window: list[_Pending], now: float, typical: bool) -> tuple[int, int]:
+        """(start, size) of the largest batch of consecutive queries that fits its deadline."""
+        cap = self.config.max_batch_size
+        start, size = 0, 0
+        for i, item in enumerate(window):
+            if size >= len(window) - i:
+                break  # no later start can make a bigger batch
+            fits = self.latency.largest_within(item.deadline - now,
+                                               min(cap, len(window) - i), typical)
+            if fits > size:
+                start, size = i, fits
+        return start, size
 
     def _hold_until(self, size: int, earliest: float) -> float:
         """When to stop waiting for more queries (a time in the past: do not wait).
@@ -278,7 +288,7 @@ class Batcher:
 
     def _dispatch(self, batch: list[_Pending], now: float) -> None:
         self._busy += 1
-        expected_end = now + (self.latency.estimate(len(batch)) or 0.0)
+        expected_end = now + (self.latency.typical(len(batch)) or 0.0)
         self._running_until.append(expected_end)
         task = asyncio.create_task(self._run_batch(batch, expected_end))
         self._tasks.add(task)

@@ -45,11 +45,14 @@ class LatencyModel:
             return None
         return self._fixed_s + self._per_item_s * batch_size + self._margin_s
 
-    def largest_within(self, budget_s: float, cap: int) -> int:
-        """The largest batch size (up to `cap`) whose estimate fits `budget_s`; 0 if none."""
+    def largest_within(self, budget_s: float, cap: int, typical: bool = False) -> int:
+        """The largest batch size (up to `cap`) whose estimate fits `budget_s`; 0 if none.
+
+        With `typical`, by the fitted line alone rather than its high quantile.
+        """
         if not self._fitted:
             return 0
-        room = budget_s - self._fixed_s - self._margin_s
+        room = budget_s - self._fixed_s - (0.0 if typical else self._margin_s)
         if room < self._per_item_s:
             return 0
         if self._per_item_s <= 0:
