@@ -1,5 +1,8 @@
 """The frontend's stream to the selection service, with a fallback when it is down.
 
+Stateless policies are evaluated in the frontend with the same policy code;
+learning policies are decided by the service, which holds their state.
+
 Decisions are multiplexed by id on one bidi stream. If the service is
 unreachable, slow past the query's deadline, or errs, the frontend keeps
 serving: it uses the last decision it got for the application, or all linked
@@ -19,6 +22,7 @@ from services.common.streams import pump
 from services.frontend.registry import Application
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
+from services.selection.policies import SelectContext, get_policy
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +58,15 @@ class SelectionClient:
             await self._channel.close()
 
     async def select(self, app: Application, context_key: str, deadline: float) -> Decision:
-        """Models to ask and their weights; falls back rather than fail the query."""
+        """Models to ask and their weights; falls back rather than fail the query.
+
+        A stateless policy (static, all) is evaluated here, with the selection
+        service's own code, rather than asked for over the stream.
+        """
+        policy = get_policy(app.policy)
+        if policy.stateless:
+            ctx = SelectContext(app.name, context_key, app.linked_models, app.policy_params)
+            return policy.select(ctx, {})
         query = pb.SelectQuery(
             application=app.name,
             context_key=context_key,

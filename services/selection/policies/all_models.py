@@ -10,6 +10,8 @@ from services.selection.policies.base import Observation, SelectContext, State, 
 
 class AllModels:
     name: ClassVar[str] = "all"
+    # Decides without learnt state: the frontend may evaluate it itself.
+    stateless: ClassVar[bool] = True
 
     def select(self, ctx: SelectContext, state: State) -> list[tuple[str, float]]:
         if not ctx.candidates:

@@ -1,7 +1,8 @@
 """What every selection policy implements.
 
-A policy is stateless code; its state for one (application, context key) is a
-JSON-able dict that the service loads from and saves to the state store.
+A policy is code; its state for one (application, context key) is a JSON-able
+dict that the service loads from and saves to the state store. Policies whose
+decision needs no state (`stateless`) are also evaluated by the frontend itself.
 `select` returns the models to ask with their weights (the frontend combines
 answers by weighted vote); `observe` folds one labelled outcome into the state.
 """
@@ -36,6 +37,9 @@ class Observation:
 
 class Policy(Protocol):
     name: ClassVar[str]
+    # True when `select` ignores the state: then the frontend evaluates the policy
+    # itself and saves a round trip to the selection service on every query.
+    stateless: ClassVar[bool]
 
     def select(self, ctx: SelectContext, state: State) -> list[tuple[str, float]]: ...
 

@@ -10,6 +10,8 @@ from services.selection.policies.base import Observation, SelectContext, State, 
 
 class StaticModel:
     name: ClassVar[str] = "static"
+    # Decides without learnt state: the frontend may evaluate it itself.
+    stateless: ClassVar[bool] = True
 
     def select(self, ctx: SelectContext, state: State) -> list[tuple[str, float]]:
         model = ctx.params.get("model") or (ctx.candidates[0] if ctx.candidates else "")
