@@ -14,10 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.harness import BATCHERS, TOKENS, capacity, start_container, sweep
+from benchmarks.harness import (
+    BATCHERS,
+    TOKENS,
+    Sender,
+    capacity,
+    frontend_sender,
+    start_container,
+    sweep,
+)
 from benchmarks.loadgen import (
     ContainerStream,
-    FrontendUnary,
     RunResult,
     Send,
     open_loop,
@@ -46,8 +53,7 @@ class Capacity:
         return capacity(self.probes, 0.95)
 
 
-def _container_sender(address: str, value: np.ndarray) -> Callable[
-        [], Awaitable[tuple[Send, Callable[[], Awaitable[None]]]]]:
+def _container_sender(address: str, value: np.ndarray) -> Sender:
     async def make() -> tuple[Send, Callable[[], Awaitable[None]]]:
         stream = ContainerStream(address, TOKENS["CLIPPER_CONTAINER_TOKEN"], value, SLO_S)
         await stream.__aenter__()
@@ -55,16 +61,7 @@ def _container_sender(address: str, value: np.ndarray) -> Callable[
     return make
 
 
-def _frontend_sender(address: str, app: str, value: np.ndarray) -> Callable[
-        [], Awaitable[tuple[Send, Callable[[], Awaitable[None]]]]]:
-    async def make() -> tuple[Send, Callable[[], Awaitable[None]]]:
-        client = FrontendUnary(address, app, value)
-        return client.send, lambda: client.__aexit__(None, None, None)
-    return make
-
-
-async def _warm_up(make: Callable[[], Awaitable[tuple[Send, Callable[[], Awaitable[None]]]]],
-                   rate: float) -> None:
+async def _warm_up(make: Sender, rate: float) -> None:
     """Let the batcher learn its latency before it is measured."""
     send, close = await make()
     try:
@@ -98,7 +95,7 @@ async def frontend_capacities(work: Path, value: np.ndarray) -> list[Capacity]:
             mesh.start_container(SYNTHETIC, "synthetic", "1", *flags)
             mesh.create_app("synthetic", ["synthetic"], shape=(4,), slo_ms=int(SLO_S * 1000))
             mesh.wait_connected("synthetic", 1)
-            make = _frontend_sender(mesh.address, "synthetic", value)
+            make = frontend_sender(mesh.address, "synthetic", value)
             await _warm_up(make, 400)
             out.append(Capacity(label, await sweep(make, SLO_S)))
         finally:

@@ -7,7 +7,9 @@ import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
-from benchmarks.loadgen import RunResult, Send, closed_loop, open_loop
+import numpy as np
+
+from benchmarks.loadgen import FrontendUnary, RunResult, Send, closed_loop, open_loop
 from services.common.processes import ServiceProcess, start_service
 from tests.helpers.mesh import ENV
 
@@ -39,6 +41,17 @@ def start_container(work: Path, model: str, flags: list[str], frontend: str = "1
     )
 
 
+Sender = Callable[[], Awaitable[tuple[Send, Callable[[], Awaitable[None]]]]]
+
+
+def frontend_sender(address: str, app: str, value: np.ndarray) -> Sender:
+    """Opens a fresh FrontendUnary client per probe; returns its send and close."""
+    async def make() -> tuple[Send, Callable[[], Awaitable[None]]]:
+        client = FrontendUnary(address, app, value)
+        return client.send, lambda: client.__aexit__(None, None, None)
+    return make
+
+
 RATES = (25, 35, 50, 70, 100, 140, 200, 280, 400, 560, 800, 1130, 1600, 2260, 3200, 4500)
 
 
@@ -52,7 +65,7 @@ def capacity(runs: list[RunResult], attained: float) -> float:
 
 
 async def sweep(
-    make_send: Callable[[], Awaitable[tuple[Send, Callable[[], Awaitable[None]]]]],
+    make_send: Sender,
     slo_s: float, probe_s: float = 2.0, rates: tuple[int, ...] = RATES,
 ) -> list[RunResult]:
     """Open-loop probes over a fixed grid of rates (1.4x apart), each on a fresh stream.

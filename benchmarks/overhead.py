@@ -9,13 +9,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.harness import TOKENS, sweep
-from benchmarks.loadgen import ContainerStream, FrontendUnary, RunResult, Send, closed_loop
+from benchmarks.harness import TOKENS, frontend_sender, sweep
+from benchmarks.loadgen import ContainerStream, FrontendUnary, RunResult, closed_loop
 from benchmarks.mesh_latency import start_mesh, stop_mesh
 from benchmarks.models import NoOp
 from services.common.processes import start_service
@@ -62,21 +61,13 @@ async def mesh_vs_echo(work: Path) -> tuple[list[RunResult], list[RunResult]]:
     value = x_test[0].astype(np.float32)
     echo = start_service("benchmarks.echo_server", ["--port", "0"], name="echo")
     try:
-        echo_runs = await sweep(_unary(echo.address, "digits", value), SLO_S)
+        echo_runs = await sweep(frontend_sender(echo.address, "digits", value), SLO_S)
     finally:
         echo.stop()
 
     proc, address, _ = start_mesh(work / "mesh", "--slo-ms", "20")
     try:
-        mesh_runs = await sweep(_unary(address, "digits", value), SLO_S)
+        mesh_runs = await sweep(frontend_sender(address, "digits", value), SLO_S)
     finally:
         stop_mesh(proc)
     return mesh_runs, echo_runs
-
-
-def _unary(address: str, app: str, value: np.ndarray) -> Callable[
-        [], Awaitable[tuple[Send, Callable[[], Awaitable[None]]]]]:
-    async def make() -> tuple[Send, Callable[[], Awaitable[None]]]:
-        client = FrontendUnary(address, app, value)
-        return client.send, lambda: client.__aexit__(None, None, None)
-    return make

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -36,11 +36,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     finally:
         mesh.close()
 
-
-@pytest.fixture
-async def channel(mesh: Mesh) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(mesh.address) as channel:
-        yield channel
 
 
 async def test_a_burst_is_shed_promptly_and_the_queue_stays_bounded(

@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import grpc
 import joblib
 import numpy as np
 import pytest
@@ -39,11 +38,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory,
         mesh.close()
 
 
-@pytest.fixture
-async def frontend(mesh: Mesh) -> AsyncIterator[pb_grpc.FrontendStub]:
-    async with grpc.aio.insecure_channel(mesh.address) as channel:
-        yield pb_grpc.FrontendStub(channel)
-
 
 @pytest.fixture(scope="module")
 def test_split() -> tuple[np.ndarray, np.ndarray]:
@@ -66,16 +60,16 @@ async def predict_all(stub: pb_grpc.FrontendStub, app: str, x: np.ndarray) -> li
 
 
 async def test_unary_predictions_equal_the_model(
-    frontend: pb_grpc.FrontendStub, digits_models: dict[str, Path],
+    stub: pb_grpc.FrontendStub, digits_models: dict[str, Path],
     test_split: tuple[np.ndarray, np.ndarray],
 ) -> None:
     x_test, _ = test_split
     expected = joblib.load(digits_models["digits-logreg"]).predict(x_test).tolist()
-    assert await predict_all(frontend, "one", x_test) == expected
+    assert await predict_all(stub, "one", x_test) == expected
 
 
 async def test_streamed_predictions_equal_the_model(
-    frontend: pb_grpc.FrontendStub, digits_models: dict[str, Path],
+    stub: pb_grpc.FrontendStub, digits_models: dict[str, Path],
     test_split: tuple[np.ndarray, np.ndarray],
 ) -> None:
     x_test, _ = test_split
@@ -86,7 +80,7 @@ async def test_streamed_predictions_equal_the_model(
             yield pb.PredictRequest(application="one", input=tensors.encode(row), query_id=str(i))
 
     got: dict[int, int] = {}
-    async for reply in frontend.PredictStream(requests(), timeout=60):
+    async for reply in stub.PredictStream(requests(), timeout=60):
         assert reply.WhichOneof("result") == "response", reply.error.message
         assert reply.response.query_id == str(reply.index)
         got[reply.index] = int(tensors.decode(reply.response.output).item())
@@ -94,7 +88,7 @@ async def test_streamed_predictions_equal_the_model(
 
 
 async def test_all_models_answer_and_the_majority_wins(
-    frontend: pb_grpc.FrontendStub, digits_models: dict[str, Path],
+    stub: pb_grpc.FrontendStub, digits_models: dict[str, Path],
     test_split: tuple[np.ndarray, np.ndarray],
 ) -> None:
     x_test, y_test = test_split
@@ -105,9 +99,9 @@ async def test_all_models_answer_and_the_majority_wins(
         values, counts = np.unique(column, return_counts=True)
         best = counts.max()
         expected.append(next(v for v in column if counts[values == v][0] == best))
-    reply = await frontend.Predict(pb.PredictRequest(application="vote",
+    reply = await stub.Predict(pb.PredictRequest(application="vote",
                                                      input=tensors.encode(x[0])), timeout=10)
     assert sorted(reply.models) == sorted(f"{m}:1" for m in MODELS)
     assert 0 < reply.confidence <= 1
-    assert await predict_all(frontend, "vote", x) == [int(v) for v in expected]
+    assert await predict_all(stub, "vote", x) == [int(v) for v in expected]
     assert np.mean(np.array(expected) == y) > 0.9

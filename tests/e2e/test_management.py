@@ -6,7 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -36,11 +36,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     finally:
         mesh.close()
 
-
-@pytest.fixture
-async def channel(mesh: Mesh) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(mesh.address) as channel:
-        yield channel
 
 
 def spec() -> pb.TensorSpec:

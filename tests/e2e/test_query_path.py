@@ -42,11 +42,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         mesh.close()
 
 
-@pytest.fixture
-async def stub(mesh: Mesh) -> AsyncIterator[pb_grpc.FrontendStub]:
-    async with grpc.aio.insecure_channel(mesh.address) as channel:
-        yield pb_grpc.FrontendStub(channel)
-
 
 def query(app: str, values: list[float], dtype: str = "float32") -> pb.PredictRequest:
     return pb.PredictRequest(application=app, input=tensors.encode(np.array(values, dtype)))

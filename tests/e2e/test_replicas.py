@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -34,11 +34,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     finally:
         mesh.close()
 
-
-@pytest.fixture
-async def stub(mesh: Mesh) -> AsyncIterator[pb_grpc.FrontendStub]:
-    async with grpc.aio.insecure_channel(mesh.address) as channel:
-        yield pb_grpc.FrontendStub(channel)
 
 
 async def test_killing_one_of_two_replicas_loses_no_query(
