@@ -29,15 +29,6 @@ def env_name(service: str, name: str) -> str:
     return f"CLIPPER_{service}_{name}".upper().replace("-", "_")
 
 
-def parse_bool(raw: str) -> bool:
-    low = raw.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("expected true or false")
-
-
 def require(condition: bool, message: str) -> None:
     """Fail fast with a ConfigError when a setting is out of range."""
     if not condition:
