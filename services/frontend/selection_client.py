@@ -12,13 +12,10 @@ models with equal weights, and counts the fallback.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 
-import grpc
-
 from services.common.errors import ClipperError, InvalidInput, Unavailable, error_from_code
-from services.common.streams import pump
+from services.common.stream_client import StreamClient
 from services.frontend.registry import Application
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
@@ -33,29 +30,20 @@ SELECT_TIMEOUT_S = 0.05
 
 class SelectionClient:
     def __init__(self, address: str) -> None:
-        self.address = address
-        self.connected = False
         self.fallbacks = 0
         self._last: dict[str, Decision] = {}
-        self._pending: dict[int, asyncio.Future[pb.SelectionReply]] = {}
-        self._ids = itertools.count(1)
-        self._outbox: asyncio.Queue[pb.SelectionRequest] = asyncio.Queue()
-        self._channel: grpc.aio.Channel | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._stream: StreamClient[pb.SelectionRequest, pb.SelectionReply] = StreamClient(
+            address,
+            lambda channel: pb_grpc.SelectionStub(channel).Decide(),
+            lambda requests: pb.DecideRequest(requests=requests),
+            lambda response: response.replies,
+        )
 
     async def start(self) -> None:
-        self._channel = grpc.aio.insecure_channel(self.address)
-        self._task = asyncio.create_task(self._run(), name="selection-stream")
+        await self._stream.start()
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        if self._channel is not None:
-            await self._channel.close()
+        await self._stream.aclose()
 
     async def select(self, app: Application, context_key: str, deadline: float) -> Decision:
         """Models to ask and their weights; falls back rather than fail the query.
@@ -111,60 +99,13 @@ class SelectionClient:
         return [(m, 1.0) for m in app.linked_models]
 
     async def _call(self, request: pb.SelectionRequest, deadline: float) -> pb.SelectionReply:
-        if not self.connected:
-            raise Unavailable("selection service is not connected")
         loop = asyncio.get_running_loop()
-        timeout_at = min(deadline, loop.time() + SELECT_TIMEOUT_S) if request.HasField(
-            "select"
-        ) else deadline
-        request.id = next(self._ids)
+        timeout_at = deadline
+        if request.HasField("select"):
+            timeout_at = min(deadline, loop.time() + SELECT_TIMEOUT_S)
+        request.id = self._stream.next_id()
         request.budget_us = max(int((timeout_at - loop.time()) * 1e6), 0)
-        future: asyncio.Future[pb.SelectionReply] = loop.create_future()
-        self._pending[request.id] = future
-        self._outbox.put_nowait(request)
-        try:
-            async with asyncio.timeout_at(timeout_at):
-                reply = await future
-        finally:
-            self._pending.pop(request.id, None)
+        reply = await self._stream.request(request.id, request, timeout_at)
         if reply.WhichOneof("result") == "error":
             raise error_from_code(reply.error.code, reply.error.message)
         return reply
-
-    async def _run(self) -> None:
-        assert self._channel is not None
-        stub = pb_grpc.SelectionStub(self._channel)
-        backoff_s = 0.05
-        while True:
-            try:
-                async with asyncio.timeout(2.0):
-                    await self._channel.channel_ready()
-                self._outbox = asyncio.Queue()
-                call = stub.Decide()
-                writer = asyncio.create_task(
-                    pump(self._outbox, call, lambda reqs: pb.DecideRequest(requests=reqs))
-                )
-                try:
-                    self.connected = True
-                    logger.info("connected to selection service %s", self.address)
-                    backoff_s = 0.05
-                    async for response in call:
-                        for reply in response.replies:
-                            future = self._pending.get(reply.id)
-                            if future is not None and not future.done():
-                                future.set_result(reply)
-                finally:
-                    writer.cancel()
-                    call.cancel()
-                    await asyncio.gather(writer, return_exceptions=True)
-            except (grpc.aio.AioRpcError, TimeoutError) as exc:
-                if self.connected:
-                    logger.warning("selection stream broke: %r", exc)
-            finally:
-                self.connected = False
-                for future in self._pending.values():
-                    if not future.done():
-                        future.set_exception(Unavailable("selection stream broke"))
-            await asyncio.sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, 2.0)
-

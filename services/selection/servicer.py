@@ -28,6 +28,7 @@ class SelectionServicer(pb_grpc.SelectionServicer):
         request_iterator: AsyncIterator[pb.DecideRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.DecideResponse]:
+        await context.send_initial_metadata(())  # the stream is accepted
         async for message in request_iterator:
             yield pb.DecideResponse(replies=[await self._handle(r) for r in message.requests])
 

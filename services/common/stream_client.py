@@ -1,0 +1,144 @@
+"""A long-lived client bidi stream that multiplexes requests by id and reconnects.
+
+The frontend keeps one to each container replica and one to the selection
+service. A caller sends an item carrying a fresh id and awaits the reply with
+the same id. The one writer task sends whatever is waiting as one message;
+one reader resolves the replies. When the stream breaks, every waiting caller
+fails at once with Unavailable and the client reconnects with backoff (the
+longest after the server refused our token) until it is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Generic, Protocol, TypeVar
+
+import grpc
+
+from services.common.errors import Unavailable
+from services.common.streams import pump
+
+logger = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 2.0
+MIN_BACKOFF_S = 0.05
+MAX_BACKOFF_S = 2.0
+
+
+class _HasId(Protocol):
+    @property
+    def id(self) -> int: ...
+
+
+Item = TypeVar("Item")
+Reply = TypeVar("Reply", bound=_HasId)
+
+
+class StreamClient(Generic[Item, Reply]):
+    """`open_call(channel)` starts the stream; `wrap(items)` builds one request message;
+    `unwrap(response)` yields the replies a response message carries."""
+
+    def __init__(
+        self,
+        address: str,
+        open_call: Callable[[grpc.aio.Channel], Any],
+        wrap: Callable[[list[Item]], Any],
+        unwrap: Callable[[Any], Iterable[Reply]],
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.address = address
+        self.connected = False
+        self._open_call = open_call
+        self._wrap = wrap
+        self._unwrap = unwrap
+        self._options = list(options)
+        self._pending: dict[int, asyncio.Future[Reply]] = {}
+        self._ids = itertools.count(1)
+        self._outbox: asyncio.Queue[Item] = asyncio.Queue()
+        self._channel: grpc.aio.Channel | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._pending)
+
+    async def start(self) -> None:
+        self._channel = grpc.aio.insecure_channel(self.address, options=self._options)
+        self._task = asyncio.create_task(self._run(), name=f"stream-{self.address}")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._fail_pending(f"stream to {self.address} closed")
+        if self._channel is not None:
+            await self._channel.close()
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    async def request(self, request_id: int, item: Item, timeout_at: float | None = None) -> Reply:
+        """Send `item` (which carries `request_id`) and return the reply with that id."""
+        if not self.connected:
+            raise Unavailable(f"{self.address} is not connected")
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        self._outbox.put_nowait(item)
+        try:
+            async with asyncio.timeout_at(timeout_at):
+                return await future
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def _run(self) -> None:
+        backoff_s = MIN_BACKOFF_S
+        while True:
+            try:
+                await self._serve()
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in (grpc.StatusCode.UNAUTHENTICATED,
+                                  grpc.StatusCode.PERMISSION_DENIED):
+                    logger.error("%s refused us: %s", self.address, exc.details())
+                    backoff_s = MAX_BACKOFF_S
+                elif self.connected:
+                    logger.warning("stream to %s broke: %s", self.address, exc.code().name)
+                    backoff_s = MIN_BACKOFF_S
+            except TimeoutError:
+                pass  # not reachable yet
+            finally:
+                self.connected = False
+                self._fail_pending(f"lost the stream to {self.address}")
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
+
+    async def _serve(self) -> None:
+        assert self._channel is not None
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            await self._channel.channel_ready()
+        self._outbox = asyncio.Queue()
+        call = self._open_call(self._channel)
+        writer = asyncio.create_task(pump(self._outbox, call, self._wrap))
+        try:
+            await call.initial_metadata()  # the server accepted the stream (and our token)
+            self.connected = True
+            logger.info("connected to %s", self.address)
+            async for response in call:
+                for reply in self._unwrap(response):
+                    future = self._pending.get(reply.id)
+                    if future is not None and not future.done():
+                        future.set_result(reply)  # else the caller gave up before it came
+        finally:
+            writer.cancel()
+            call.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+
+    def _fail_pending(self, message: str) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(Unavailable(message))
