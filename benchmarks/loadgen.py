@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
-from services.common.auth import bearer
-from services.common.streams import pump
-from services.frontend.replica_client import REPLY_RESERVE_S
+from services.common.errors import ClipperError
+from services.frontend.registry import ReplicaRecord
+from services.frontend.replica_client import ReplicaClient
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 
@@ -134,57 +134,32 @@ async def closed_loop(send: Send, concurrency: int, duration_s: float,
 
 
 class ContainerStream:
-    """Queries straight to one container over its bidi stream, as a frontend sends them."""
+    """Queries straight to one container's stream, sent by the frontend's own ReplicaClient."""
 
     def __init__(self, address: str, token: str, value: np.ndarray, slo_s: float) -> None:
         from services.common import tensors
 
-        self.address = address
-        self.token = token
         self.input = tensors.encode(value)
         self.slo_s = slo_s
-        self._pending: dict[int, asyncio.Future[tuple[pb.ContainerReply, int]]] = {}
-        self._ids = itertools.count(1)
-        self._outbox: asyncio.Queue[pb.ContainerQuery] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._client = ReplicaClient(ReplicaRecord("bench", "bench", "1", address), token)
 
     async def __aenter__(self) -> ContainerStream:
-        self._channel = grpc.aio.insecure_channel(self.address)
-        self._call = pb_grpc.ModelContainerStub(self._channel).Predict(
-            metadata=bearer(self.token))
-        self._tasks = [asyncio.create_task(pump(self._outbox, self._call, _container_request)),
-                       asyncio.create_task(self._read())]
+        await self._client.start()
+        async with asyncio.timeout(10):
+            await self._client.wait_connected()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._call.cancel()
-        await self._channel.close()
-
-    async def _read(self) -> None:
-        async for response in self._call:
-            for reply in response.replies:
-                future = self._pending.pop(reply.id, None)
-                if future is not None and not future.done():
-                    future.set_result((reply, response.load.queue_depth))
+        await self._client.aclose()
 
     async def send(self) -> tuple[bool, int]:
-        query_id = next(self._ids)
-        future: asyncio.Future[tuple[pb.ContainerReply, int]] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._pending[query_id] = future
-        budget_s = self.slo_s - REPLY_RESERVE_S  # what a frontend would give it
-        self._outbox.put_nowait(pb.ContainerQuery(
-            id=query_id, input=self.input, budget_us=int(budget_s * 1e6)))
-        reply, depth = await future
-        return reply.WhichOneof("result") == "output", depth
-
-
-def _container_request(queries: list[pb.ContainerQuery]) -> pb.ContainerRequest:
-    return pb.ContainerRequest(queries=queries)
+        deadline = asyncio.get_running_loop().time() + self.slo_s
+        try:
+            await self._client.query(self.input, deadline, {})
+            ok = True
+        except ClipperError:
+            ok = False  # expired, refused or failed: counted as late
+        return ok, self._client.queue_depth
 
 
 class FrontendUnary:

@@ -50,7 +50,7 @@ class StreamClient(Generic[Item, Reply]):
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self.address = address
-        self.connected = False
+        self._connected = asyncio.Event()
         self._open_call = open_call
         self._wrap = wrap
         self._unwrap = unwrap
@@ -60,6 +60,13 @@ class StreamClient(Generic[Item, Reply]):
         self._outbox: asyncio.Queue[Item] = asyncio.Queue()
         self._channel: grpc.aio.Channel | None = None
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
 
     @property
     def outstanding(self) -> int:
@@ -112,7 +119,7 @@ class StreamClient(Generic[Item, Reply]):
             except TimeoutError:
                 pass  # not reachable yet
             finally:
-                self.connected = False
+                self._connected.clear()
                 self._fail_pending(f"lost the stream to {self.address}")
             await asyncio.sleep(backoff_s)
             backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
@@ -126,7 +133,7 @@ class StreamClient(Generic[Item, Reply]):
         writer = asyncio.create_task(pump(self._outbox, call, self._wrap))
         try:
             await call.initial_metadata()  # the server accepted the stream (and our token)
-            self.connected = True
+            self._connected.set()
             logger.info("connected to %s", self.address)
             async for response in call:
                 for reply in self._unwrap(response):

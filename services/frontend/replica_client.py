@@ -44,6 +44,9 @@ class ReplicaClient:
     def connected(self) -> bool:
         return self._stream.connected
 
+    async def wait_connected(self) -> None:
+        await self._stream.wait_connected()
+
     @property
     def outstanding(self) -> int:
         return self._stream.outstanding
