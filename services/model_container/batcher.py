@@ -214,11 +214,14 @@ class Batcher:
             hold_until = self._hold_until(size, window[0].deadline)
             if hold_until > now:
                 return hold_until
-        batch = window[start:start + size]
-        taken = {id(item) for item in batch}
-        self._heap = [item for item in self._heap if id(item) not in taken]
-        heapq.heapify(self._heap)
-        return batch
+        if start == 0:  # the usual case: the `size` earliest deadlines
+            batch = [heapq.heappop(self._heap) for _ in range(size)]
+        else:
+            batch = window[start:start + size]
+            taken = {id(item) for item in batch}
+            self._heap = [item for item in self._heap if id(item) not in taken]
+            heapq.heapify(self._heap)
+        return [item for item in batch if not item.future.done()]  # callers may have left
 
     def _best_batch(self, window: list[_Pending], now: float, typical: bool) -> tuple[int, int]:
         """(start, size) of the largest batch of consecutive queries that fits its deadline."""
