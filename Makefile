@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := $(shell find protos -name '*.proto')
 GEN := services/generated
 
-.PHONY: run test proto lint bench clean
+.PHONY: run test proto deps lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,12 @@ proto: $(GEN)/.stamp
 run: proto
 	$(PY) -m services.mesh
 
+## Tools the tests drive from outside Python (each installs once, then is a no-op).
+deps: proto
+	@if [ -f examples/Makefile ]; then $(MAKE) -s -C examples deps; fi
+
 ## The test suite (real processes on ephemeral loopback ports).
-test: proto
+test: proto deps
 	$(PY) -m pytest -q
 
 lint: proto
