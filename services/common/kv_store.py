@@ -1,7 +1,10 @@
 """Key-value state behind one small interface; the embedded file store is the default.
 
-Values are JSON-able dicts. Callers use `KeyValueStore` only, so another backend
-(Redis) slots in without touching them.
+Values are JSON-able dicts. Callers use `KeyValueStore` only; `open_store`
+picks the backend from a URL: a file path (embedded) or `redis://host:port/db`
+(shared by several frontends or selection replicas, see `redis_store.py`).
+`update` is an atomic read-modify-write: concurrent updates of one key from any
+number of processes lose none.
 """
 
 from __future__ import annotations
@@ -10,13 +13,20 @@ import asyncio
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
+
+Value = dict[str, Any]
+# Gets the current value (None when absent) and returns the new one; it may run
+# more than once (Redis retries it when another writer got there first).
+Updater = Callable[[Value | None], Value]
 
 
 class KeyValueStore(Protocol):
     async def get(self, key: str) -> dict[str, Any] | None: ...
     async def put(self, key: str, value: dict[str, Any]) -> None: ...
+    async def update(self, key: str, fn: Updater) -> Value: ...
     async def delete(self, key: str) -> bool: ...
     async def scan(self, prefix: str) -> dict[str, dict[str, Any]]: ...
     async def aclose(self) -> None: ...
@@ -48,6 +58,14 @@ class FileStore:
             self._data[key] = json.loads(json.dumps(value))
             await self._flush()
 
+    async def update(self, key: str, fn: Updater) -> Value:
+        async with self._lock:
+            current = self._data.get(key)
+            new = _copy(fn(_copy(current) if current is not None else None))
+            self._data[key] = new
+            await self._flush()
+            return _copy(new)
+
     async def delete(self, key: str) -> bool:
         async with self._lock:
             existed = self._data.pop(key, None) is not None
@@ -68,6 +86,12 @@ class FileStore:
         await asyncio.to_thread(_atomic_write, self.path, text)
 
 
+def _copy(value: Value) -> Value:
+    """A deep copy through JSON: callers never share (or store) non-JSON values."""
+    copied: Value = json.loads(json.dumps(value))
+    return copied
+
+
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -80,3 +104,12 @@ def _atomic_write(path: Path, text: str) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def open_store(url: str) -> KeyValueStore:
+    """`redis://...` opens the shared Redis store; anything else is an embedded file path."""
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from services.common.redis_store import RedisStore
+
+        return RedisStore(url)
+    return FileStore(url)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 
-from services.common.kv_store import FileStore
+from services.common.kv_store import open_store
 from services.common.server import announce_ready, start_server, wait_for_signal
 from services.common.telemetry import setup_logging
 from services.frontend.config import Config, config_from_args
@@ -22,7 +22,7 @@ GRACE_S = 5.0
 
 
 async def main(cfg: Config) -> None:
-    store = FileStore(cfg.state_path)
+    store = open_store(cfg.state)
     registry = Registry(store, cfg.replica_ttl_s)
     await registry.load()
     replicas = ReplicaTable(registry, cfg.container_token)

@@ -15,7 +15,7 @@ SERVICE = "frontend"
 class Config:
     host: str
     port: int
-    state_path: str
+    state: str
     selection: str
     management_token: str
     container_token: str
@@ -34,8 +34,9 @@ def config_from_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--host", default=env("host", "127.0.0.1"))
     p.add_argument("--port", type=int, default=env_default(SERVICE, "port", 1337, int))
     p.add_argument(
-        "--state-path", default=env("state_path", ".run/frontend-state.json"),
-        help="embedded state file (applications, models, versions, replicas)",
+        "--state", default=env("state", ".run/frontend-state.json"),
+        help="state store: an embedded file path, or redis://HOST:PORT/DB shared by "
+        "several frontends (applications, models, versions, replicas)",
     )
     p.add_argument("--selection", default=env("selection", "127.0.0.1:1338"),
                    help="selection service address")
@@ -62,7 +63,7 @@ def config_from_args(argv: list[str] | None = None) -> Config:
     return Config(
         host=args.host,
         port=args.port,
-        state_path=args.state_path,
+        state=args.state,
         selection=args.selection,
         management_token=management_token,
         container_token=container_token,

@@ -60,14 +60,14 @@ def start_mesh(args: argparse.Namespace, env: dict[str, str],
                        check=True)
     selection = start_service(
         "services.selection",
-        ["--port", "0", "--state-path", str(state / "selection-state.json")],
+        ["--port", "0", "--state", str(state / "selection-state.json")],
         env=env, log_path=logs / "selection.log",
     )
     procs.append(selection)
     frontend = start_service(
         "services.frontend",
         ["--port", str(args.port), "--selection", selection.address,
-         "--state-path", str(state / "frontend-state.json")],
+         "--state", str(state / "frontend-state.json")],
         env=env, log_path=logs / "frontend.log",
     )
     procs.append(frontend)

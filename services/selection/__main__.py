@@ -1,11 +1,11 @@
-"""`python -m services.selection --port 1338 --state-path FILE`."""
+"""`python -m services.selection --port 1338 --state FILE|redis://HOST:PORT/DB`."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 
-from services.common.kv_store import FileStore
+from services.common.kv_store import open_store
 from services.common.server import announce_ready, start_server, wait_for_signal
 from services.common.telemetry import setup_logging
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
@@ -17,7 +17,7 @@ GRACE_S = 5.0
 
 
 async def main(cfg: Config) -> None:
-    store = FileStore(cfg.state_path)
+    store = open_store(cfg.state)
     servicer = SelectionServicer(Decider(store))
     server = await start_server(
         [(functools.partial(pb_grpc.add_SelectionServicer_to_server, servicer),

@@ -14,7 +14,7 @@ SERVICE = "selection"
 class Config:
     host: str
     port: int
-    state_path: str
+    state: str
     log_level: str
 
 
@@ -23,10 +23,11 @@ def config_from_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--host", default=env_default(SERVICE, "host", "127.0.0.1", str))
     p.add_argument("--port", type=int, default=env_default(SERVICE, "port", 1338, int))
     p.add_argument(
-        "--state-path",
-        default=env_default(SERVICE, "state_path", ".run/selection-state.json", str),
-        help="embedded state file (policy state per application and context)",
+        "--state",
+        default=env_default(SERVICE, "state", ".run/selection-state.json", str),
+        help="policy state per application and context: an embedded file path, "
+        "or redis://HOST:PORT/DB shared by several selection replicas",
     )
     p.add_argument("--log-level", default=env_default(SERVICE, "log_level", "INFO", str))
     args = p.parse_args(argv)
-    return Config(args.host, args.port, args.state_path, args.log_level)
+    return Config(args.host, args.port, args.state, args.log_level)

@@ -1,13 +1,21 @@
-"""The selection core: loads policy state per (application, context), decides, learns."""
+"""The selection core: loads policy state per (application, context), decides, learns.
+
+A context (a user id, or any key the client sends) starts from the
+application-wide state and then learns on its own: every observation updates
+the context's state and the application-wide one, each atomically in the store
+(so several selection replicas or frontends sharing one Redis lose no update).
+"""
 
 from __future__ import annotations
 
-import asyncio
-from collections import defaultdict
+import copy
+from collections.abc import Callable
 
-from services.common.kv_store import KeyValueStore
-from services.selection.policies import Observation, SelectContext, get_policy
+from services.common.kv_store import KeyValueStore, Value
+from services.selection.policies import Decision, Observation, SelectContext, get_policy
 from services.selection.policies.base import State
+
+APP_WIDE = ""
 
 
 def state_key(application: str, context_key: str) -> str:
@@ -15,26 +23,37 @@ def state_key(application: str, context_key: str) -> str:
 
 
 class Decider:
-    """Runs policies over their persisted state; updates to one key are serialised."""
-
     def __init__(self, store: KeyValueStore) -> None:
         self.store = store
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
-    async def select(self, policy_name: str, ctx: SelectContext) -> list[tuple[str, float]]:
+    async def select(self, policy_name: str, ctx: SelectContext) -> Decision:
         policy = get_policy(policy_name)
-        return policy.select(ctx, await self._load(ctx))
+        return policy.select(ctx, await self.load(ctx.application, ctx.context_key))
 
     async def observe(self, policy_name: str, ctx: SelectContext, obs: Observation) -> None:
         policy = get_policy(policy_name)
-        key = state_key(ctx.application, ctx.context_key)
-        async with self._locks[key]:
-            state = await self._load(ctx)
-            await self.store.put(key, policy.observe(ctx, state, obs))
 
-    async def _load(self, ctx: SelectContext) -> State:
+        def updater(start_from: State) -> Callable[[Value | None], Value]:
+            def apply(current: Value | None) -> Value:
+                state = current if current is not None else copy.deepcopy(start_from)
+                return policy.observe(ctx, state, obs)
+
+            return apply
+
+        app_key = state_key(ctx.application, APP_WIDE)
+        if ctx.context_key != APP_WIDE:
+            # A new context starts from the application-wide state as it is now.
+            app_state = await self.store.get(app_key) or {}
+            await self.store.update(state_key(ctx.application, ctx.context_key),
+                                    updater(app_state))
+        await self.store.update(app_key, updater({}))
+
+    async def load(self, application: str, context_key: str) -> State:
         """The context's own state, else the application-wide one, else empty."""
-        for key in (state_key(ctx.application, ctx.context_key), state_key(ctx.application, "")):
+        keys = [state_key(application, context_key)]
+        if context_key != APP_WIDE:
+            keys.append(state_key(application, APP_WIDE))
+        for key in keys:
             state = await self.store.get(key)
             if state is not None:
                 return state

@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from services.common import tensors
 from services.common.errors import ClipperError, InvalidInput, code_value, handle_stream_errors
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.selection.decider import Decider
 from services.selection.policies import Observation, SelectContext
+from services.selection.reward import reward
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +50,7 @@ class SelectionServicer(pb_grpc.SelectionServicer):
                 ctx = SelectContext(
                     o.application, o.context_key, tuple(o.candidates), dict(o.policy_params)
                 )
-                obs = Observation(
-                    outputs={m: tensors.tensor_key(t) for m, t in o.outputs.items()},
-                    label=tensors.tensor_key(o.label),
-                )
+                obs = Observation({m: reward(t, o.label) for m, t in o.outputs.items()})
                 await self.decider.observe(o.policy, ctx, obs)
                 return pb.SelectionReply(id=request.id, observed=pb.Observed())
             raise InvalidInput("selection request has neither select nor observe")

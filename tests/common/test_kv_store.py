@@ -1,22 +1,72 @@
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
-from services.common.kv_store import FileStore
+import pytest
+
+from services.common.kv_store import FileStore, KeyValueStore, open_store
+from services.common.redis_store import RedisStore
 
 
-async def test_values_survive_a_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "state.json"
-    store = FileStore(path)
+@pytest.fixture(params=["file", "redis"])
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "file":
+        yield str(tmp_path / "state.json")
+    else:
+        yield request.getfixturevalue("redis_url")
+
+
+async def test_values_survive_a_reopen(store_url: str) -> None:
+    store = open_store(store_url)
     await store.put("app/a", {"x": 1})
     await store.put("app/b", {"x": 2})
     await store.put("model/m", {"v": "1"})
     assert await store.delete("app/b")
     assert not await store.delete("app/missing")
-    reopened = FileStore(path)
+    await store.aclose()
+    reopened = open_store(store_url)
     assert await reopened.get("app/a") == {"x": 1}
     assert await reopened.get("app/b") is None
     assert await reopened.scan("app/") == {"app/a": {"x": 1}}
+    await reopened.aclose()
+
+
+async def test_open_store_picks_the_backend(tmp_path: Path) -> None:
+    assert isinstance(open_store(str(tmp_path / "s.json")), FileStore)
+    redis = open_store("redis://127.0.0.1:1/0")
+    assert isinstance(redis, RedisStore)
+    await redis.aclose()
+
+
+async def test_scan_takes_glob_characters_literally(store_url: str) -> None:
+    store = open_store(store_url)
+    await store.put("app/a*", {"x": 1})
+    await store.put("app/ab", {"x": 2})
+    assert await store.scan("app/a*") == {"app/a*": {"x": 1}}
+    await store.aclose()
+
+
+async def test_concurrent_updates_lose_nothing(store_url: str) -> None:
+    """Two clients (two connections for Redis) increment one counter concurrently."""
+    stores: list[KeyValueStore] = [open_store(store_url), open_store(store_url)]
+    if isinstance(stores[0], FileStore):
+        stores = [stores[0], stores[0]]  # one process owns an embedded file
+
+    def increment(value: dict[str, Any] | None) -> dict[str, Any]:
+        value = value or {"n": 0}
+        value["n"] += 1
+        return value
+
+    async def worker(store: KeyValueStore) -> None:
+        for _ in range(100):
+            await store.update("counter", increment)
+
+    await asyncio.gather(*(worker(stores[i % 2]) for i in range(6)))
+    assert await stores[0].get("counter") == {"n": 600}
+    for store in {id(s): s for s in stores}.values():
+        await store.aclose()
 
 
 async def test_returned_values_are_copies(tmp_path: Path) -> None:

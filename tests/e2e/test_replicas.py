@@ -93,7 +93,7 @@ async def test_serving_goes_on_without_the_selection_service(
     # Back on the same address with the same state file: nothing learnt is lost.
     state_path = mesh.workdir / "selection.json"
     mesh.selection = start_service(
-        "services.selection", ["--port", str(port), "--state-path", str(state_path)],
+        "services.selection", ["--port", str(port), "--state", str(state_path)],
         name="selection-again", env=ENV, log_path=mesh.workdir / "selection-again.log",
     )
     mesh.procs.append(mesh.selection)
@@ -107,4 +107,5 @@ async def test_serving_goes_on_without_the_selection_service(
             assert exc.code() == grpc.StatusCode.UNAVAILABLE
             await asyncio.sleep(0.05)
     state = json.loads(state_path.read_text())["policy-state/pair/"]
-    assert state == {"models": {"one": {"n": 2, "correct": 2}, "sum": {"n": 2, "correct": 0}}}
+    assert state == {"models": {"one": {"n": 2, "reward": 2}, "sum": {"n": 2, "reward": 0}},
+                     "rounds": 2}

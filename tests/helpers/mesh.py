@@ -40,7 +40,7 @@ class Mesh:
     def start_selection(self) -> ServiceProcess:
         self.selection = self._start(
             "services.selection",
-            ["--port", "0", "--state-path", str(self.workdir / "selection.json")], "selection",
+            ["--port", "0", "--state", str(self.workdir / "selection.json")], "selection",
         )
         return self.selection
 
@@ -49,7 +49,7 @@ class Mesh:
         self.frontend = self._start(
             "services.frontend",
             ["--port", "0", "--selection", self.selection.address,
-             "--state-path", str(self.workdir / "frontend.json"),
+             "--state", str(self.workdir / "frontend.json"),
              "--heartbeat-ms", "200", "--replica-ttl-s", "1.0", *extra],
             "frontend",
         )

@@ -1,19 +1,28 @@
-"""What every selection policy implements.
+"""What every selection policy implements, and the per-model statistics they share.
 
 A policy is code; its state for one (application, context key) is a JSON-able
 dict that the service loads from and saves to the state store. Policies whose
 decision needs no state (`stateless`) are also evaluated by the frontend itself.
 `select` returns the models to ask with their weights (the frontend combines
-answers by weighted vote); `observe` folds one labelled outcome into the state.
+the answers by weighted vote or weighted mean); `observe` folds one labelled
+outcome into the state and returns it.
+
+State layout shared by every policy: `{"models": {name: {"n": float,
+"reward": float, ...policy fields}}, "rounds": int}`. Counts may be
+discounted (`decay` < 1) so that a policy keeps up with a model that changes.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
+from services.common.errors import InvalidInput
+
 State = dict[str, Any]
+Decision = list[tuple[str, float]]
 
 
 @dataclass(frozen=True)
@@ -23,16 +32,34 @@ class SelectContext:
     candidates: tuple[str, ...]
     params: Mapping[str, str]
 
+    def require_candidates(self) -> tuple[str, ...]:
+        if not self.candidates:
+            raise InvalidInput(f"application {self.application!r} has no linked model")
+        return self.candidates
+
+    def float_param(self, name: str, default: float, low: float, high: float) -> float:
+        """A numeric policy parameter, checked to lie in [low, high]."""
+        raw = self.params.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise InvalidInput(f"policy parameter {name}={raw!r} is not a number") from None
+        if not low <= value <= high:
+            raise InvalidInput(f"policy parameter {name}={value} must be in [{low}, {high}]")
+        return value
+
 
 @dataclass(frozen=True)
 class Observation:
-    """Each model's answer (as a canonical byte key) and whether it matched the label."""
+    """The reward in [0, 1] of each model that answered the query the label is for.
 
-    outputs: Mapping[str, bytes]
-    label: bytes
+    Models that did not answer (late, failed) are absent: they are neither
+    rewarded nor punished.
+    """
 
-    def correct(self, model: str) -> bool:
-        return self.outputs.get(model) == self.label
+    rewards: Mapping[str, float]
 
 
 class Policy(Protocol):
@@ -41,16 +68,38 @@ class Policy(Protocol):
     # itself and saves a round trip to the selection service on every query.
     stateless: ClassVar[bool]
 
-    def select(self, ctx: SelectContext, state: State) -> list[tuple[str, float]]: ...
+    def select(self, ctx: SelectContext, state: State) -> Decision: ...
 
     def observe(self, ctx: SelectContext, state: State, obs: Observation) -> State: ...
 
 
-def record_outcome(state: State, obs: Observation) -> State:
-    """Count answers and correct answers per model: `state["models"][m] = {n, correct}`."""
-    models = state.setdefault("models", {})
-    for model in obs.outputs:
-        stats = models.setdefault(model, {"n": 0, "correct": 0})
-        stats["n"] += 1
-        stats["correct"] += int(obs.correct(model))
+def model_stats(state: State, model: str) -> dict[str, float]:
+    """The model's entry in the state, created empty on first use."""
+    models: dict[str, dict[str, float]] = state.setdefault("models", {})
+    return models.setdefault(model, {"n": 0.0, "reward": 0.0})
+
+
+def record_outcome(state: State, obs: Observation, decay: float = 1.0) -> State:
+    """Count answers and rewards per model, discounting older ones by `decay` per round."""
+    if decay < 1.0:
+        for stats in state.get("models", {}).values():
+            stats["n"] *= decay
+            stats["reward"] *= decay
+    for model, value in obs.rewards.items():
+        stats = model_stats(state, model)
+        stats["n"] += 1.0
+        stats["reward"] += value
+    state["rounds"] = int(state.get("rounds", 0)) + 1
     return state
+
+
+def mean_reward(state: State, model: str) -> float | None:
+    stats = state.get("models", {}).get(model)
+    if not stats or stats["n"] <= 0:
+        return None
+    return float(stats["reward"] / stats["n"])
+
+
+def weighted_choice(rng: random.Random, weights: Mapping[str, float]) -> str:
+    models = list(weights)
+    return rng.choices(models, weights=[max(weights[m], 0.0) for m in models])[0]

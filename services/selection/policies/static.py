@@ -5,18 +5,21 @@ from __future__ import annotations
 from typing import ClassVar
 
 from services.common.errors import InvalidInput
-from services.selection.policies.base import Observation, SelectContext, State, record_outcome
+from services.selection.policies.base import (
+    Decision,
+    Observation,
+    SelectContext,
+    State,
+    record_outcome,
+)
 
 
 class StaticModel:
     name: ClassVar[str] = "static"
-    # Decides without learnt state: the frontend may evaluate it itself.
     stateless: ClassVar[bool] = True
 
-    def select(self, ctx: SelectContext, state: State) -> list[tuple[str, float]]:
-        model = ctx.params.get("model") or (ctx.candidates[0] if ctx.candidates else "")
-        if not model:
-            raise InvalidInput(f"application {ctx.application!r} has no linked model")
+    def select(self, ctx: SelectContext, state: State) -> Decision:
+        model = ctx.params.get("model") or ctx.require_candidates()[0]
         if model not in ctx.candidates:
             raise InvalidInput(
                 f"static policy model {model!r} is not linked to {ctx.application!r}"
