@@ -21,7 +21,8 @@ def to_tensor(value: npt.ArrayLike) -> pb.Tensor:
     """Encode an array (or a scalar, str, bytes or nested list) as a Tensor message.
 
     Numeric dtypes keep their numpy dtype (so send `float32` to a `float32`
-    application); str and bytes arrays become "string" and "bytes" tensors.
+    application); str and bytes arrays become "string" and "bytes" tensors. Keep
+    binary data in an object array: numpy's fixed-width bytes drop trailing NULs.
     """
     try:
         return wire.encode(value)
