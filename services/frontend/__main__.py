@@ -10,8 +10,8 @@ from services.common.server import announce_ready, start_server, wait_for_signal
 from services.common.telemetry import setup_logging
 from services.frontend.config import Config, config_from_args
 from services.frontend.management_servicer import ManagementServicer, RegistryServicer
+from services.frontend.prediction_cache import PredictionCache
 from services.frontend.query_path import QueryPath
-from services.frontend.recent import RecentPredictions
 from services.frontend.registry import Registry
 from services.frontend.replica_table import ReplicaTable
 from services.frontend.selection_client import SelectionClient
@@ -27,7 +27,8 @@ async def main(cfg: Config) -> None:
     await registry.load()
     replicas = ReplicaTable(registry, cfg.container_token)
     selection = SelectionClient(cfg.selection)
-    query_path = QueryPath(registry, replicas, selection, RecentPredictions())
+    cache = PredictionCache.open(cfg.cache, cfg.cache_size, cfg.cache_ttl_s)
+    query_path = QueryPath(registry, replicas, selection, cache)
     server = await start_server(
         [
             (functools.partial(pb_grpc.add_FrontendServicer_to_server,
@@ -55,6 +56,7 @@ async def main(cfg: Config) -> None:
         await server.stop(GRACE_S)
         await selection.aclose()
         await replicas.aclose()
+        await cache.aclose()
         await store.aclose()
 
 

@@ -1,12 +1,22 @@
-"""Combining the answers of several models into one."""
+"""Combining the answers of several models into one.
+
+Classes (integers, booleans, strings, bytes) are combined by weighted vote;
+numbers (floating point) by weighted mean. Only the answers that arrived count:
+their weights are renormalised, so a missing model is neither a vote against
+the answer nor a zero in the mean.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from services.common import tensors
 from services.generated.clipper.v1 import clipper_pb2 as pb
+
+FLOAT_DTYPES = frozenset({"float16", "float32", "float64"})
 
 
 @dataclass(frozen=True)
@@ -23,14 +33,24 @@ class Combined:
     confidence: float
 
 
+def combine(answers: Sequence[Answer]) -> Combined:
+    """Weighted mean when every answer is a float tensor of one shape, else weighted vote."""
+    if not answers:
+        raise ValueError("no answers to combine")
+    first = answers[0].output
+    numeric = first.dtype in FLOAT_DTYPES and all(
+        a.output.dtype == first.dtype and list(a.output.shape) == list(first.shape)
+        for a in answers
+    )
+    return weighted_mean(answers) if numeric and len(answers) > 1 else weighted_vote(answers)
+
+
 def weighted_vote(answers: Sequence[Answer]) -> Combined:
-    """The output with the most weight among those that arrived (weights renormalised).
+    """The output with the most weight among those that arrived.
 
     Ties go to the answer seen first, which is the policy's order. Confidence is
     the share of the arrived weight that agrees with the winner.
     """
-    if not answers:
-        raise ValueError("no answers to combine")
     totals: dict[bytes, float] = {}
     first: dict[bytes, pb.Tensor] = {}
     for answer in answers:
@@ -41,3 +61,22 @@ def weighted_vote(answers: Sequence[Answer]) -> Combined:
     total = sum(totals.values())
     confidence = totals[winner] / total if total > 0 else 1.0 / len(totals)
     return Combined(first[winner], confidence)
+
+
+def weighted_mean(answers: Sequence[Answer]) -> Combined:
+    """The weighted mean of the answers, in their dtype.
+
+    Confidence is 1 minus the weighted mean absolute deviation from the mean,
+    relative to the mean's magnitude (clipped to 0..1): models that agree give 1.
+    """
+    values = np.stack([tensors.decode(a.output).astype(np.float64) for a in answers])
+    weights = np.array([max(a.weight, 0.0) for a in answers], dtype=np.float64)
+    if weights.sum() <= 0:
+        weights = np.ones_like(weights)
+    weights /= weights.sum()
+    mean = np.tensordot(weights, values, axes=1)
+    deviation = float(np.tensordot(weights, np.abs(values - mean), axes=1).mean())
+    scale = float(np.abs(mean).mean()) + 1e-9
+    confidence = float(np.clip(1.0 - deviation / scale, 0.0, 1.0))
+    output = tensors.encode(mean.astype(tensors.decode(answers[0].output).dtype))
+    return Combined(output, confidence)

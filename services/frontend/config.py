@@ -23,6 +23,9 @@ class Config:
     replica_ttl_s: float
     max_message_bytes: int
     max_concurrent_rpcs: int
+    cache: str
+    cache_size: int
+    cache_ttl_s: float
     log_level: str
 
 
@@ -49,6 +52,14 @@ def config_from_args(argv: list[str] | None = None) -> Config:
                    default=env_default(SERVICE, "max_message_bytes", 4 * 1024 * 1024, int))
     p.add_argument("--max-concurrent-rpcs", type=int,
                    default=env_default(SERVICE, "max_concurrent_rpcs", 10_000, int))
+    p.add_argument("--cache", default=env("cache", "memory"),
+                   help="prediction cache: memory, none, or redis://HOST:PORT/DB (shared)")
+    p.add_argument("--cache-size", type=int,
+                   default=env_default(SERVICE, "cache_size", 100_000, int),
+                   help="most entries of the in-memory prediction cache")
+    p.add_argument("--cache-ttl-s", type=float,
+                   default=env_default(SERVICE, "cache_ttl_s", 600.0, float),
+                   help="how long answers (and predictions for feedback) are kept")
     p.add_argument("--log-level", default=env("log_level", "INFO"))
     args = p.parse_args(argv)
     management_token = os.environ.get("CLIPPER_MANAGEMENT_TOKEN", "")
@@ -58,6 +69,10 @@ def config_from_args(argv: list[str] | None = None) -> Config:
     require(args.heartbeat_ms > 0, f"--heartbeat-ms={args.heartbeat_ms}: must be > 0")
     require(args.replica_ttl_s * 1000 > args.heartbeat_ms,
             f"--replica-ttl-s={args.replica_ttl_s}: must exceed one heartbeat")
+    require(args.cache in ("memory", "none") or args.cache.startswith("redis://"),
+            f"--cache={args.cache}: expected memory, none or redis://HOST:PORT/DB")
+    require(args.cache_size > 0, f"--cache-size={args.cache_size}: must be > 0")
+    require(args.cache_ttl_s > 0, f"--cache-ttl-s={args.cache_ttl_s}: must be > 0")
     require(args.max_message_bytes >= 1024,
             f"--max-message-bytes={args.max_message_bytes}: must be >= 1024")
     return Config(
@@ -71,5 +86,8 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         replica_ttl_s=args.replica_ttl_s,
         max_message_bytes=args.max_message_bytes,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
+        cache=args.cache,
+        cache_size=args.cache_size,
+        cache_ttl_s=args.cache_ttl_s,
         log_level=args.log_level,
     )

@@ -166,6 +166,12 @@ def application_from_proto(msg: pb.Application) -> Application:
     policy = msg.policy or "static"
     if policy not in POLICIES:
         raise InvalidInput(f"unknown policy {policy!r}; expected one of {', '.join(POLICIES)}")
+    if not 0.0 <= msg.confidence_threshold <= 1.0:
+        raise InvalidInput(
+            f"confidence_threshold must be in [0, 1], got {msg.confidence_threshold}"
+        )
+    if msg.confidence_threshold > 0 and not msg.HasField("default_output"):
+        raise InvalidInput("a confidence_threshold needs a default_output to serve below it")
     default = None
     if msg.HasField("default_output"):
         tensors.decode(msg.default_output)
@@ -178,6 +184,7 @@ def application_from_proto(msg: pb.Application) -> Application:
         policy_params=dict(msg.policy_params),
         linked_models=tuple(dict.fromkeys(msg.linked_models)),
         default_output=default,
+        confidence_threshold=msg.confidence_threshold,
     )
 
 
@@ -189,6 +196,7 @@ def application_to_proto(app: Application) -> pb.Application:
         policy=app.policy,
         policy_params=app.policy_params,
         linked_models=app.linked_models,
+        confidence_threshold=app.confidence_threshold,
     )
     if app.default_output is not None:
         msg.default_output.ParseFromString(app.default_output)

@@ -25,8 +25,8 @@ from services.common.errors import (
     NotFound,
     Unavailable,
 )
-from services.frontend.combine import Answer, weighted_vote
-from services.frontend.recent import RecentPredictions
+from services.frontend.combine import Answer, combine
+from services.frontend.prediction_cache import PredictionCache
 from services.frontend.registry import Application, Registry
 from services.frontend.replica_table import ReplicaTable
 from services.frontend.selection_client import SelectionClient
@@ -47,6 +47,8 @@ class Prediction:
     models: list[str] = field(default_factory=list)
     missing_models: list[str] = field(default_factory=list)
     confidence: float = 0.0
+    # The models' combined answer when the default replaced it for low confidence.
+    ensemble_output: pb.Tensor | None = None
 
 
 @dataclass
@@ -63,12 +65,12 @@ class QueryPath:
         registry: Registry,
         replicas: ReplicaTable,
         selection: SelectionClient,
-        recent: RecentPredictions,
+        cache: PredictionCache,
     ) -> None:
         self.registry = registry
         self.replicas = replicas
         self.selection = selection
-        self.recent = recent
+        self.cache = cache
 
     def deadline(self, app: Application, client_remaining_s: float | None) -> float:
         now = asyncio.get_running_loop().time()
@@ -89,25 +91,38 @@ class QueryPath:
         context_key: str = "",
         query_id: str = "",
         client_remaining_s: float | None = None,
+        version: str = "",
     ) -> Prediction:
+        """Answer one query; `version`, when given, pins the models' version."""
         app = self.registry.get_app(app_name)
         self.validate(app, value)
         deadline = self.deadline(app, client_remaining_s)
         query_id = query_id or uuid.uuid4().hex
         decision = await self.selection.select(app, context_key, deadline)
-        fan = await self._fan_out(decision, value, deadline)
-        if fan.answers:
-            combined = weighted_vote(fan.answers)
-            self.recent.put(query_id, app.name, context_key,
-                            {a.model: a.output for a in fan.answers})
-            return Prediction(
-                query_id=query_id,
-                output=combined.output,
-                models=[a.served_by for a in fan.answers],
-                missing_models=fan.missing,
-                confidence=combined.confidence,
+        fan = await self._fan_out(decision, value, deadline, version)
+        if not fan.answers:
+            return self._fallback(app, query_id, fan)
+        combined = combine(fan.answers)
+        await self.cache.remember_query(query_id, pb.RecentQuery(
+            application=app.name, context_key=context_key,
+            outputs={a.model: a.output for a in fan.answers},
+        ))
+        prediction = Prediction(
+            query_id=query_id,
+            output=combined.output,
+            models=[a.served_by for a in fan.answers],
+            missing_models=fan.missing,
+            confidence=combined.confidence,
+        )
+        if combined.confidence < app.confidence_threshold and app.default_output is not None:
+            prediction.ensemble_output = prediction.output
+            prediction.output = app.default_tensor()
+            prediction.default_used = True
+            prediction.default_reason = (
+                f"low confidence: {combined.confidence:.2f} is below the application's "
+                f"threshold {app.confidence_threshold:.2f}"
             )
-        return self._fallback(app, query_id, fan)
+        return prediction
 
     async def feedback(
         self,
@@ -122,10 +137,10 @@ class QueryPath:
         app = self.registry.get_app(app_name)
         tensors.decode(label)
         if query_id:
-            recent = self.recent.get(query_id)
+            recent = await self.cache.recall_query(query_id)
             if recent is None or recent.application != app_name:
                 raise NotFound(f"no recent prediction {query_id!r} for application {app_name!r}")
-            outputs = recent.outputs
+            outputs = dict(recent.outputs)
         elif value is not None:
             self.validate(app, value)
             deadline = self.deadline(app, client_remaining_s)
@@ -140,11 +155,12 @@ class QueryPath:
         return sorted(outputs)
 
     async def _fan_out(
-        self, decision: list[tuple[str, float]], value: pb.Tensor, deadline: float
+        self, decision: list[tuple[str, float]], value: pb.Tensor, deadline: float,
+        version: str = "",
     ) -> _FanOut:
         weights = dict(decision)
         tasks = {
-            asyncio.create_task(self.replicas.query(model, value, deadline, {})): model
+            asyncio.create_task(self._ask(model, value, deadline, version)): model
             for model, _ in decision
         }
         timeout = max(deadline - asyncio.get_running_loop().time(), 0.0)
@@ -171,6 +187,17 @@ class QueryPath:
                     logger.error("query to %s failed", model, exc_info=exc)
         return _FanOut(answers, missing, errors, timed_out=bool(pending))
 
+    async def _ask(
+        self, model: str, value: pb.Tensor, deadline: float, version: str
+    ) -> tuple[str, pb.Tensor]:
+        """The model's answer (its active version, or `version` when pinned), cache first."""
+        record = self.registry.models.get(model)
+        version = version or (record.active_version if record else "")
+        return await self.cache.answer(
+            model, version, value,
+            lambda: self.replicas.query(model, value, deadline, {}, version),
+        )
+
     def _fallback(self, app: Application, query_id: str, fan: _FanOut) -> Prediction:
         if fan.timed_out:
             reason = f"no model answered within the deadline ({app.slo_ms} ms SLO)"
@@ -183,11 +210,9 @@ class QueryPath:
             reason = error.message
         if app.default_output is None:
             raise error
-        output = pb.Tensor()
-        output.ParseFromString(app.default_output)
         return Prediction(
             query_id=query_id,
-            output=output,
+            output=app.default_tensor(),
             default_used=True,
             default_reason=reason,
             missing_models=fan.missing,

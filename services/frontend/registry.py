@@ -17,6 +17,7 @@ from typing import Any
 from services.common.errors import AlreadyExists, InvalidInput, NotFound
 from services.common.kv_store import KeyValueStore
 from services.common.tensors import TensorSpec
+from services.generated.clipper.v1 import clipper_pb2 as pb
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,15 @@ class Application:
     linked_models: tuple[str, ...] = ()
     # Serialized clipper.v1.Tensor, or None when the application has no default.
     default_output: bytes | None = None
+    # Below this combined confidence the default output is served instead (0: off).
+    confidence_threshold: float = 0.0
+
+    def default_tensor(self) -> pb.Tensor:
+        if self.default_output is None:
+            raise ValueError(f"application {self.name!r} has no default output")
+        output = pb.Tensor()
+        output.ParseFromString(self.default_output)
+        return output
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -56,6 +66,7 @@ class Application:
             policy_params=dict(data.get("policy_params", {})),
             linked_models=tuple(data.get("linked_models", ())),
             default_output=base64.b64decode(default) if default else None,
+            confidence_threshold=float(data.get("confidence_threshold", 0.0)),
         )
 
 
@@ -203,13 +214,11 @@ class Registry:
             await self.deregister(rid)
         return overdue
 
-    def active_replicas(self, model_name: str) -> list[ReplicaRecord]:
-        """Live replicas of the model's active version."""
+    def replicas_of(self, model_name: str, version: str = "") -> list[ReplicaRecord]:
+        """Live replicas of the model's active version, or of `version` when given."""
         model = self.models.get(model_name)
         if model is None:
             return []
-        return [
-            r for r in self.replicas.values()
-            if r.model == model_name and r.version == model.active_version
-        ]
+        wanted = version or model.active_version
+        return [r for r in self.replicas.values() if r.model == model_name and r.version == wanted]
 

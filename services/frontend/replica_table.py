@@ -64,26 +64,31 @@ class ReplicaTable:
                 await client.start()
                 self.clients[rid] = client
 
-    def candidates(self, model: str) -> list[ReplicaClient]:
-        """Connected replicas of the model's active version."""
+    def candidates(self, model: str, version: str = "") -> list[ReplicaClient]:
+        """Connected replicas of the model's active version (or of `version`)."""
         return [
             self.clients[r.replica_id]
-            for r in self.registry.active_replicas(model)
+            for r in self.registry.replicas_of(model, version)
             if r.replica_id in self.clients and self.clients[r.replica_id].connected
         ]
 
     async def query(
-        self, model: str, value: pb.Tensor, deadline: float, trace: dict[str, str]
+        self, model: str, value: pb.Tensor, deadline: float, trace: dict[str, str],
+        version: str = "",
     ) -> tuple[str, pb.Tensor]:
-        """Answer from one replica of `model`; returns ("name:version", output)."""
+        """Answer from one replica of `model` (active version, or `version`).
+
+        Returns ("name:version", output)."""
         tried: set[str] = set()
         last_error: ClipperError | None = None
         while True:
-            replicas = [c for c in self.candidates(model) if c.record.replica_id not in tried]
+            replicas = [c for c in self.candidates(model, version)
+                        if c.record.replica_id not in tried]
             if not replicas:
                 if tried and last_error is not None:
                     raise last_error
-                raise Unavailable(f"no live replica of model {model!r}")
+                pinned = f" version {version!r}" if version else ""
+                raise Unavailable(f"no live replica of model {model!r}{pinned}")
             client = choose(replicas)
             tried.add(client.record.replica_id)
             try:

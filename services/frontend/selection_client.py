@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 Decision = list[tuple[str, float]]
 # Longest a decision may take before the frontend falls back (also bounded by the deadline).
 SELECT_TIMEOUT_S = 0.05
+# Longest feedback waits for the selection service (reconnecting included).
+OBSERVE_TIMEOUT_S = 5.0
 
 
 class SelectionClient:
@@ -86,7 +88,14 @@ class SelectionClient:
             label=label,
             outputs=outputs,
         )
-        deadline = asyncio.get_running_loop().time() + 5.0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + OBSERVE_TIMEOUT_S
+        try:  # feedback is not latency-bound: ride out a reconnect of the stream
+            await asyncio.wait_for(self._stream.wait_connected(), OBSERVE_TIMEOUT_S)
+        except TimeoutError:
+            raise Unavailable(
+                "the selection service is unreachable; the feedback was not recorded"
+            ) from None
         await self._call(pb.SelectionRequest(observe=observation), deadline)
 
     def _fallback(self, app: Application) -> Decision:

@@ -123,7 +123,7 @@ class FrontendServicer(pb_grpc.FrontendServicer):
 
 
 def _to_proto(p: Prediction) -> pb.PredictResponse:
-    return pb.PredictResponse(
+    response = pb.PredictResponse(
         query_id=p.query_id,
         output=p.output,
         default_used=p.default_used,
@@ -132,3 +132,6 @@ def _to_proto(p: Prediction) -> pb.PredictResponse:
         missing_models=p.missing_models,
         confidence=p.confidence,
     )
+    if p.ensemble_output is not None:
+        response.ensemble_output.CopyFrom(p.ensemble_output)
+    return response

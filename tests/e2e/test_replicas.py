@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 
 from services.common import tensors
-from services.common.processes import start_service
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
-from tests.helpers.mesh import ENV, Mesh
+from tests.helpers.mesh import Mesh
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +91,7 @@ async def test_serving_goes_on_without_the_selection_service(
 
     # Back on the same address with the same state file: nothing learnt is lost.
     state_path = mesh.workdir / "selection.json"
-    mesh.selection = start_service(
-        "services.selection", ["--port", str(port), "--state", str(state_path)],
-        name="selection-again", env=ENV, log_path=mesh.workdir / "selection-again.log",
-    )
-    mesh.procs.append(mesh.selection)
+    mesh.start_selection(port)
     again = await stub.Predict(query, timeout=5)
     feedback.query_id = again.query_id
     for _ in range(100):  # the frontend reconnects with backoff

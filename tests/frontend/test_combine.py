@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from services.common import tensors
-from services.frontend.combine import Answer, weighted_vote
+from services.frontend.combine import Answer, combine, weighted_vote
 
 
 def answer(model: str, value: int, weight: float = 1.0) -> Answer:
@@ -27,4 +27,26 @@ def test_ties_go_to_the_policy_order() -> None:
 
 def test_nothing_to_combine() -> None:
     with pytest.raises(ValueError):
-        weighted_vote([])
+        combine([])
+
+
+def number(model: str, value: list[float], weight: float = 1.0) -> Answer:
+    return Answer(model, f"{model}:1", tensors.encode(np.array(value, np.float32)), weight)
+
+
+def test_numbers_take_the_weighted_mean_of_what_arrived() -> None:
+    combined = combine([number("a", [1.0, 10.0], 3.0), number("b", [5.0, 30.0], 1.0)])
+    out = tensors.decode(combined.output)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, [2.0, 15.0])
+    # |1-2|*.75 + |5-2|*.25 = 1.5 and |10-15|*.75 + |30-15|*.25 = 7.5: mean 4.5 over 8.5
+    assert combined.confidence == pytest.approx(1 - 4.5 / 8.5)
+    agree = combine([number("a", [2.0], 0.5), number("b", [2.0], 0.5)])
+    assert agree.confidence == pytest.approx(1.0)
+
+
+def test_classes_and_mixed_shapes_vote() -> None:
+    assert tensors.decode(combine([answer("a", 3), answer("b", 3)]).output).item() == 3
+    mixed = combine([number("a", [1.0]), number("b", [1.0, 2.0]), number("c", [1.0])])
+    np.testing.assert_allclose(tensors.decode(mixed.output), [1.0])
+    assert mixed.confidence == pytest.approx(2 / 3)

@@ -37,12 +37,20 @@ class Mesh:
         self.procs.append(proc)
         return proc
 
-    def start_selection(self) -> ServiceProcess:
+    def start_selection(self, port: int = 0, state: str = "") -> ServiceProcess:
         self.selection = self._start(
             "services.selection",
-            ["--port", "0", "--state", str(self.workdir / "selection.json")], "selection",
+            ["--port", str(port), "--state", state or str(self.workdir / "selection.json")],
+            f"selection-{len(self.procs)}",
         )
         return self.selection
+
+    def restart_selection(self) -> ServiceProcess:
+        """Kill the selection service and start it again on its port with its state."""
+        assert self.selection is not None
+        port = self.selection.port
+        self.selection.kill()
+        return self.start_selection(port)
 
     def start_frontend(self, *extra: str) -> ServiceProcess:
         assert self.selection is not None
@@ -77,9 +85,12 @@ class Mesh:
 
     def create_app(self, name: str, models: list[str], dtype: str = "float32",
                    shape: tuple[int, ...] = (4,), slo_ms: int = 1000, policy: str = "static",
-                   default: pb.Tensor | None = None) -> None:
+                   default: pb.Tensor | None = None, params: dict[str, str] | None = None,
+                   confidence_threshold: float = 0.0) -> None:
         app = pb.Application(name=name, input_spec=pb.TensorSpec(dtype=dtype, shape=list(shape)),
-                             slo_ms=slo_ms, policy=policy, linked_models=models)
+                             slo_ms=slo_ms, policy=policy, linked_models=models,
+                             policy_params=params or {},
+                             confidence_threshold=confidence_threshold)
         if default is not None:
             app.default_output.CopyFrom(default)
         with self.management() as mgmt:

@@ -54,3 +54,20 @@ class TenMsPerBatch:
     def predict_batch(self, inputs: list[np.ndarray]) -> Sequence[Any]:
         time.sleep(0.010)
         return [np.float64(x.sum()) for x in inputs]
+
+
+class Counter:
+    """Answers each input with how many inputs this process has run so far (1, 2, ...).
+
+    Shows whether the model ran: a cached or joined answer does not move the count.
+    """
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def predict_batch(self, inputs: list[np.ndarray]) -> Sequence[Any]:
+        outputs = []
+        for _ in inputs:
+            self.seen += 1
+            outputs.append(np.int64(self.seen))
+        return outputs
