@@ -42,6 +42,8 @@ class Prediction:
     missing_models: tuple[str, ...]
     # Share of the selection weight that agrees with `output` (0..1).
     confidence: float
+    # The models' combined answer when the default replaced it for low confidence.
+    ensemble_output: np.ndarray | None = None
 
     @classmethod
     def from_proto(cls, msg: pb.PredictResponse) -> Prediction:
@@ -53,6 +55,8 @@ class Prediction:
             models=tuple(msg.models),
             missing_models=tuple(msg.missing_models),
             confidence=msg.confidence,
+            ensemble_output=(from_tensor(msg.ensemble_output)
+                             if msg.HasField("ensemble_output") else None),
         )
 
 

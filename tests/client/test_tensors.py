@@ -88,6 +88,9 @@ def test_prediction_from_proto() -> None:
     assert (p.query_id, int(p.output), p.default_used, p.default_reason) == ("q", 4, True,
                                                                              "deadline")
     assert (p.models, p.missing_models, p.confidence) == (("m:1",), ("n",), 0.5)
+    assert p.ensemble_output is None
+    reply.ensemble_output.CopyFrom(to_tensor(np.int64(7)))
+    assert Prediction.from_proto(reply).ensemble_output == 7
 
 
 @pytest.mark.parametrize(
