@@ -6,6 +6,7 @@ import asyncio
 import functools
 
 from services.common.kv_store import open_store
+from services.common.metrics import serve_metrics
 from services.common.server import announce_ready, start_server, wait_for_signal
 from services.common.telemetry import setup_logging
 from services.frontend.config import Config, config_from_args
@@ -22,6 +23,7 @@ GRACE_S = 5.0
 
 
 async def main(cfg: Config) -> None:
+    serve_metrics("frontend", cfg.host, cfg.metrics_port)
     store = open_store(cfg.state)
     registry = Registry(store, cfg.replica_ttl_s)
     await registry.load()

@@ -26,6 +26,7 @@ class Config:
     cache: str
     cache_size: int
     cache_ttl_s: float
+    metrics_port: int
     log_level: str
 
 
@@ -60,6 +61,9 @@ def config_from_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--cache-ttl-s", type=float,
                    default=env_default(SERVICE, "cache_ttl_s", 600.0, float),
                    help="how long answers (and predictions for feedback) are kept")
+    p.add_argument("--metrics-port", type=int,
+                   default=env_default(SERVICE, "metrics_port", -1, int),
+                   help="serve Prometheus metrics on this port (0: any free port; -1: off)")
     p.add_argument("--log-level", default=env("log_level", "INFO"))
     args = p.parse_args(argv)
     management_token = os.environ.get("CLIPPER_MANAGEMENT_TOKEN", "")
@@ -89,5 +93,6 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         cache=args.cache,
         cache_size=args.cache_size,
         cache_ttl_s=args.cache_ttl_s,
+        metrics_port=args.metrics_port,
         log_level=args.log_level,
     )

@@ -25,6 +25,7 @@ from aiocache.base import BaseCache
 from aiocache.plugins import BasePlugin
 from aiocache.serializers import BaseSerializer
 
+from services.frontend import metrics
 from services.generated.clipper.v1 import clipper_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ class PredictionCache:
         cached = await self._get(key)
         if cached is not None:
             self.hits += 1
+            metrics.cache_hits.add(1, {"model": model})
             output = pb.Tensor()
             output.ParseFromString(cached)
             return f"{model}:{version}", output
@@ -118,6 +120,7 @@ class PredictionCache:
             inflight.add_done_callback(lambda f: self._forget(key, f))
         else:
             self.coalesced += 1
+            metrics.cache_coalesced.add(1, {"model": model})
         return await asyncio.shield(inflight)
 
     async def remember_query(self, query_id: str, record: pb.RecentQuery) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -25,6 +26,7 @@ from services.common.errors import (
     NotFound,
     Unavailable,
 )
+from services.frontend import metrics
 from services.frontend.combine import Answer, combine
 from services.frontend.prediction_cache import PredictionCache
 from services.frontend.registry import Application, Registry
@@ -49,6 +51,8 @@ class Prediction:
     confidence: float = 0.0
     # The models' combined answer when the default replaced it for low confidence.
     ensemble_output: pb.Tensor | None = None
+    # For metrics: deadline, low_confidence or error.
+    default_cause: str = ""
 
 
 @dataclass
@@ -93,7 +97,37 @@ class QueryPath:
         client_remaining_s: float | None = None,
         version: str = "",
     ) -> Prediction:
-        """Answer one query; `version`, when given, pins the models' version."""
+        """Answer one query; `version`, when given, pins the models' version.
+
+        Counted in the frontend's metrics (outcome, latency, defaults, missing models).
+        """
+        started = time.perf_counter()
+        attrs = {"application": app_name if app_name in self.registry.apps else ""}
+        try:
+            prediction = await self._predict(
+                app_name, value, context_key, query_id, client_remaining_s, version
+            )
+        except ClipperError:
+            metrics.queries.add(1, {**attrs, "outcome": "error"})
+            raise
+        metrics.queries.add(1, {**attrs, "outcome": "default" if prediction.default_used
+                                else "answered"})
+        metrics.query_duration.record((time.perf_counter() - started) * 1000, attrs)
+        if prediction.default_used:
+            metrics.defaults.add(1, {**attrs, "cause": prediction.default_cause})
+        for model in prediction.missing_models:
+            metrics.missing_models.add(1, {**attrs, "model": model})
+        return prediction
+
+    async def _predict(
+        self,
+        app_name: str,
+        value: pb.Tensor,
+        context_key: str,
+        query_id: str,
+        client_remaining_s: float | None,
+        version: str,
+    ) -> Prediction:
         app = self.registry.get_app(app_name)
         self.validate(app, value)
         deadline = self.deadline(app, client_remaining_s)
@@ -118,6 +152,7 @@ class QueryPath:
             prediction.ensemble_output = prediction.output
             prediction.output = app.default_tensor()
             prediction.default_used = True
+            prediction.default_cause = "low_confidence"
             prediction.default_reason = (
                 f"low confidence: {combined.confidence:.2f} is below the application's "
                 f"threshold {app.confidence_threshold:.2f}"
@@ -199,6 +234,7 @@ class QueryPath:
         )
 
     def _fallback(self, app: Application, query_id: str, fan: _FanOut) -> Prediction:
+        cause = "deadline" if fan.timed_out else "error"
         if fan.timed_out:
             reason = f"no model answered within the deadline ({app.slo_ms} ms SLO)"
             error: ClipperError = DeadlineExpired(f"application {app.name!r}: {reason}")
@@ -215,5 +251,6 @@ class QueryPath:
             output=app.default_tensor(),
             default_used=True,
             default_reason=reason,
+            default_cause=cause,
             missing_models=fan.missing,
         )

@@ -16,6 +16,7 @@ import logging
 
 from services.common.errors import ClipperError, InvalidInput, Unavailable, error_from_code
 from services.common.stream_client import StreamClient
+from services.frontend import metrics
 from services.frontend.registry import Application
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
@@ -71,6 +72,7 @@ class SelectionClient:
             raise  # the application's policy settings are wrong: say so
         except (ClipperError, TimeoutError) as exc:
             self.fallbacks += 1
+            metrics.selection_fallbacks.add(1, {"application": app.name})
             logger.debug("selection fallback for %s: %r", app.name, exc)
             return self._fallback(app)
         self._last[app.name] = decision

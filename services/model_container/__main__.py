@@ -7,6 +7,7 @@ import functools
 import logging
 import uuid
 
+from services.common.metrics import serve_metrics
 from services.common.server import announce_ready, start_server, wait_for_signal
 from services.common.telemetry import setup_logging
 from services.common.tensors import spec_to_proto
@@ -23,6 +24,7 @@ GRACE_S = 5.0
 
 
 async def main(cfg: Config) -> None:
+    serve_metrics("model_container", cfg.host, cfg.metrics_port)
     runner = ModelRunner(cfg.model_ref, cfg.worker, cfg.batching.concurrency)
     batcher = Batcher(runner, cfg.batching)
     await batcher.start()

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from services.common.errors import ClipperError, DeadlineExpired, Overloaded
+from services.model_container import metrics
 from services.model_container.latency_model import LatencyModel
 from services.model_container.runner import ModelRunner
 
@@ -127,12 +128,15 @@ class Batcher:
         loop = asyncio.get_running_loop()
         now = loop.time()
         if deadline <= now:
+            metrics.refused.add(1, {"reason": "expired"})
             raise DeadlineExpired("query arrived after its deadline")
         if len(self._heap) >= self.config.max_queue:
+            metrics.refused.add(1, {"reason": "overloaded"})
             raise Overloaded(f"queue full ({self.config.max_queue} queries waiting)")
         if self.config.mode == "adaptive":
             wait_s = self.estimated_wait(now)
             if wait_s is not None and now + wait_s > deadline:
+                metrics.refused.add(1, {"reason": "overloaded"})
                 raise Overloaded(
                     f"estimated wait {wait_s * 1000:.1f} ms exceeds the "
                     f"{(deadline - now) * 1000:.1f} ms left"
@@ -275,6 +279,7 @@ class Batcher:
                 heapq.heappop(self._heap)
             elif head.deadline <= now + alone:
                 heapq.heappop(self._heap)
+                metrics.refused.add(1, {"reason": "expired"})
                 head.future.set_exception(
                     DeadlineExpired("cannot finish before its deadline; not run")
                 )
@@ -327,6 +332,10 @@ class Batcher:
         finished = loop.time()
         self.latency.observe(len(batch), finished - started)
         self.batch_sizes.append(len(batch))
+        metrics.batch_size.record(len(batch))
+        metrics.batch_duration.record((finished - started) * 1000)
+        for item in batch:
+            metrics.queue_delay.record((started - item.arrival) * 1000)
         met = finished <= min(item.deadline for item in batch)
         cap = self.config.max_batch_size
         self._aimd_cap = min(cap, self._aimd_cap + 1) if met else max(1.0, self._aimd_cap / 2)

@@ -28,6 +28,7 @@ class Config:
     batching: BatchingConfig
     worker: str
     heartbeat_s: float
+    metrics_port: int
     log_level: str
 
 
@@ -76,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--heartbeat-s", type=float, default=env_default(SERVICE, "heartbeat_s", 1.0, float)
     )
+    p.add_argument("--metrics-port", type=int,
+                   default=env_default(SERVICE, "metrics_port", -1, int),
+                   help="serve Prometheus metrics on this port (0: any free port; -1: off)")
     p.add_argument("--log-level", default=env("log_level", "INFO"))
     return p
 
@@ -109,5 +113,6 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         batching=batching,
         worker=args.worker,
         heartbeat_s=args.heartbeat_s,
+        metrics_port=args.metrics_port,
         log_level=args.log_level,
     )

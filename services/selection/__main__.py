@@ -6,6 +6,7 @@ import asyncio
 import functools
 
 from services.common.kv_store import open_store
+from services.common.metrics import serve_metrics
 from services.common.server import announce_ready, start_server, wait_for_signal
 from services.common.telemetry import setup_logging
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
@@ -17,6 +18,7 @@ GRACE_S = 5.0
 
 
 async def main(cfg: Config) -> None:
+    serve_metrics("selection", cfg.host, cfg.metrics_port)
     store = open_store(cfg.state)
     servicer = SelectionServicer(Decider(store))
     server = await start_server(

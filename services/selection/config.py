@@ -15,6 +15,7 @@ class Config:
     host: str
     port: int
     state: str
+    metrics_port: int
     log_level: str
 
 
@@ -28,6 +29,9 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         help="policy state per application and context: an embedded file path, "
         "or redis://HOST:PORT/DB shared by several selection replicas",
     )
+    p.add_argument("--metrics-port", type=int,
+                   default=env_default(SERVICE, "metrics_port", -1, int),
+                   help="serve Prometheus metrics on this port (0: any free port; -1: off)")
     p.add_argument("--log-level", default=env_default(SERVICE, "log_level", "INFO", str))
     args = p.parse_args(argv)
-    return Config(args.host, args.port, args.state, args.log_level)
+    return Config(args.host, args.port, args.state, args.metrics_port, args.log_level)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import numpy as np
@@ -15,9 +16,12 @@ from services.common import tensors
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from tests.helpers.mesh import Mesh
+from tests.helpers.redis_server import free_port
 
 DEFAULT = tensors.encode(np.int64(-1))
 STRAGGLER_SLO_MS = 200
+FRONTEND_METRICS = free_port()
+CONTAINER_METRICS = free_port()
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +29,11 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     mesh = Mesh(tmp_path_factory.mktemp("selection"))
     try:
         mesh.start_selection()
-        mesh.start_frontend()
+        mesh.start_frontend("--metrics-port", str(FRONTEND_METRICS))
         for model, name in [("VersionOne", "one"), ("VersionTwo", "two"),
                             ("Counter", "counter"), ("SlowModel", "slow")]:
-            mesh.start_container(f"tests.helpers.models:{model}", name)
+            extra = ["--metrics-port", str(CONTAINER_METRICS)] if name == "counter" else []
+            mesh.start_container(f"tests.helpers.models:{model}", name, "1", *extra)
         mesh.create_app("unsure", ["one", "two"], policy="all", default=DEFAULT,
                         confidence_threshold=0.6)
         mesh.create_app("sure-enough", ["one", "two"], policy="all", default=DEFAULT,
@@ -170,3 +175,55 @@ async def test_each_user_gets_the_model_that_is_right_for_them(
     # A new user starts from what the application learnt from everyone (two: 3 of 4).
     carol = await stub.Predict(query("users", 60.0, "carol"), timeout=5)
     assert list(carol.models) == ["two:1"]
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Prometheus text format: sample name with labels -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def sample(samples: dict[str, float], name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for key, value in samples.items():
+        base, _, rest = key.partition("{")
+        if base == name and all(f'{k}="{v}"' in rest for k, v in labels.items()):
+            total += value
+    return total
+
+
+async def test_metrics_count_outcomes_and_selection_fallbacks(
+    mesh: Mesh, stub: pb_grpc.FrontendStub,
+) -> None:
+    before = await asyncio.to_thread(scrape, FRONTEND_METRICS)
+    await stub.Predict(query("unsure"), timeout=5)
+    await stub.Predict(query("straggler", 3.0), timeout=5)
+    assert mesh.selection is not None
+    port = mesh.selection.port
+    mesh.selection.kill()
+    try:
+        reply = await stub.Predict(query("ensemble", 70.0), timeout=5)
+        assert sorted(reply.models) == ["one:1", "two:1"]  # served without the service
+    finally:
+        await asyncio.to_thread(mesh.start_selection, port)
+    after = await asyncio.to_thread(scrape, FRONTEND_METRICS)
+
+    def grew(name: str, **labels: str) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    assert grew("clipper_selection_fallbacks_total", application="ensemble") >= 1
+    assert grew("clipper_defaults_total", application="unsure", cause="low_confidence") == 1
+    assert grew("clipper_missing_models_total", application="straggler", model="slow") == 1
+    assert grew("clipper_queries_total", application="unsure", outcome="default") == 1
+    assert grew("clipper_query_duration_milliseconds_count", application="straggler") == 1
+
+    container = await asyncio.to_thread(scrape, CONTAINER_METRICS)
+    assert sample(container, "clipper_batch_size_count") >= 1
+    assert sample(container, "clipper_queue_delay_milliseconds_count") >= 1

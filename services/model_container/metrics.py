@@ -1,0 +1,17 @@
+"""A container's metrics (one model per container: its pod or instance identifies it)."""
+
+from __future__ import annotations
+
+from services.common.metrics import meter
+
+_meter = meter("clipper.container")
+
+batch_size = _meter.create_histogram(
+    "clipper.batch.size", description="Queries per batch run by the model")
+queue_delay = _meter.create_histogram(
+    "clipper.queue.delay", unit="ms", description="Time from a query's arrival to its "
+    "batch's start")
+batch_duration = _meter.create_histogram(
+    "clipper.batch.duration", unit="ms", description="Time the model took per batch")
+refused = _meter.create_counter(
+    "clipper.queries.refused", description="Queries not run, by reason (overloaded, expired)")
