@@ -10,6 +10,7 @@ from services.common.metrics import serve_metrics
 from services.common.server import announce_ready, start_server, wait_for_signal
 from services.common.telemetry import setup_logging
 from services.frontend.config import Config, config_from_args
+from services.frontend.inference_servicer import InferenceServicer
 from services.frontend.management_servicer import ManagementServicer, RegistryServicer
 from services.frontend.prediction_cache import PredictionCache
 from services.frontend.query_path import QueryPath
@@ -18,6 +19,7 @@ from services.frontend.replica_table import ReplicaTable
 from services.frontend.selection_client import SelectionClient
 from services.frontend.servicer import FrontendServicer
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
+from services.generated.inference import grpc_service_pb2_grpc as oip_grpc
 
 GRACE_S = 5.0
 
@@ -35,6 +37,8 @@ async def main(cfg: Config) -> None:
         [
             (functools.partial(pb_grpc.add_FrontendServicer_to_server,
                                FrontendServicer(query_path)), "clipper.v1.Frontend"),
+            (functools.partial(oip_grpc.add_GRPCInferenceServiceServicer_to_server,
+                               InferenceServicer(query_path)), "inference.GRPCInferenceService"),
             (functools.partial(pb_grpc.add_ManagementServicer_to_server,
                                ManagementServicer(registry, replicas, cfg.management_token)),
              "clipper.v1.Management"),
