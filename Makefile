@@ -7,7 +7,16 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := $(shell find protos -name '*.proto')
 GEN := services/generated
 
-.PHONY: run test proto deps lint bench clean
+.PHONY: run test proto deps lint bench clean tritonclient ghz loadtest
+
+# Outside tools, each installed once into the repository (gitignored).
+TOOLS := .tools/bin
+GHZ_VERSION := v0.121.0
+GHZ := $(TOOLS)/ghz
+# tritonclient's own `inference` stubs clash with ours in one process: it gets its own venv.
+TRITON_VENV := .venv-tritonclient
+TRITON_STAMP := $(TRITON_VENV)/.installed
+TRITONCLIENT_VERSION := 2.73.0
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,14 +40,38 @@ run: proto
 ## Tools the tests drive from outside Python (each installs once, then is a no-op).
 deps: proto
 	@if [ -f examples/Makefile ]; then $(MAKE) -s -C examples deps; fi
+	@for tool in tritonclient ghz; do \
+	    $(MAKE) -s $$tool || { echo "make deps: $$tool did not install; its tests will skip" >&2; \
+	                          [ "$$CLIPPER_REQUIRE_TOOLS" != 1 ] || exit 1; }; \
+	done
+
+## tritonclient in its own virtual environment, for the Open Inference Protocol tests.
+tritonclient: $(TRITON_STAMP)
+
+$(TRITON_STAMP):
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q 'tritonclient[grpc]==$(TRITONCLIENT_VERSION)' 'protobuf>=6.33,<7'
+	touch $@
+
+## ghz, the gRPC load generator, built with go install.
+ghz: $(GHZ)
+
+$(GHZ):
+	mkdir -p $(TOOLS)
+	GOBIN=$(CURDIR)/$(TOOLS) go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
+
+## ghz against the frontend for Predict and ModelInfer: the local mesh (started if not
+## running), or TARGET=host:port; GHZ_ARGS="-n 20000 -c 64" go to ghz.
+loadtest: proto ghz
+	$(PY) -m loadtest --ghz $(GHZ) $(if $(TARGET),--target $(TARGET)) -- $(GHZ_ARGS)
 
 ## The test suite (real processes on ephemeral loopback ports).
 test: proto deps
 	$(PY) -m pytest -q
 
 lint: proto
-	$(VENV)/bin/ruff check services tests benchmarks
-	$(VENV)/bin/mypy services benchmarks
+	$(VENV)/bin/ruff check services tests benchmarks loadtest
+	$(VENV)/bin/mypy services benchmarks loadtest
 
 bench: proto
 	$(PY) -m benchmarks $(ARGS)

@@ -1,0 +1,1 @@
+"""ghz load tests of the frontend (`make loadtest`)."""
