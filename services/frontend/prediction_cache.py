@@ -19,8 +19,9 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
-from aiocache import Cache, SimpleMemoryCache
+from aiocache import RedisCache, SimpleMemoryCache
 from aiocache.base import BaseCache
 from aiocache.plugins import BasePlugin
 from aiocache.serializers import BaseSerializer
@@ -92,8 +93,13 @@ class PredictionCache:
             )
             return cls(cache, ttl_s)
         if url.startswith("redis://"):
-            return cls(Cache.from_url(url, serializer=BytesSerializer(), namespace="clipper"),
-                       ttl_s)
+            parts = urlsplit(url)
+            cache = RedisCache(
+                endpoint=parts.hostname or "127.0.0.1", port=parts.port or 6379,
+                db=int(parts.path.strip("/") or 0), password=parts.password,
+                serializer=BytesSerializer(), namespace="clipper",
+            )
+            return cls(cache, ttl_s)
         raise ValueError(f"cache {url!r}: expected memory, none or redis://HOST:PORT/DB")
 
     @property

@@ -1,0 +1,98 @@
+import asyncio
+
+import numpy as np
+import pytest
+
+from services.common import tensors
+from services.frontend.prediction_cache import PredictionCache
+from services.generated.clipper.v1 import clipper_pb2 as pb
+
+
+def tensor(value: float) -> pb.Tensor:
+    return tensors.encode(np.full(3, value, np.float32))
+
+
+class Model:
+    """Counts its calls; answers with the call number after `delay_s`."""
+
+    def __init__(self, delay_s: float = 0.0, fail: bool = False) -> None:
+        self.calls = 0
+        self.delay_s = delay_s
+        self.fail = fail
+
+    async def __call__(self) -> tuple[str, pb.Tensor]:
+        self.calls += 1
+        await asyncio.sleep(self.delay_s)
+        if self.fail:
+            raise RuntimeError("model failed")
+        return "m:1", tensors.encode(np.int64(self.calls))
+
+
+async def answer(cache: PredictionCache, model: Model, value: float, version: str = "1") -> int:
+    served_by, output = await cache.answer("m", version, tensor(value), model)
+    assert served_by == "m:1" or version != "1"
+    result = tensors.decode(output).item()
+    assert isinstance(result, int)
+    return result
+
+
+async def test_repeats_are_served_from_memory_within_the_bound() -> None:
+    cache, model = PredictionCache.open("memory", max_entries=2, ttl_s=60), Model()
+    assert await answer(cache, model, 1.0) == 1
+    assert await answer(cache, model, 1.0) == 1 and model.calls == 1
+    assert await answer(cache, model, 1.0, version="2") == 2  # another version: another key
+    assert await answer(cache, model, 2.0) == 3  # evicts the oldest entry (1.0, version 1)
+    assert await answer(cache, model, 1.0) == 4
+    assert cache.hits == 1
+    await cache.aclose()
+
+
+async def test_entries_expire() -> None:
+    cache, model = PredictionCache.open("memory", max_entries=10, ttl_s=0.05), Model()
+    await answer(cache, model, 1.0)
+    await asyncio.sleep(0.1)
+    assert await answer(cache, model, 1.0) == 2
+    await cache.aclose()
+
+
+async def test_identical_queries_in_flight_are_coalesced() -> None:
+    cache, model = PredictionCache.open("memory", max_entries=10, ttl_s=60), Model(0.05)
+    results = await asyncio.gather(*(answer(cache, model, 5.0) for _ in range(10)))
+    assert results == [1] * 10 and model.calls == 1 and cache.coalesced == 9
+    await cache.aclose()
+
+
+async def test_errors_are_not_cached() -> None:
+    cache, model = PredictionCache.open("memory", max_entries=10, ttl_s=60), Model(fail=True)
+    for _ in range(2):
+        with pytest.raises(RuntimeError):
+            await answer(cache, model, 1.0)
+    assert model.calls == 2
+    await cache.aclose()
+
+
+async def test_off_always_asks_the_model() -> None:
+    cache, model = PredictionCache.open("none", max_entries=10, ttl_s=60), Model()
+    assert [await answer(cache, model, 1.0) for _ in range(2)] == [1, 2]
+    await cache.remember_query("q", pb.RecentQuery(application="a"))
+    assert await cache.recall_query("q") is None
+
+
+async def test_redis_shares_answers_and_queries_between_frontends(redis_url: str) -> None:
+    first = PredictionCache.open(redis_url, max_entries=10, ttl_s=60)
+    second = PredictionCache.open(redis_url, max_entries=10, ttl_s=60)
+    model = Model()
+    assert await answer(first, model, 1.0) == 1
+    assert await answer(second, model, 1.0) == 1 and model.calls == 1
+    record = pb.RecentQuery(application="app", context_key="u",
+                            outputs={"m": tensors.encode(np.int64(4))})
+    await first.remember_query("q1", record)
+    assert await second.recall_query("q1") == record
+    assert await second.recall_query("q2") is None
+    await first.aclose()
+    await second.aclose()
+
+
+def test_unknown_backend() -> None:
+    with pytest.raises(ValueError, match="expected memory, none or redis"):
+        PredictionCache.open("memcached://x", 1, 1)
