@@ -4,7 +4,7 @@ Values are JSON-able dicts. Callers use `KeyValueStore` only; `open_store`
 picks the backend from a URL: a file path (embedded) or `redis://host:port/db`
 (shared by several frontends or selection replicas, see `redis_store.py`).
 `update` is an atomic read-modify-write: concurrent updates of one key from any
-number of processes lose none.
+number of processes lose none. `changes` follows writes made by others.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import asyncio
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,6 +29,7 @@ class KeyValueStore(Protocol):
     async def update(self, key: str, fn: Updater) -> Value: ...
     async def delete(self, key: str) -> bool: ...
     async def scan(self, prefix: str) -> dict[str, dict[str, Any]]: ...
+    def changes(self) -> AsyncIterator[str | None]: ...
     async def aclose(self) -> None: ...
 
 
@@ -77,6 +78,11 @@ class FileStore:
         return {
             k: json.loads(json.dumps(v)) for k, v in self._data.items() if k.startswith(prefix)
         }
+
+    async def changes(self) -> AsyncIterator[str | None]:
+        """One process owns an embedded file, so nobody else changes it: never yields."""
+        await asyncio.Event().wait()
+        yield None  # pragma: no cover (unreachable; makes this an async generator)
 
     async def aclose(self) -> None:
         return None

@@ -28,7 +28,7 @@ async def main(cfg: Config) -> None:
     serve_metrics("frontend", cfg.host, cfg.metrics_port)
     store = open_store(cfg.state)
     registry = Registry(store, cfg.replica_ttl_s)
-    await registry.load()
+    await registry.start()
     replicas = ReplicaTable(registry, cfg.container_token)
     selection = SelectionClient(cfg.selection)
     cache = PredictionCache.open(cfg.cache, cfg.cache_size, cfg.cache_ttl_s)
@@ -63,6 +63,7 @@ async def main(cfg: Config) -> None:
         await selection.aclose()
         await replicas.aclose()
         await cache.aclose()
+        await registry.aclose()
         await store.aclose()
 
 

@@ -1,9 +1,14 @@
-"""Applications, models and replicas, kept in the state store so they survive a restart.
+"""Applications, models and replicas, kept in the state store so they survive a restart
+and are shared by every frontend on the same store.
 
-Applications and models change rarely and are written through on every change.
-Replicas announce themselves on a heartbeat; a replica record is written when it
-first appears or changes, and dropped when it deregisters or its TTL passes
-without a heartbeat (expiry times are kept in memory, measured on `loop.time()`).
+Each frontend serves from its copy in memory. Its own changes are written
+through; changes made by other frontends arrive through the store's change
+feed (`watch`) and are read back key by key, or all at once after the feed was
+interrupted. Replicas announce themselves on a heartbeat to any frontend; each
+heartbeat writes the replica's record with its expiry time (wall clock, so that
+every frontend agrees), and every frontend drops a replica whose expiry has
+passed. When the store is unreachable, heartbeats still keep replicas alive in
+memory and are written again once it is back: no registration is lost.
 """
 
 from __future__ import annotations
@@ -11,10 +16,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from services.common.errors import AlreadyExists, InvalidInput, NotFound
+from services.common.errors import (
+    AlreadyExists,
+    ClipperError,
+    InvalidInput,
+    NotFound,
+    Unavailable,
+)
 from services.common.kv_store import KeyValueStore
 from services.common.tensors import TensorSpec
 from services.generated.clipper.v1 import clipper_pb2 as pb
@@ -95,25 +107,85 @@ class Registry:
         self.apps: dict[str, Application] = {}
         self.models: dict[str, ModelRecord] = {}
         self.replicas: dict[str, ReplicaRecord] = {}
+        # replica id -> expiry time (time.time()), as last written by any frontend
         self._expires: dict[str, float] = {}
+        self._watcher: asyncio.Task[None] | None = None
 
     async def load(self) -> None:
-        """Read everything from the store; stored replicas get one TTL to heartbeat again."""
-        now = asyncio.get_running_loop().time()
-        for data in (await self.store.scan(APP_PREFIX)).values():
-            app = Application.from_json(data)
-            self.apps[app.name] = app
-        for data in (await self.store.scan(MODEL_PREFIX)).values():
-            model = ModelRecord(**data)
-            self.models[model.name] = model
-        for data in (await self.store.scan(REPLICA_PREFIX)).values():
-            replica = ReplicaRecord(**data)
-            self.replicas[replica.replica_id] = replica
-            self._expires[replica.replica_id] = now + self.replica_ttl_s
+        """Read everything from the store; stored replicas get at least one TTL to heartbeat."""
+        apps = {
+            app.name: app
+            for app in map(Application.from_json, (await self.store.scan(APP_PREFIX)).values())
+        }
+        models = {
+            m.name: m for m in (ModelRecord(**d) for d in
+                                (await self.store.scan(MODEL_PREFIX)).values())
+        }
+        replicas = await self.store.scan(REPLICA_PREFIX)
+        self.apps, self.models = apps, models
+        self.replicas, self._expires = {}, {}
+        grace = time.time() + self.replica_ttl_s
+        for data in replicas.values():
+            self._put_replica(data, max(float(data.get("expires_at", 0.0)), grace))
         logger.info(
             "loaded %d applications, %d models, %d replicas",
             len(self.apps), len(self.models), len(self.replicas),
         )
+
+    async def start(self) -> None:
+        """Load, retrying while the store is unreachable, then follow its changes."""
+        delay = 0.1
+        while True:
+            try:
+                await self.load()
+                break
+            except Unavailable as exc:
+                logger.warning("state store unreachable, retrying in %.1f s: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        self._watcher = asyncio.create_task(self.watch(), name="registry-watch")
+
+    async def aclose(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            try:
+                await self._watcher
+            except asyncio.CancelledError:
+                pass
+
+    async def watch(self) -> None:
+        """Apply changes made through other frontends, until cancelled."""
+        async for key in self.store.changes():
+            try:
+                if key is None:
+                    await self.load()
+                else:
+                    await self.refresh(key)
+            except ClipperError as exc:  # the store went away again: the feed resyncs
+                logger.warning("could not read change %r: %s", key, exc)
+
+    async def refresh(self, key: str) -> None:
+        """Read one key back from the store into memory."""
+        data = await self.store.get(key)
+        if key.startswith(APP_PREFIX):
+            name = key[len(APP_PREFIX):]
+            if data is None:
+                self.apps.pop(name, None)
+            else:
+                self.apps[name] = Application.from_json(data)
+        elif key.startswith(MODEL_PREFIX):
+            name = key[len(MODEL_PREFIX):]
+            if data is None:
+                self.models.pop(name, None)
+            else:
+                self.models[name] = ModelRecord(**data)
+        elif key.startswith(REPLICA_PREFIX):
+            replica_id = key[len(REPLICA_PREFIX):]
+            if data is None:
+                self.replicas.pop(replica_id, None)
+                self._expires.pop(replica_id, None)
+            else:
+                self._put_replica(data, float(data.get("expires_at", 0.0)))
 
     # ------------------------------------------------------------ applications
 
@@ -181,38 +253,61 @@ class Registry:
     # ------------------------------------------------------------ replicas
 
     async def announce(self, replica: ReplicaRecord, input_spec: TensorSpec | None) -> None:
-        """Record a heartbeat; a new model or version is added (the first version is active)."""
-        self._expires[replica.replica_id] = asyncio.get_running_loop().time() + self.replica_ttl_s
-        spec = {"dtype": input_spec.dtype, "shape": list(input_spec.shape)} if input_spec else {}
-        model = self.models.get(replica.model)
-        if model is None:
-            record = ModelRecord(replica.model, replica.version, {replica.version: spec})
-            await self._save_model(record)
-        elif replica.version not in model.versions:
-            versions = {**model.versions, replica.version: spec}
-            await self._save_model(replace(model, versions=versions))
+        """Record a heartbeat; a new model or version is added (the first version is active).
+
+        Memory first, then the store: if the store is down, the replica stays live
+        here and the next heartbeat writes it again.
+        """
+        expires_at = time.time() + self.replica_ttl_s
         if self.replicas.get(replica.replica_id) != replica:
-            self.replicas[replica.replica_id] = replica
-            await self.store.put(REPLICA_PREFIX + replica.replica_id, asdict(replica))
             logger.info("replica %s of %s:%s at %s joined",
                         replica.replica_id[:8], replica.model, replica.version, replica.address)
+        self.replicas[replica.replica_id] = replica
+        self._expires[replica.replica_id] = expires_at
+        spec = {"dtype": input_spec.dtype, "shape": list(input_spec.shape)} if input_spec else {}
+        try:
+            model = self.models.get(replica.model)
+            if model is None:
+                record = ModelRecord(replica.model, replica.version, {replica.version: spec})
+                await self._save_model(record)
+            elif replica.version not in model.versions:
+                versions = {**model.versions, replica.version: spec}
+                await self._save_model(replace(model, versions=versions))
+            await self.store.put(REPLICA_PREFIX + replica.replica_id,
+                                 {**asdict(replica), "expires_at": expires_at})
+        except Unavailable as exc:
+            logger.warning("replica %s kept in memory only: %s", replica.replica_id[:8], exc)
 
     async def deregister(self, replica_id: str) -> bool:
         self._expires.pop(replica_id, None)
         replica = self.replicas.pop(replica_id, None)
+        await self.store.delete(REPLICA_PREFIX + replica_id)
         if replica is None:
             return False
-        await self.store.delete(REPLICA_PREFIX + replica_id)
         logger.info("replica %s of %s:%s left", replica_id[:8], replica.model, replica.version)
         return True
 
     async def expire_replicas(self) -> list[str]:
-        """Drop replicas whose heartbeat is overdue; return their ids."""
-        now = asyncio.get_running_loop().time()
-        overdue = [rid for rid, at in self._expires.items() if at <= now]
-        for rid in overdue:
+        """Drop replicas whose heartbeat is overdue (here and in the store); return their ids.
+
+        The store is asked first: another frontend may have had a heartbeat whose
+        change notice has not arrived here yet.
+        """
+        now = time.time()
+        dropped = []
+        for rid in [rid for rid, at in self._expires.items() if at <= now]:
+            stored = await self.store.get(REPLICA_PREFIX + rid)
+            if stored is not None and float(stored.get("expires_at", 0.0)) > now:
+                self._put_replica(stored, float(stored["expires_at"]))
+                continue
             await self.deregister(rid)
-        return overdue
+            dropped.append(rid)
+        return dropped
+
+    def _put_replica(self, data: dict[str, Any], expires_at: float) -> None:
+        record = ReplicaRecord(**{k: v for k, v in data.items() if k != "expires_at"})
+        self.replicas[record.replica_id] = record
+        self._expires[record.replica_id] = expires_at
 
     def replicas_of(self, model_name: str, version: str = "") -> list[ReplicaRecord]:
         """Live replicas of the model's active version, or of `version` when given."""

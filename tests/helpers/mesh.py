@@ -52,16 +52,18 @@ class Mesh:
         self.selection.kill()
         return self.start_selection(port)
 
-    def start_frontend(self, *extra: str) -> ServiceProcess:
+    def start_frontend(self, *extra: str, state: str = "") -> ServiceProcess:
+        """A frontend; the first one started is `self.frontend`, where containers announce."""
         assert self.selection is not None
-        self.frontend = self._start(
+        frontend = self._start(
             "services.frontend",
             ["--port", "0", "--selection", self.selection.address,
-             "--state", str(self.workdir / "frontend.json"),
+             "--state", state or str(self.workdir / "frontend.json"),
              "--heartbeat-ms", "200", "--replica-ttl-s", "1.0", *extra],
-            "frontend",
+            f"frontend-{len(self.procs)}",
         )
-        return self.frontend
+        self.frontend = self.frontend or frontend
+        return frontend
 
     def start_container(self, model: str, name: str, version: str = "1",
                         *extra: str, env: dict[str, str] | None = None) -> ServiceProcess:
@@ -79,35 +81,36 @@ class Mesh:
         return self.frontend.address
 
     @contextmanager
-    def management(self) -> Iterator[Any]:
-        with grpc.insecure_channel(self.address) as channel:
+    def management(self, address: str = "") -> Iterator[Any]:
+        with grpc.insecure_channel(address or self.address) as channel:
             yield pb_grpc.ManagementStub(channel)
 
     def create_app(self, name: str, models: list[str], dtype: str = "float32",
                    shape: tuple[int, ...] = (4,), slo_ms: int = 1000, policy: str = "static",
                    default: pb.Tensor | None = None, params: dict[str, str] | None = None,
-                   confidence_threshold: float = 0.0) -> None:
+                   confidence_threshold: float = 0.0, via: str = "") -> None:
         app = pb.Application(name=name, input_spec=pb.TensorSpec(dtype=dtype, shape=list(shape)),
                              slo_ms=slo_ms, policy=policy, linked_models=models,
                              policy_params=params or {},
                              confidence_threshold=confidence_threshold)
         if default is not None:
             app.default_output.CopyFrom(default)
-        with self.management() as mgmt:
+        with self.management(via) as mgmt:
             mgmt.CreateApplication(pb.ApplicationRequest(application=app), metadata=MGMT,
                                    timeout=5)
 
-    def replicas(self, model: str = "") -> list[pb.Replica]:
-        with self.management() as mgmt:
+    def replicas(self, model: str = "", via: str = "") -> list[pb.Replica]:
+        with self.management(via) as mgmt:
             reply = mgmt.ListReplicas(pb.ListReplicasRequest(model=model), metadata=MGMT,
                                       timeout=5)
         return list(reply.replicas)
 
-    def wait_connected(self, model: str, count: int, timeout_s: float = 20.0) -> None:
+    def wait_connected(self, model: str, count: int, timeout_s: float = 20.0,
+                       via: str = "") -> None:
         """Wait until `count` replicas of `model` are registered and connected (and no more)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            live = self.replicas(model)
+            live = self.replicas(model, via)
             if len(live) == count and all(r.connected for r in live):
                 return
             time.sleep(0.02)
