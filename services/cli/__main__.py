@@ -11,6 +11,12 @@ CLIPPER_MANAGEMENT_TOKEN). Output is JSON, for people and scripts alike.
   replicas list [--model M]
   predict APP --values 0,1,2,... [--dtype float32] [--shape 64] [--context USER]
   feedback APP --query-id ID --label 3 [--label-dtype int64] [--context USER]
+
+Local commands (no frontend needed):
+
+  deploy-model --image IMG --model REF --name N [--version V] [--replicas R]
+               [--max-batch-size ...] [--worker process] [--max-replicas M] | kubectl apply -f -
+  settings [--check FILE | --write FILE]   every setting the services read, as Markdown
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import numpy as np
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from services.cli import local
 from services.common import tensors
 from services.common.auth import bearer
 from services.generated.clipper.v1 import clipper_pb2 as pb
@@ -81,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     feedback.add_argument("--label", required=True)
     feedback.add_argument("--label-dtype", default="int64")
     feedback.add_argument("--context", default="")
+
+    local.add_commands(sub)
     return p
 
 
@@ -152,6 +161,8 @@ def run(args: argparse.Namespace) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.group in local.COMMANDS:
+        return local.COMMANDS[args.group](args)
     try:
         result = run(args)
     except grpc.RpcError as exc:

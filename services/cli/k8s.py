@@ -1,0 +1,296 @@
+"""Kubernetes manifests for a model: the Deployment that `deploy/base` uses for its example.
+
+`python -m services.cli deploy-model ...` prints what `model_manifests` builds, for
+`kubectl apply -f -`. The pod matches the rest of deploy/: the same image user,
+securityContext, gRPC health probes, Prometheus annotations, the `clipper-settings`
+ConfigMap and the `clipper-tokens` Secret, and the labels the production
+NetworkPolicy selects (`app.kubernetes.io/component: model`), so a model deployed
+this way is reachable from the frontends only.
+
+YAML is written here (block style; every string that YAML could read as anything
+else is JSON-quoted, which YAML reads back as the same string), so the tool needs
+no YAML library.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.generated.clipper.v1 import clipper_pb2 as pb
+
+NAMESPACE = "clipper"
+PART_OF = {"app.kubernetes.io/name": "clipper"}
+SETTINGS_CONFIGMAP = "clipper-settings"
+TOKENS_SECRET = "clipper-tokens"
+CONTAINER_TOKEN_KEY = "container-token"
+MANAGEMENT_TOKEN_KEY = "management-token"
+# Ports inside every pod; services take them from CLIPPER_<SERVICE>_PORT / _METRICS_PORT.
+CONTAINER_PORT = 7000
+METRICS_PORT = 9090
+# The image's user (Dockerfile USER); pods run as it.
+IMAGE_UID = 10001
+CONTAINER_ENTRYPOINT = "services.model_container"
+CONTAINER_HEALTH_SERVICE: str = pb.DESCRIPTOR.services_by_name["ModelContainer"].full_name
+MODEL_LABEL = "clipper.io/model"
+VERSION_LABEL = "clipper.io/model-version"
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a user says about a model to deploy; `env` holds CLIPPER_CONTAINER_* extras."""
+
+    image: str
+    model: str
+    name: str
+    version: str = "1"
+    replicas: int = 1
+    namespace: str | None = NAMESPACE
+    input_dtype: str = ""
+    input_shape: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    cpu: str = "250m"
+    memory: str = "512Mi"
+    max_replicas: int = 0  # > replicas: a HorizontalPodAutoscaler on CPU as well
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.image:
+            problems.append("--image is required")
+        if not self.model:
+            problems.append("--model is required")
+        if not _DNS_LABEL.match(self.name) or len(deployment_name(self.name)) > 63:
+            problems.append(f"--name={self.name!r}: lower-case letters, digits and '-', "
+                            f"at most {63 - len(deployment_name(''))} characters")
+        if not _LABEL_VALUE.match(self.version) or not self.version or len(self.version) > 63:
+            problems.append(f"--version={self.version!r}: letters, digits, '-', '_', '.' "
+                            "(a Kubernetes label value)")
+        if self.namespace is not None and not _DNS_LABEL.match(self.namespace):
+            problems.append(f"--namespace={self.namespace!r}: not a valid namespace name")
+        if self.replicas < 0:
+            problems.append(f"--replicas={self.replicas}: must be >= 0")
+        if self.max_replicas and self.max_replicas < max(self.replicas, 1):
+            problems.append(f"--max-replicas={self.max_replicas}: must be >= --replicas")
+        for flag, quantity in (("--cpu", self.cpu), ("--memory", self.memory)):
+            if not _QUANTITY.match(quantity):
+                problems.append(f"{flag}={quantity!r}: not a Kubernetes quantity (e.g. 500m, 1Gi)")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+def deployment_name(model: str) -> str:
+    return f"model-{model}"
+
+
+def pod_security_context() -> dict[str, Any]:
+    """The pod-level securityContext of every pod running the image."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": IMAGE_UID,
+        "runAsGroup": IMAGE_UID,
+        "fsGroup": IMAGE_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    """The container-level securityContext: read-only root, no capabilities."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def grpc_probes(port: int, service: str) -> dict[str, Any]:
+    """Startup, readiness and liveness probes on the server's grpc.health.v1."""
+    check = {"grpc": {"port": port, "service": service}}
+    return {
+        # Loading a model may take a while; liveness waits for the first SERVING.
+        "startupProbe": {**check, "periodSeconds": 2, "failureThreshold": 90},
+        "readinessProbe": {**check, "periodSeconds": 5, "timeoutSeconds": 2,
+                           "failureThreshold": 2},
+        # Generous: a short outage of what readiness depends on must not restart pods.
+        "livenessProbe": {**check, "periodSeconds": 10, "timeoutSeconds": 5,
+                          "failureThreshold": 6},
+    }
+
+
+def metrics_annotations() -> dict[str, str]:
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT),
+            "prometheus.io/path": "/metrics"}
+
+
+def _env(name: str, value: str) -> dict[str, Any]:
+    return {"name": name, "value": value}
+
+
+def _container_env(spec: ModelSpec) -> list[dict[str, Any]]:
+    env = [
+        _env("CLIPPER_CONTAINER_MODEL", spec.model),
+        _env("CLIPPER_CONTAINER_NAME", spec.name),
+        _env("CLIPPER_CONTAINER_VERSION", spec.version),
+        _env("CLIPPER_CONTAINER_HOST", "0.0.0.0"),
+        _env("CLIPPER_CONTAINER_PORT", str(CONTAINER_PORT)),
+        _env("CLIPPER_CONTAINER_METRICS_PORT", str(METRICS_PORT)),
+        # Frontends dial the pod directly: announce the pod's own IP.
+        {"name": "CLIPPER_CONTAINER_ADVERTISE_HOST",
+         "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "CLIPPER_CONTAINER_TOKEN",
+         "valueFrom": {"secretKeyRef": {"name": TOKENS_SECRET, "key": CONTAINER_TOKEN_KEY}}},
+    ]
+    if spec.input_dtype:
+        env.append(_env("CLIPPER_CONTAINER_INPUT_DTYPE", spec.input_dtype))
+    if spec.input_shape:
+        env.append(_env("CLIPPER_CONTAINER_INPUT_SHAPE", spec.input_shape))
+    fixed = {e["name"] for e in env}
+    for name, value in sorted(spec.env.items()):
+        if name in fixed:
+            raise ValueError(f"{name} is set from the other options; give it with its own flag")
+        env.append(_env(name, value))
+    return env
+
+
+def model_labels(spec: ModelSpec) -> dict[str, str]:
+    """The labels the Deployment selects its pods by (the version is not one of them)."""
+    return {**PART_OF, "app.kubernetes.io/component": "model", MODEL_LABEL: spec.name}
+
+
+def _metadata(spec: ModelSpec, labels: dict[str, str]) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": deployment_name(spec.name)}
+    if spec.namespace is not None:
+        metadata["namespace"] = spec.namespace
+    metadata["labels"] = labels
+    return metadata
+
+
+def model_deployment(spec: ModelSpec) -> dict[str, Any]:
+    """The Deployment of one model: `spec.replicas` containers announcing to the frontends."""
+    selector = model_labels(spec)
+    labels = {**selector, VERSION_LABEL: spec.version}
+    metadata = _metadata(spec, labels)
+    container = {
+        "name": "model",
+        "image": spec.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python", "-m", CONTAINER_ENTRYPOINT],
+        "envFrom": [{"configMapRef": {"name": SETTINGS_CONFIGMAP}}],
+        "env": _container_env(spec),
+        "ports": [
+            {"name": "grpc", "containerPort": CONTAINER_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        **grpc_probes(CONTAINER_PORT, CONTAINER_HEALTH_SERVICE),
+        "resources": {
+            "requests": {"cpu": spec.cpu, "memory": spec.memory},
+            "limits": {"memory": spec.memory},
+        },
+        "securityContext": container_security_context(),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata,
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": labels, "annotations": metrics_annotations()},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    # The container deregisters and finishes its batches on SIGTERM.
+                    "terminationGracePeriodSeconds": 30,
+                    "securityContext": pod_security_context(),
+                    "containers": [container],
+                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
+                },
+            },
+        },
+    }
+
+
+def model_autoscaler(spec: ModelSpec) -> dict[str, Any]:
+    """A HorizontalPodAutoscaler on CPU for the model's Deployment."""
+    name = deployment_name(spec.name)
+    metadata = _metadata(spec, model_labels(spec))
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": metadata,
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": max(spec.replicas, 1),
+            "maxReplicas": spec.max_replicas,
+            "metrics": [{"type": "Resource", "resource": {
+                "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}],
+        },
+    }
+
+
+def model_manifests(spec: ModelSpec) -> list[dict[str, Any]]:
+    """The Deployment, and an autoscaler when `max_replicas` asks for one."""
+    manifests = [model_deployment(spec)]
+    if spec.max_replicas:
+        manifests.append(model_autoscaler(spec))
+    return manifests
+
+
+# YAML 1.1 and 1.2 plain scalars that do not read back as strings.
+_YAML_WORDS = {"y", "n", "yes", "no", "true", "false", "on", "off", "null", "~", ""}
+_PLAIN = re.compile(r"^[A-Za-z_/][A-Za-z0-9_./-]*$")
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, int | float):
+        return json.dumps(value)
+    text = str(value)
+    if _PLAIN.match(text) and text.lower() not in _YAML_WORDS:
+        return text
+    return json.dumps(text)
+
+
+def _yaml_lines(value: Any, indent: str) -> list[str]:
+    lines: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            head = f"{indent}{_scalar(key)}:"
+            if isinstance(item, dict | list) and item:
+                lines.append(head)
+                lines += _yaml_lines(item, indent + "  ")
+            else:
+                lines.append(f"{head} {_inline(item)}")
+    else:
+        for item in value:
+            if isinstance(item, dict | list) and item:
+                nested = _yaml_lines(item, indent + "  ")
+                lines.append(f"{indent}- {nested[0].lstrip()}")
+                lines += nested[1:]
+            else:
+                lines.append(f"{indent}- {_inline(item)}")
+    return lines
+
+
+def _inline(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{}"
+    if isinstance(value, list):
+        return "[]"
+    return _scalar(value)
+
+
+def to_yaml(documents: list[dict[str, Any]]) -> str:
+    """The documents as block-style YAML, separated by `---`."""
+    return "".join("---\n" + "\n".join(_yaml_lines(doc, "")) + "\n" for doc in documents)
