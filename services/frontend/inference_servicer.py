@@ -118,9 +118,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         value = oip_tensors.to_tensor(
             request.inputs[0], request.raw_input_contents[0] if raw else None, app.input_spec
         )
-        rows = oip_tensors.split_rows(value, app.input_spec)
-        if rows is not None and len(rows) > MAX_BATCH_ROWS:
-            raise InvalidInput(f"a batch of {len(rows)} rows exceeds {MAX_BATCH_ROWS}")
+        rows = oip_tensors.split_rows(value, app.input_spec, MAX_BATCH_ROWS)
         remaining_s = _client_remaining_s(context, request.parameters)
         context_key = _string_param(request.parameters, "context_key")
 

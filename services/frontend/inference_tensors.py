@@ -115,7 +115,7 @@ def _split_bytes(raw: bytes, count: int) -> list[bytes]:
     return items
 
 
-def split_rows(value: pb.Tensor, spec: TensorSpec) -> list[pb.Tensor] | None:
+def split_rows(value: pb.Tensor, spec: TensorSpec, max_rows: int) -> list[pb.Tensor] | None:
     """Rows of a batch `[N, *spec]` as separate tensors; None when `value` is one query."""
     shape = tuple(value.shape)
     if _matches(shape, spec.shape):
@@ -125,8 +125,10 @@ def split_rows(value: pb.Tensor, spec: TensorSpec) -> list[pb.Tensor] | None:
             f"expected shape {list(spec.shape)}, or [N, {', '.join(map(str, spec.shape))}] "
             f"for a batch of N, got {list(shape)}"
         )
-    tensors.decode(value)  # validates dtype and size before slicing
     rows, row_shape = shape[0], list(shape[1:])
+    if rows > max_rows:
+        raise InvalidInput(f"a batch of {rows} rows exceeds the limit of {max_rows}")
+    tensors.decode(value)  # validates dtype and size before slicing
     if value.dtype in OBJECT_DTYPES:
         per = len(value.bytes_list) // rows
         return [

@@ -319,6 +319,11 @@ def _bad_requests() -> dict[str, oip.ModelInferRequest]:
         inputs=[oip.ModelInferRequest.InferInputTensor(name="input", datatype="BYTES",
                                                        shape=[1])],
     )
+    too_many_rows = oip.ModelInferRequest(
+        model_name="double-float32", raw_input_contents=[b"\0" * 4 * 4097],
+        inputs=[oip.ModelInferRequest.InferInputTensor(name="input", datatype="FP32",
+                                                       shape=[4097, 1])],
+    )
     return {
         "fp16 typed": typed_request("double-float16", "FP16", [3], "fp32_contents", [1, 2, 3]),
         "int8 out of range": typed_request("double-int8", "INT8", [3], "int_contents",
@@ -332,6 +337,7 @@ def _bad_requests() -> dict[str, oip.ModelInferRequest]:
         "unknown output": unknown_output,
         "string timeout": string_timeout,
         "bad raw bytes": bad_bytes,
+        "too many rows": too_many_rows,
     }
 
 
