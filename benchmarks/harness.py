@@ -30,9 +30,9 @@ def workdir() -> Iterator[Path]:
         yield Path(tmp)
 
 
-def start_container(work: Path, model: str, flags: list[str], frontend: str = "127.0.0.1:9",
+def start_container(work: Path, model: str, flags: list[str], frontend: str = "",
                     name: str = "bench") -> ServiceProcess:
-    """A model container; with no frontend it still serves its stream (announces fail)."""
+    """A model container; with no frontend (standalone) it serves its stream unannounced."""
     return start_service(
         "services.model_container",
         ["--model", model, "--name", name, "--frontend", frontend, "--heartbeat-s", "1",

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol
+
+from services.common.errors import ClipperError
+
+logger = logging.getLogger(__name__)
 
 Value = dict[str, Any]
 # Gets the current value (None when absent) and returns the new one; it may run
@@ -30,6 +35,7 @@ class KeyValueStore(Protocol):
     async def delete(self, key: str) -> bool: ...
     async def scan(self, prefix: str) -> dict[str, dict[str, Any]]: ...
     def changes(self) -> AsyncIterator[str | None]: ...
+    async def ping(self) -> bool: ...
     async def aclose(self) -> None: ...
 
 
@@ -79,6 +85,9 @@ class FileStore:
             k: json.loads(json.dumps(v)) for k, v in self._data.items() if k.startswith(prefix)
         }
 
+    async def ping(self) -> bool:
+        return True
+
     async def changes(self) -> AsyncIterator[str | None]:
         """One process owns an embedded file, so nobody else changes it: never yields."""
         await asyncio.Event().wait()
@@ -119,3 +128,16 @@ def open_store(url: str) -> KeyValueStore:
 
         return RedisStore(url)
     return FileStore(url)
+
+
+async def wait_reachable(store: KeyValueStore, what: str) -> None:
+    """Return once the store answers, retrying with backoff (readiness waits on this)."""
+    delay = 0.1
+    while True:
+        try:
+            if await store.ping():
+                return
+        except ClipperError as exc:
+            logger.warning("%s unreachable, retrying in %.1f s: %s", what, delay, exc)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)

@@ -21,8 +21,6 @@ from services.frontend.servicer import FrontendServicer
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.generated.inference import grpc_service_pb2_grpc as oip_grpc
 
-GRACE_S = 5.0
-
 
 async def main(cfg: Config) -> None:
     serve_metrics("frontend", cfg.host, cfg.metrics_port)
@@ -59,7 +57,8 @@ async def main(cfg: Config) -> None:
     try:
         await wait_for_signal()
     finally:
-        await server.stop(GRACE_S)
+        await server.set_serving(False)  # not ready: load balancers stop sending
+        await server.stop(cfg.grace_s)  # refuses new calls; in-flight ones may finish
         await selection.aclose()
         await replicas.aclose()
         await cache.aclose()

@@ -27,6 +27,7 @@ class Config:
     cache_size: int
     cache_ttl_s: float
     metrics_port: int
+    grace_s: float
     log_level: str
 
 
@@ -61,6 +62,9 @@ def config_from_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--cache-ttl-s", type=float,
                    default=env_default(SERVICE, "cache_ttl_s", 600.0, float),
                    help="how long answers (and predictions for feedback) are kept")
+    p.add_argument("--grace-s", type=float,
+                   default=env_default(SERVICE, "grace_s", 10.0, float),
+                   help="on SIGTERM: how long in-flight work may take to finish")
     p.add_argument("--metrics-port", type=int,
                    default=env_default(SERVICE, "metrics_port", -1, int),
                    help="serve Prometheus metrics on this port (0: any free port; -1: off)")
@@ -94,5 +98,6 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         cache_size=args.cache_size,
         cache_ttl_s=args.cache_ttl_s,
         metrics_port=args.metrics_port,
+        grace_s=args.grace_s,
         log_level=args.log_level,
     )

@@ -8,7 +8,7 @@ import logging
 import uuid
 
 from services.common.metrics import serve_metrics
-from services.common.server import announce_ready, start_server, wait_for_signal
+from services.common.server import Server, announce_ready, start_server, wait_for_signal
 from services.common.telemetry import setup_logging
 from services.common.tensors import spec_to_proto
 from services.generated.clipper.v1 import clipper_pb2 as pb
@@ -20,7 +20,6 @@ from services.model_container.runner import ModelRunner
 from services.model_container.servicer import ContainerServicer
 
 logger = logging.getLogger(__name__)
-GRACE_S = 5.0
 
 
 async def main(cfg: Config) -> None:
@@ -44,16 +43,29 @@ async def main(cfg: Config) -> None:
     if cfg.input_spec is not None:
         announce.input_spec.CopyFrom(spec_to_proto(cfg.input_spec))
     announcer = Announcer(list(cfg.frontends), announce, cfg.token, cfg.heartbeat_s)
-    await server.set_serving(True)
     await announcer.start()
+    if cfg.frontends:  # ready once the model is loaded (above) and a frontend knows us
+        await announcer.registered.wait()
+    await server.set_serving(True)
     announce_ready("model_container", server.port)
     logger.info("serving model %s version %s", cfg.name, cfg.version)
     try:
         await wait_for_signal()
     finally:
-        await announcer.aclose()
-        await server.stop(GRACE_S)
-        await batcher.aclose()
+        await shut_down(cfg, server, announcer, batcher)
+
+
+async def shut_down(cfg: Config, server: Server, announcer: Announcer, batcher: Batcher) -> None:
+    """Not ready; refuse new queries (frontends retry elsewhere); leave the registry;
+    answer what is queued or running within the grace period; then stop."""
+    await server.set_serving(False)
+    drained = asyncio.create_task(batcher.drain(cfg.grace_s))
+    await announcer.aclose()
+    if not await drained:
+        logger.warning("grace period over with %d queries unanswered", batcher.queue_depth)
+    await server.stop(1.0)  # the replies just made go out on their streams
+    await batcher.aclose()
+    logger.info("stopped")
 
 
 if __name__ == "__main__":

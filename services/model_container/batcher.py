@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from services.common.errors import ClipperError, DeadlineExpired, Overloaded
+from services.common.errors import ClipperError, DeadlineExpired, Overloaded, Unavailable
 from services.model_container import metrics
 from services.model_container.latency_model import LatencyModel
 from services.model_container.runner import ModelRunner
@@ -100,6 +100,7 @@ class Batcher:
         self._last_arrival: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._worker: asyncio.Task[None] | None = None
+        self._draining = False
 
     @property
     def queue_depth(self) -> int:
@@ -109,6 +110,18 @@ class Batcher:
         await self.runner.start()
         self._worker = asyncio.create_task(self._run(), name="batcher")
         self._worker.add_done_callback(_log_failure)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Refuse new queries (Unavailable: the frontend asks another replica) and wait up
+        to `timeout_s` for the queued and running ones to be answered. True if all were."""
+        self._draining = True
+        self._wakeup.set()  # a batch held for more queries goes now
+        pending: list[asyncio.Future[Any]] = [item.future for item in self._heap]
+        pending.extend(self._tasks)
+        if pending:
+            _, not_done = await asyncio.wait(pending, timeout=timeout_s)
+            return not not_done
+        return True
 
     async def aclose(self) -> None:
         tasks = [t for t in (self._worker, *self._tasks) if t is not None]
@@ -127,6 +140,9 @@ class Batcher:
         """Queue one query; its future resolves to the model's output for it."""
         loop = asyncio.get_running_loop()
         now = loop.time()
+        if self._draining:
+            metrics.refused.add(1, {"reason": "shutting_down"})
+            raise Unavailable("replica is shutting down")
         if deadline <= now:
             metrics.refused.add(1, {"reason": "expired"})
             raise DeadlineExpired("query arrived after its deadline")
@@ -250,7 +266,7 @@ class Batcher:
         """
         cfg = self.config
         typical = self.latency.typical(size) or 0.0
-        if cfg.max_delay_ms <= 0 or size * self._interarrival_s >= typical:
+        if self._draining or cfg.max_delay_ms <= 0 or size * self._interarrival_s >= typical:
             return 0.0
         oldest = min(item.arrival for item in self._heap)
         latest_start = earliest - self._estimate(size + 1)

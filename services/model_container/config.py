@@ -29,6 +29,7 @@ class Config:
     worker: str
     heartbeat_s: float
     metrics_port: int
+    grace_s: float
     log_level: str
 
 
@@ -77,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--heartbeat-s", type=float, default=env_default(SERVICE, "heartbeat_s", 1.0, float)
     )
+    p.add_argument("--grace-s", type=float,
+                   default=env_default(SERVICE, "grace_s", 10.0, float),
+                   help="on SIGTERM: how long in-flight work may take to finish")
     p.add_argument("--metrics-port", type=int,
                    default=env_default(SERVICE, "metrics_port", -1, int),
                    help="serve Prometheus metrics on this port (0: any free port; -1: off)")
@@ -114,5 +118,6 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         worker=args.worker,
         heartbeat_s=args.heartbeat_s,
         metrics_port=args.metrics_port,
+        grace_s=args.grace_s,
         log_level=args.log_level,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 
-from services.common.kv_store import open_store
+from services.common.kv_store import open_store, wait_reachable
 from services.common.metrics import serve_metrics
 from services.common.server import announce_ready, start_server, wait_for_signal
 from services.common.telemetry import setup_logging
@@ -13,8 +13,6 @@ from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.selection.config import Config, config_from_args
 from services.selection.decider import Decider
 from services.selection.servicer import SelectionServicer
-
-GRACE_S = 5.0
 
 
 async def main(cfg: Config) -> None:
@@ -27,12 +25,14 @@ async def main(cfg: Config) -> None:
         cfg.host,
         cfg.port,
     )
+    await wait_reachable(store, "policy state store")  # ready: its state can be loaded
     await server.set_serving(True)
     announce_ready("selection", server.port)
     try:
         await wait_for_signal()
     finally:
-        await server.stop(GRACE_S)
+        await server.set_serving(False)  # not ready: load balancers stop sending
+        await server.stop(cfg.grace_s)  # refuses new calls; in-flight ones may finish
         await store.aclose()
 
 

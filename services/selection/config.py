@@ -16,6 +16,7 @@ class Config:
     port: int
     state: str
     metrics_port: int
+    grace_s: float
     log_level: str
 
 
@@ -29,9 +30,13 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         help="policy state per application and context: an embedded file path, "
         "or redis://HOST:PORT/DB shared by several selection replicas",
     )
+    p.add_argument("--grace-s", type=float,
+                   default=env_default(SERVICE, "grace_s", 10.0, float),
+                   help="on SIGTERM: how long in-flight work may take to finish")
     p.add_argument("--metrics-port", type=int,
                    default=env_default(SERVICE, "metrics_port", -1, int),
                    help="serve Prometheus metrics on this port (0: any free port; -1: off)")
     p.add_argument("--log-level", default=env_default(SERVICE, "log_level", "INFO", str))
     args = p.parse_args(argv)
-    return Config(args.host, args.port, args.state, args.metrics_port, args.log_level)
+    return Config(args.host, args.port, args.state, args.metrics_port,
+                  args.grace_s, args.log_level)
