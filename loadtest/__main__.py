@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from loadtest.ghz import CONFIGS, errors, fetch_protoset, run_ghz, service_of, summary
+from loadtest.ghz import CONFIGS, errors, run_ghz, summary
 
 LOCAL = "127.0.0.1:1337"
 MESH_READY = "Mesh ready"
@@ -83,12 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = Path(args.results)
         configs = args.config or list(CONFIGS)
-        protoset = fetch_protoset(target, sorted({service_of(c) for c in configs}),
-                                  results / "services.protoset")
         failed = False
         for config in configs:
-            report = run_ghz(args.ghz, config, target, protoset,
-                             results / f"{config.stem}.json", args.ghz_args)
+            report = run_ghz(args.ghz, config, target, results / f"{config.stem}.json",
+                             args.ghz_args)
             print(summary(report), flush=True)
             failed = failed or bool(errors(report))
         print(f"reports in {results}/", flush=True)

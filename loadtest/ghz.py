@@ -1,11 +1,7 @@
 """Run ghz against a frontend and read its JSON report.
 
-ghz finds the method by asking server reflection for the file that holds the
-method's own name, which Python's reflection servicer does not answer (it
-resolves services and messages, grpc/grpc#34743). So the descriptors are
-fetched here through reflection, by service name, and handed to ghz as a
-protoset: no proto files or paths are needed, against any deployment that
-serves reflection.
+ghz finds the method through the server's reflection service: no proto files
+or paths are needed, against any deployment of ours.
 """
 
 from __future__ import annotations
@@ -16,47 +12,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import grpc
-from google.protobuf import descriptor_pb2
-from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
-    ProtoReflectionDescriptorDatabase,
-)
-
 CONFIG_DIR = Path(__file__).resolve().parent
 CONFIGS = (CONFIG_DIR / "predict.json", CONFIG_DIR / "model_infer.json")
 
 
-def fetch_protoset(target: str, services: Sequence[str], path: Path) -> Path:
-    """Write the files defining `services` (and their imports), as served by reflection."""
-    files: dict[str, descriptor_pb2.FileDescriptorProto] = {}
-    with grpc.insecure_channel(target) as channel:
-        db = ProtoReflectionDescriptorDatabase(channel)
-        pending = [db.FindFileContainingSymbol(name) for name in services]
-        while pending:
-            proto = pending.pop()
-            if proto.name in files:
-                continue
-            files[proto.name] = proto
-            pending.extend(db.FindFileByName(dep) for dep in proto.dependency)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(descriptor_pb2.FileDescriptorSet(file=files.values()).SerializeToString())
-    return path
-
-
-def service_of(config: Path) -> str:
-    """The service a ghz config calls (`package.Service/Method`)."""
-    call: str = json.loads(config.read_text())["call"]
-    return call.split("/")[0]
-
-
 def run_ghz(
-    ghz: str, config: Path, target: str, protoset: Path, report: Path,
+    ghz: str, config: Path, target: str, report: Path,
     extra_args: Sequence[str] = (), timeout_s: float = 600.0,
 ) -> dict[str, Any]:
     """Run one ghz config against `target`; keep and return its JSON report."""
     report.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [ghz, "--config", str(config), "--protoset", str(protoset),
-           "--format", "json", "--output", str(report), *extra_args, target]
+    cmd = [ghz, "--config", str(config), "--format", "json", "--output", str(report),
+           *extra_args, target]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     if done.returncode != 0 or not report.exists():
         raise RuntimeError(f"ghz failed ({done.returncode}): {done.stderr or done.stdout}")

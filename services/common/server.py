@@ -7,8 +7,11 @@ import logging
 import signal
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pool
+from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -17,6 +20,36 @@ from services.common.interceptors import RejectUndecodable
 logger = logging.getLogger(__name__)
 
 READY_PREFIX = "CLIPPER_READY"
+
+
+class MethodAwarePool:
+    """The default descriptor pool, also resolving a method's full name
+    ("pkg.Service.Method") to its service's file.
+
+    ghz asks reflection for the file of the method it calls; the pool grpcio's
+    reflection servicer uses resolves services and messages only (grpc/grpc#34743).
+    """
+
+    def __init__(self, pool: descriptor_pool.DescriptorPool) -> None:
+        self._pool = pool
+
+    def FindFileContainingSymbol(self, symbol: str) -> FileDescriptor:
+        try:
+            found: FileDescriptor = self._pool.FindFileContainingSymbol(symbol)
+            return found
+        except KeyError:
+            service_name, _, method = symbol.rpartition(".")
+            try:
+                service = self._pool.FindServiceByName(service_name)
+            except KeyError:
+                raise KeyError(symbol) from None
+            if method not in service.methods_by_name:
+                raise
+            file: FileDescriptor = service.file
+            return file
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
 
 
 @dataclass
@@ -74,6 +107,7 @@ async def start_server(
         (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME),
         server,
+        pool=MethodAwarePool(descriptor_pool.Default()),
     )
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:

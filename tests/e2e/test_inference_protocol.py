@@ -376,9 +376,6 @@ async def test_reflection_lists_every_service(channel: grpc.aio.Channel) -> None
         assert found.WhichOneof("message_response") == "file_descriptor_response", service
 
 
-@pytest.mark.xfail(reason="Python's reflection servicer resolves services but not method "
-                   "names (grpc/grpc#34743), which ghz asks for; loadtest/ghz.py works "
-                   "around it with a protoset fetched by service name", strict=True)
 async def test_reflection_resolves_method_names(channel: grpc.aio.Channel) -> None:
     found = await reflect(channel, reflection_pb2.ServerReflectionRequest(
         file_containing_symbol="inference.GRPCInferenceService.ModelInfer"))
