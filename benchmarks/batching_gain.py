@@ -91,7 +91,7 @@ async def frontend_capacities(work: Path, value: np.ndarray) -> list[Capacity]:
         mesh.workdir.mkdir()
         try:
             mesh.start_selection()
-            mesh.start_frontend()
+            mesh.start_frontend("--cache", "none")  # one input, repeated: measure the model
             mesh.start_container(SYNTHETIC, "synthetic", "1", *flags)
             mesh.create_app("synthetic", ["synthetic"], shape=(4,), slo_ms=int(SLO_S * 1000))
             mesh.wait_connected("synthetic", 1)

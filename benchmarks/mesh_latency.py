@@ -28,13 +28,17 @@ READY = re.compile(r"Mesh ready in [\d.]+ s: frontend on (\S+)")
 
 
 def start_mesh(state_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], str, float]:
-    """Start `python -m services.mesh`; return it, the frontend address and seconds to ready."""
+    """Start `python -m services.mesh`; return it, the frontend address and seconds to ready.
+
+    The prediction cache is off: benchmark inputs repeat, and a cached answer would
+    measure the cache instead of the models and the mesh.
+    """
     started = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.mesh", "--port", "0", "--state-dir", str(state_dir),
          *extra],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        start_new_session=True,
+        start_new_session=True, env={**os.environ, "CLIPPER_FRONTEND_CACHE": "none"},
     )
     assert proc.stdout is not None
     for line in proc.stdout:
