@@ -1,0 +1,51 @@
+"""Fixtures: each overlay rendered once per session with `kubectl kustomize`."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.helpers.tools import require_tool
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+OVERLAYS = ("dev", "prod")
+
+
+def render(kustomization: Path) -> list[dict[str, Any]]:
+    """The documents `kubectl kustomize` renders from one kustomization folder."""
+    kubectl = require_tool("kubectl", "renders the deploy/ overlays with kubectl kustomize")
+    result = subprocess.run([kubectl, "kustomize", str(kustomization)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"kubectl kustomize {kustomization}:\n{result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+_rendered: dict[str, list[dict[str, Any]]] = {}
+
+
+@pytest.fixture(params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+    """(overlay name, its rendered documents), rendered once per session."""
+    name: str = request.param
+    if name not in _rendered:
+        _rendered[name] = render(DEPLOY / "overlays" / name)
+    return name, _rendered[name]
+
+
+@pytest.fixture
+def prod() -> list[dict[str, Any]]:
+    if "prod" not in _rendered:
+        _rendered["prod"] = render(DEPLOY / "overlays" / "prod")
+    return _rendered["prod"]
+
+
+@pytest.fixture
+def dev() -> list[dict[str, Any]]:
+    if "dev" not in _rendered:
+        _rendered["dev"] = render(DEPLOY / "overlays" / "dev")
+    return _rendered["dev"]

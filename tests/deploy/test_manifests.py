@@ -1,0 +1,242 @@
+"""The rendered overlays: schema-valid, and consistent with the code they run."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from services.cli import k8s
+from services.cli.settings import SERVICES as SETTING_SERVICES
+from services.cli.settings import env_names, service_settings
+from services.generated.clipper.v1 import clipper_pb2 as pb
+from tests.deploy.manifests import (
+    SERVICES,
+    component,
+    effective_env,
+    env_values,
+    main_container,
+    named,
+    of_kind,
+    ours,
+    pod_spec,
+    port_named,
+    registered_health_names,
+    validate,
+)
+
+Docs = list[dict[str, Any]]
+REDIS_URL = r"redis://([a-z0-9-]+):(\d+)/(\d+)"
+
+
+def _default(service: str, flag: str) -> Any:
+    module = {s: m for s, m, _ in SETTING_SERVICES}[service]
+    return next(s.default for s in service_settings(service, module) if s.flag == flag)
+
+
+def test_every_document_validates_against_the_kubernetes_schemas(
+        overlay: tuple[str, Docs]) -> None:
+    name, docs = overlay
+    assert docs, f"overlay {name} rendered nothing"
+    for doc in docs:
+        try:
+            validate(doc)
+        except kubernetes_validate.SchemaNotFoundError as exc:
+            pytest.fail(f"{name}: no schema for {doc['kind']} {doc['apiVersion']}: {exc.message}")
+        except kubernetes_validate.ValidationError as exc:
+            where = ".".join(map(str, exc.path))
+            pytest.fail(f"{name}: {doc['kind']}/{doc['metadata']['name']} at {where}: "
+                        f"{exc.message}")
+
+
+def test_the_validation_catches_a_misspelt_field(dev: Docs) -> None:
+    broken = {**named(dev, "Deployment", "frontend")}
+    broken["spec"] = {**broken["spec"], "replica": 2}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate(broken)
+
+
+def test_base_has_every_part_in_one_namespace(overlay: tuple[str, Docs]) -> None:
+    _, docs = overlay
+    namespaces = of_kind(docs, "Namespace")
+    assert [n["metadata"]["name"] for n in namespaces] == [k8s.NAMESPACE]
+    for doc in docs:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"].get("namespace") == k8s.NAMESPACE, doc["metadata"]["name"]
+    for kind, name in [("Deployment", "frontend"), ("Service", "frontend"),
+                       ("Deployment", "selection"), ("Service", "selection"),
+                       ("StatefulSet", "redis"), ("Service", "redis"),
+                       ("ConfigMap", k8s.SETTINGS_CONFIGMAP),
+                       ("Deployment", k8s.deployment_name("digits-logreg"))]:
+        named(docs, kind, name)
+
+
+def test_commands_run_real_entrypoints(overlay: tuple[str, Docs]) -> None:
+    _, docs = overlay
+    seen = set()
+    for workload in ours(docs):
+        command = main_container(workload)["command"]
+        _, module = SERVICES[component(workload)]
+        assert command == ["python", "-m", module], workload["metadata"]["name"]
+        assert importlib.util.find_spec(f"{module}.__main__") is not None, module
+        seen.add(component(workload))
+    assert seen == set(SERVICES)
+
+
+def test_ports_probes_and_services_agree_with_the_code(overlay: tuple[str, Docs]) -> None:
+    _, docs = overlay
+    for workload in ours(docs):
+        comp = component(workload)
+        service, entrypoint = SERVICES[comp]
+        container = main_container(workload)
+        env = env_values(container)
+        prefix = f"CLIPPER_{service.upper()}_"
+        grpc_port = port_named(container, "grpc")
+        assert env[prefix + "PORT"] == str(grpc_port)
+        assert env[prefix + "HOST"] == "0.0.0.0", "pods must listen on every interface"
+        if comp == "model":
+            # The container's own default is any free port: the pod must fix it.
+            assert _default(service, "--port") == 0
+            assert grpc_port == k8s.CONTAINER_PORT
+        else:
+            assert grpc_port == _default(service, "--port"), f"{comp}: the code's default port"
+        # Probes: native gRPC health checks on the service name the server registers.
+        registered = registered_health_names(entrypoint)
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            check = container[probe]["grpc"]
+            assert check["port"] == grpc_port, f"{comp} {probe}"
+            assert check["service"] in registered, f"{comp} {probe}: {check['service']}"
+            short = check["service"].removeprefix("clipper.v1.")
+            assert short in pb.DESCRIPTOR.services_by_name, check["service"]
+        # Metrics: served on the port Prometheus is told to scrape.
+        metrics_port = port_named(container, "metrics")
+        assert env[prefix + "METRICS_PORT"] == str(metrics_port) == str(k8s.METRICS_PORT)
+        annotations = workload["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/port"] == str(metrics_port)
+        if comp != "model":
+            svc = named(docs, "Service", comp)
+            (port,) = svc["spec"]["ports"]
+            assert port["port"] == grpc_port and port["targetPort"] == "grpc"
+            labels = workload["spec"]["template"]["metadata"]["labels"]
+            assert all(labels.get(k) == v for k, v in svc["spec"]["selector"].items())
+
+
+def test_every_clipper_variable_is_a_setting_the_code_reads(overlay: tuple[str, Docs]) -> None:
+    _, docs = overlay
+    known = env_names()
+    for config_map in of_kind(docs, "ConfigMap"):
+        for name in config_map["data"]:
+            assert name in known, f"ConfigMap {config_map['metadata']['name']}: {name}"
+    for workload in ours(docs):
+        service, _ = SERVICES[component(workload)]
+        for name in env_values(main_container(workload)):
+            assert name in known, f"{workload['metadata']['name']}: {name} is read by no service"
+            if name not in ("CLIPPER_MANAGEMENT_TOKEN", "CLIPPER_CONTAINER_TOKEN"):
+                assert name.startswith(f"CLIPPER_{service.upper()}_"), (
+                    f"{workload['metadata']['name']} sets {name}, which its service never reads")
+
+
+def _service_address(docs: Docs, address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    svc = named(docs, "Service", host)
+    assert int(port) in [p["port"] for p in svc["spec"]["ports"]], address
+    return host, int(port)
+
+
+def test_services_find_each_other_and_redis(overlay: tuple[str, Docs]) -> None:
+    _, docs = overlay
+    secret_refs = []
+    for workload in ours(docs):
+        container = main_container(workload)
+        env = effective_env(docs, container)
+        comp = component(workload)
+        if comp == "frontend":
+            for name in ("CLIPPER_FRONTEND_STATE", "CLIPPER_FRONTEND_CACHE"):
+                match = re.fullmatch(REDIS_URL, env[name])
+                assert match, f"{name}={env[name]}: the frontends must share Redis"
+                _service_address(docs, f"{match[1]}:{match[2]}")
+            assert _service_address(docs, env["CLIPPER_FRONTEND_SELECTION"])[0] == "selection"
+            secret_refs += [env["CLIPPER_MANAGEMENT_TOKEN"], env["CLIPPER_CONTAINER_TOKEN"]]
+        if comp == "selection":
+            match = re.fullmatch(REDIS_URL, env["CLIPPER_SELECTION_STATE"])
+            assert match, "the selection replicas must share Redis"
+            _service_address(docs, f"{match[1]}:{match[2]}")
+        if comp == "model":
+            front = env["CLIPPER_CONTAINER_FRONTEND"]
+            assert _service_address(docs, front) == ("frontend", _default("frontend", "--port"))
+            assert env["CLIPPER_CONTAINER_ADVERTISE_HOST"] == {
+                "fieldRef": {"fieldPath": "status.podIP"}}
+            secret_refs.append(env["CLIPPER_CONTAINER_TOKEN"])
+            assert env["CLIPPER_CONTAINER_MODEL"] and env["CLIPPER_CONTAINER_NAME"]
+    for ref in secret_refs:
+        assert ref["secretKeyRef"]["name"] == k8s.TOKENS_SECRET
+        assert ref["secretKeyRef"]["key"] in (k8s.MANAGEMENT_TOKEN_KEY, k8s.CONTAINER_TOKEN_KEY)
+
+
+def test_redis_persists_append_only_on_a_volume(overlay: tuple[str, Docs]) -> None:
+    _, docs = overlay
+    redis = named(docs, "StatefulSet", "redis")
+    command = main_container(redis)["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    data_dir = command[command.index("--dir") + 1]
+    (claim,) = redis["spec"]["volumeClaimTemplates"]
+    mounts = {m["name"]: m["mountPath"] for m in main_container(redis)["volumeMounts"]}
+    assert mounts[claim["metadata"]["name"]] == data_dir
+
+
+def test_pods_are_locked_down(overlay: tuple[str, Docs]) -> None:
+    _, docs = overlay
+    for workload in of_kind(docs, "Deployment", "StatefulSet"):
+        name = workload["metadata"]["name"]
+        pod = pod_spec(workload)
+        assert pod["automountServiceAccountToken"] is False, name
+        security = pod["securityContext"]
+        assert security["runAsNonRoot"] is True, name
+        assert security["runAsUser"] != 0, name
+        assert security["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        if workload in ours(docs):
+            assert security["runAsUser"] == k8s.IMAGE_UID, f"{name}: the image's user"
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        claims = {c["metadata"]["name"] for c in workload["spec"].get("volumeClaimTemplates", [])}
+        for container in pod["containers"]:
+            assert container["securityContext"] == k8s.container_security_context(), name
+            for mount in container.get("volumeMounts", []):
+                # Writable paths are scratch or data volumes, never the image.
+                assert mount["name"] in claims or "emptyDir" in volumes[mount["name"]], name
+
+
+def test_prod_is_highly_available_and_bounded(prod: Docs) -> None:
+    frontend = named(prod, "Deployment", "frontend")
+    assert frontend["spec"]["replicas"] >= 2
+    pdbs = of_kind(prod, "PodDisruptionBudget")
+    for workload in ours(prod):
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        covering = [p for p in pdbs if all(labels.get(k) == v for k, v in
+                                           p["spec"]["selector"]["matchLabels"].items())]
+        assert len(covering) == 1, f"{workload['metadata']['name']}: one PDB expected"
+        if component(workload) == "model":
+            (hpa,) = [h for h in of_kind(prod, "HorizontalPodAutoscaler")
+                      if h["spec"]["scaleTargetRef"]["name"] == workload["metadata"]["name"]]
+            assert hpa["spec"]["minReplicas"] >= 2
+    for workload in of_kind(prod, "Deployment", "StatefulSet"):
+        for container in pod_spec(workload)["containers"]:
+            resources = container["resources"]
+            assert {"cpu", "memory"} <= set(resources["requests"]), workload["metadata"]["name"]
+            assert {"cpu", "memory"} <= set(resources["limits"]), workload["metadata"]["name"]
+
+
+def test_prod_ships_no_placeholder_tokens(prod: Docs, dev: Docs) -> None:
+    assert not of_kind(prod, "Secret"), "prod tokens are created out of band"
+    secret = named(dev, "Secret", k8s.TOKENS_SECRET)
+    assert set(secret["stringData"]) == {k8s.MANAGEMENT_TOKEN_KEY, k8s.CONTAINER_TOKEN_KEY}
+    assert all(v.startswith("replace-me") for v in secret["stringData"].values())
+
+
+def test_dev_runs_one_of_each(dev: Docs) -> None:
+    for workload in of_kind(dev, "Deployment", "StatefulSet"):
+        assert workload["spec"]["replicas"] == 1, workload["metadata"]["name"]
+    assert not of_kind(dev, "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy")
