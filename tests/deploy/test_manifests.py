@@ -240,3 +240,20 @@ def test_dev_runs_one_of_each(dev: Docs) -> None:
     for workload in of_kind(dev, "Deployment", "StatefulSet"):
         assert workload["spec"]["replicas"] == 1, workload["metadata"]["name"]
     assert not of_kind(dev, "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy")
+
+
+def test_pods_get_the_time_their_services_take_to_stop(overlay: tuple[str, Docs]) -> None:
+    _, docs = overlay
+    for workload in ours(docs):
+        service, _ = SERVICES[component(workload)]
+        container = main_container(workload)
+        env = effective_env(docs, container)
+        grace_s = float(env.get(f"CLIPPER_{service.upper()}_GRACE_S",
+                                _default(service, "--grace-s")))
+        pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("exec", {})
+        sleep_s = float(pre_stop["command"][1]) if pre_stop else 0.0
+        budget = pod_spec(workload)["terminationGracePeriodSeconds"]
+        # SIGTERM comes after preStop; leave a few seconds to deregister and exit.
+        assert sleep_s + grace_s + 5 <= budget, (
+            f"{workload['metadata']['name']}: preStop {sleep_s}s + --grace-s {grace_s}s "
+            f"does not fit terminationGracePeriodSeconds {budget}")
