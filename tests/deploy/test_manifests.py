@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import os
 import re
 from typing import Any
 
@@ -257,3 +259,27 @@ def test_pods_get_the_time_their_services_take_to_stop(overlay: tuple[str, Docs]
         assert sleep_s + grace_s + 5 <= budget, (
             f"{workload['metadata']['name']}: preStop {sleep_s}s + --grace-s {grace_s}s "
             f"does not fit terminationGracePeriodSeconds {budget}")
+
+
+def test_each_pod_environment_is_a_valid_config(
+        overlay: tuple[str, Docs], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each service's own config_from_args accepts the environment its pod gets."""
+    _, docs = overlay
+    modules = {s: m for s, m, _ in SETTING_SERVICES}
+    for workload in ours(docs):
+        service, _ = SERVICES[component(workload)]
+        env = effective_env(docs, main_container(workload))
+        for name in [n for n in os.environ if n.startswith("CLIPPER_")]:
+            monkeypatch.delenv(name)
+        for name, value in env.items():
+            if isinstance(value, dict):  # from the Secret or the downward API
+                value = "10.1.2.3" if "fieldRef" in value else "a-token"
+            monkeypatch.setenv(name, value)
+        config = importlib.import_module(modules[service]).config_from_args([])
+        container = main_container(workload)
+        assert config.host == "0.0.0.0"
+        assert config.port == port_named(container, "grpc")
+        assert config.metrics_port == port_named(container, "metrics")
+        if service == "container":
+            assert config.advertise_host == "10.1.2.3"
+            assert config.frontends == ("frontend:1337",)
