@@ -237,11 +237,16 @@ def model_autoscaler(spec: ModelSpec) -> dict[str, Any]:
 
 
 def model_manifests(spec: ModelSpec) -> list[dict[str, Any]]:
-    """The Deployment, and an autoscaler when `max_replicas` asks for one."""
-    manifests = [model_deployment(spec)]
-    if spec.max_replicas:
-        manifests.append(model_autoscaler(spec))
-    return manifests
+    """The Deployment, and an autoscaler when `max_replicas` asks for one.
+
+    With an autoscaler the Deployment leaves `replicas` out, so that applying it again
+    does not undo the autoscaler's choice; the autoscaler keeps at least `spec.replicas`.
+    """
+    deployment = model_deployment(spec)
+    if not spec.max_replicas:
+        return [deployment]
+    del deployment["spec"]["replicas"]
+    return [deployment, model_autoscaler(spec)]
 
 
 # YAML 1.1 and 1.2 plain scalars that do not read back as strings.

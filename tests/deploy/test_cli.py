@@ -56,7 +56,7 @@ def test_rendered_model_validates_with_an_autoscaler(capsys: pytest.CaptureFixtu
     assert env["CLIPPER_CONTAINER_MAX_DELAY_MS"] == "2.5"
     assert env["CLIPPER_CONTAINER_MAX_QUEUE"] == "64"
     assert "CLIPPER_CONTAINER_BATCHING" not in env, "unset flags keep the container's defaults"
-    assert deployment["spec"]["replicas"] == 2
+    assert "replicas" not in deployment["spec"], "the autoscaler owns the replica count"
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 8)
 

@@ -224,6 +224,7 @@ def test_prod_is_highly_available_and_bounded(prod: Docs) -> None:
             (hpa,) = [h for h in of_kind(prod, "HorizontalPodAutoscaler")
                       if h["spec"]["scaleTargetRef"]["name"] == workload["metadata"]["name"]]
             assert hpa["spec"]["minReplicas"] >= 2
+            assert "replicas" not in workload["spec"], "the autoscaler owns the replica count"
     for workload in of_kind(prod, "Deployment", "StatefulSet"):
         for container in pod_spec(workload)["containers"]:
             resources = container["resources"]
