@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,23 @@ DEPLOY = REPO / "deploy"
 OVERLAYS = ("dev", "prod")
 
 
+def _renderer() -> list[str]:
+    """`kubectl kustomize`, else a standalone `kustomize build` (PATH or .tools/bin)."""
+    if shutil.which("kubectl") is None:
+        tools = REPO / ".tools" / "bin"
+        standalone = shutil.which("kustomize") or shutil.which("kustomize", path=tools)
+        if standalone is not None:
+            return [standalone, "build"]
+    kubectl = require_tool("kubectl", "renders the deploy/ overlays with kubectl kustomize; "
+                           "a standalone kustomize on PATH also does")
+    return [kubectl, "kustomize"]
+
+
 def render(kustomization: Path) -> list[dict[str, Any]]:
-    """The documents `kubectl kustomize` renders from one kustomization folder."""
-    kubectl = require_tool("kubectl", "renders the deploy/ overlays with kubectl kustomize")
-    result = subprocess.run([kubectl, "kustomize", str(kustomization)],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, f"kubectl kustomize {kustomization}:\n{result.stderr}"
+    """The documents kustomize renders from one kustomization folder."""
+    command = [*_renderer(), str(kustomization)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"{' '.join(command)}:\n{result.stderr}"
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
