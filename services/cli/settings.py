@@ -122,7 +122,7 @@ def _probe_value(action: argparse.Action) -> tuple[str, Any]:
     if action.type is float:
         return "79.19", 79.19
     if action.choices:
-        choice = list(action.choices)[-1]
+        choice = [c for c in action.choices if c != action.default][-1]
         return str(choice), choice
     return "probe-value", "probe-value"
 
