@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := $(shell find protos -name '*.proto')
 GEN := services/generated
 
-.PHONY: run test proto deps lint bench clean tritonclient ghz loadtest
+.PHONY: run test proto deps lint bench clean tritonclient ghz kustomize loadtest
 
 # Outside tools, each installed once into the repository (gitignored).
 TOOLS := .tools/bin
@@ -40,10 +40,16 @@ run: proto
 ## Tools the tests drive from outside Python (each installs once, then is a no-op).
 deps: proto
 	@if [ -f examples/Makefile ]; then $(MAKE) -s -C examples deps; fi
-	@for tool in tritonclient ghz; do \
+	@for tool in tritonclient ghz kustomize; do \
 	    $(MAKE) -s $$tool || { echo "make deps: $$tool did not install; its tests will skip" >&2; \
 	                          [ "$$CLIPPER_REQUIRE_TOOLS" != 1 ] || exit 1; }; \
 	done
+
+## kustomize renders deploy/ in the tests; kubectl has it built in, so only without kubectl.
+KUSTOMIZE_VERSION := v5.5.0
+kustomize:
+	@command -v kubectl >/dev/null || [ -x $(TOOLS)/kustomize ] || { mkdir -p $(TOOLS) && \
+	    GOBIN=$(CURDIR)/$(TOOLS) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION); }
 
 ## tritonclient in its own virtual environment, for the Open Inference Protocol tests.
 tritonclient: $(TRITON_STAMP)

@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 from services.common.config import env_name
 
@@ -66,39 +65,11 @@ class Setting:
     meaning: str
 
 
-class _Captured(Exception):
-    def __init__(self, parser: argparse.ArgumentParser) -> None:
-        super().__init__("parser captured")
-        self.parser = parser
-
-
 def _parser_factory(module_name: str) -> Callable[[], argparse.ArgumentParser]:
-    """A function that builds the service's parser afresh (reading the environment now)."""
-    module = importlib.import_module(module_name)
-    build = getattr(module, "build_parser", None)
-    if callable(build):
-        return lambda: _checked_parser(build())
-    config_from_args = module.config_from_args
-
-    def capture() -> argparse.ArgumentParser:
-        # The parser is built inside config_from_args: stop it at parse_args.
-        def stop(self: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
-            raise _Captured(self)
-
-        with mock.patch.object(argparse.ArgumentParser, "parse_args", stop):
-            try:
-                config_from_args([])
-            except _Captured as captured:
-                return captured.parser
-        raise RuntimeError(f"{module_name}.config_from_args did not call parse_args")
-
-    return capture
-
-
-def _checked_parser(parser: object) -> argparse.ArgumentParser:
-    if not isinstance(parser, argparse.ArgumentParser):
-        raise TypeError(f"build_parser returned {type(parser).__name__}")
-    return parser
+    """The service's `build_parser`, which reads the environment each time it runs."""
+    build: Callable[[], argparse.ArgumentParser] = importlib.import_module(
+        module_name).build_parser
+    return build
 
 
 @contextlib.contextmanager

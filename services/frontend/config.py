@@ -31,7 +31,8 @@ class Config:
     log_level: str
 
 
-def config_from_args(argv: list[str] | None = None) -> Config:
+def build_parser() -> argparse.ArgumentParser:
+    """The flags, with defaults read from the environment now."""
     def env(name: str, default: str) -> str:
         return env_default(SERVICE, name, default, str)
 
@@ -69,7 +70,11 @@ def config_from_args(argv: list[str] | None = None) -> Config:
                    default=env_default(SERVICE, "metrics_port", -1, int),
                    help="serve Prometheus metrics on this port (0: any free port; -1: off)")
     p.add_argument("--log-level", default=env("log_level", "INFO"))
-    args = p.parse_args(argv)
+    return p
+
+
+def config_from_args(argv: list[str] | None = None) -> Config:
+    args = build_parser().parse_args(argv)
     management_token = os.environ.get("CLIPPER_MANAGEMENT_TOKEN", "")
     container_token = os.environ.get("CLIPPER_CONTAINER_TOKEN", "")
     require(bool(management_token), "CLIPPER_MANAGEMENT_TOKEN must be set")

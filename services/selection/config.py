@@ -20,7 +20,8 @@ class Config:
     log_level: str
 
 
-def config_from_args(argv: list[str] | None = None) -> Config:
+def build_parser() -> argparse.ArgumentParser:
+    """The flags, with defaults read from the environment now."""
     p = argparse.ArgumentParser(prog="python -m services.selection")
     p.add_argument("--host", default=env_default(SERVICE, "host", "127.0.0.1", str))
     p.add_argument("--port", type=int, default=env_default(SERVICE, "port", 1338, int))
@@ -37,6 +38,10 @@ def config_from_args(argv: list[str] | None = None) -> Config:
                    default=env_default(SERVICE, "metrics_port", -1, int),
                    help="serve Prometheus metrics on this port (0: any free port; -1: off)")
     p.add_argument("--log-level", default=env_default(SERVICE, "log_level", "INFO", str))
-    args = p.parse_args(argv)
+    return p
+
+
+def config_from_args(argv: list[str] | None = None) -> Config:
+    args = build_parser().parse_args(argv)
     return Config(args.host, args.port, args.state, args.metrics_port,
                   args.grace_s, args.log_level)
