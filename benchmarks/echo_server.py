@@ -9,8 +9,10 @@ import argparse
 import asyncio
 
 import grpc
+from google.protobuf import descriptor_pool
+from grpc_reflection.v1alpha import reflection
 
-from services.common.server import announce_ready, wait_for_signal
+from services.common.server import MethodAwarePool, announce_ready, wait_for_signal
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 
@@ -24,6 +26,9 @@ class EchoFrontend(pb_grpc.FrontendServicer):
 async def main(port: int) -> None:
     server = grpc.aio.server()
     pb_grpc.add_FrontendServicer_to_server(EchoFrontend(), server)
+    reflection.enable_server_reflection(  # so that ghz finds Predict without proto files
+        ("clipper.v1.Frontend", reflection.SERVICE_NAME), server,
+        pool=MethodAwarePool(descriptor_pool.Default()))
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     announce_ready("echo", bound)

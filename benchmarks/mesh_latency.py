@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
@@ -27,7 +28,8 @@ from services.mesh import digits
 READY = re.compile(r"Mesh ready in [\d.]+ s: frontend on (\S+)")
 
 
-def start_mesh(state_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], str, float]:
+def start_mesh(state_dir: Path, *extra: str, env: Mapping[str, str] | None = None
+               ) -> tuple[subprocess.Popen[str], str, float]:
     """Start `python -m services.mesh`; return it, the frontend address and seconds to ready.
 
     The prediction cache is off: benchmark inputs repeat, and a cached answer would
@@ -38,7 +40,8 @@ def start_mesh(state_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], str
         [sys.executable, "-m", "services.mesh", "--port", "0", "--state-dir", str(state_dir),
          *extra],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        start_new_session=True, env={**os.environ, "CLIPPER_FRONTEND_CACHE": "none"},
+        start_new_session=True,
+        env={**os.environ, "CLIPPER_FRONTEND_CACHE": "none", **(env or {})},
     )
     assert proc.stdout is not None
     for line in proc.stdout:
