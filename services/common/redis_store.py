@@ -32,7 +32,7 @@ from services.common.kv_store import Updater, Value
 logger = logging.getLogger(__name__)
 
 MAX_UPDATE_ATTEMPTS = 100
-RECONNECT_BACKOFF_S = (0.1, 2.0)
+RECONNECT_BACKOFF_S = (0.1, 1.0)
 T = TypeVar("T")
 
 

@@ -2,13 +2,17 @@
 queries by id so that feedback joins the answers already given instead of re-running models.
 
 In memory by default, bounded in entries and with a TTL; `redis://...` shares it
-between frontends (Redis bounds it with its own maxmemory policy; entries keep
-the TTL). Values are serialized protobuf messages in both backends. Identical
-queries in flight at once are coalesced: the first one asks the model, the
-others wait for its answer (with their own deadlines). Errors are not cached.
+between frontends (every entry has the TTL; give that Redis a maxmemory with the
+volatile-ttl policy, as deploy/ does, so that only cache entries are evicted).
+Values are serialized protobuf messages in both backends. Identical queries in
+flight at once are coalesced: the first one asks the model and the others wait
+for its answer (one still in time when that fails asks on its own). Errors are
+not cached.
 
 A model that is not a pure function of its input (sampling, time) should run
-with the cache off (`--cache none`).
+with the cache off (`--cache none`); recent queries are then kept in memory, so
+feedback by query id still works. Reads on the query path give up after 10 ms
+(a miss) and writes happen off it: a slow or absent cache never delays an answer.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,12 +32,17 @@ from aiocache.base import BaseCache
 from aiocache.plugins import BasePlugin
 from aiocache.serializers import BaseSerializer
 
+from services.common.errors import ClipperError
 from services.frontend import metrics
 from services.generated.clipper.v1 import clipper_pb2 as pb
 
 logger = logging.getLogger(__name__)
 
 Fetch = Callable[[], Awaitable[tuple[str, pb.Tensor]]]
+# Longest a cache read may take on the query path (a miss after that), and a write.
+READ_TIMEOUT_S = 0.01
+WRITE_TIMEOUT_S = 1.0
+WARN_EVERY_S = 10
 
 
 class BytesSerializer(BaseSerializer):  # type: ignore[misc]
@@ -74,45 +85,54 @@ def input_digest(value: pb.Tensor) -> str:
 
 
 class PredictionCache:
-    def __init__(self, cache: BaseCache | None, ttl_s: float) -> None:
-        self.cache = cache
+    """Answers by (model, version, input), and recent queries by id for feedback.
+
+    `answers` is None when answers are not cached (`--cache none`); recent queries
+    are always kept (in memory then), so feedback by query id always works.
+    """
+
+    def __init__(self, answers: BaseCache | None, queries: BaseCache, ttl_s: float) -> None:
+        self.answers = answers
+        self.queries = queries
         self.ttl_s = ttl_s
         self.hits = 0
         self.coalesced = 0
         self._inflight: dict[str, asyncio.Future[tuple[str, pb.Tensor]]] = {}
+        self._writes: set[asyncio.Task[None]] = set()
+        self._warned_at = -math.inf
 
     @classmethod
     def open(cls, url: str, max_entries: int, ttl_s: float) -> PredictionCache:
         """`memory` (bounded to max_entries), `none`, or a redis:// URL."""
-        if url == "none":
-            return cls(None, ttl_s)
-        if url == "memory":
-            cache = SimpleMemoryCache(
+        if url in ("memory", "none"):
+            memory = SimpleMemoryCache(
                 serializer=BytesSerializer(), plugins=[EntryBound(max_entries)],
                 namespace="clipper",
             )
-            return cls(cache, ttl_s)
+            return cls(memory if url == "memory" else None, memory, ttl_s)
         if url.startswith("redis://"):
             parts = urlsplit(url)
-            cache = RedisCache(
+            redis = RedisCache(
                 endpoint=parts.hostname or "127.0.0.1", port=parts.port or 6379,
                 db=int(parts.path.strip("/") or 0), password=parts.password,
                 serializer=BytesSerializer(), namespace="clipper",
+                create_connection_timeout=1.0,
             )
-            return cls(cache, ttl_s)
+            return cls(redis, redis, ttl_s)
         raise ValueError(f"cache {url!r}: expected memory, none or redis://HOST:PORT/DB")
 
-    @property
-    def enabled(self) -> bool:
-        return self.cache is not None
+    async def answer(self, model: str, version: str, value: pb.Tensor, deadline: float,
+                     fetch: Fetch) -> tuple[str, pb.Tensor]:
+        """The cached answer of model:version for this input, else `fetch()`.
 
-    async def answer(self, model: str, version: str, value: pb.Tensor, fetch: Fetch
-                     ) -> tuple[str, pb.Tensor]:
-        """The cached answer of model:version for this input, else `fetch()` (coalesced)."""
-        if self.cache is None or not version:
+        Identical queries in flight share one fetch (bounded by the deadline of the
+        query that started it); one that joined and is still in time when that
+        fetch fails asks on its own.
+        """
+        if self.answers is None or not version:
             return await fetch()
         key = f"answer:{model}:{version}:{input_digest(value)}"
-        cached = await self._get(key)
+        cached = await self._get(self.answers, key, deadline)
         if cached is not None:
             self.hits += 1
             metrics.cache_hits.add(1, {"model": model})
@@ -124,19 +144,26 @@ class PredictionCache:
             inflight = asyncio.ensure_future(self._fetch_and_keep(key, fetch))
             self._inflight[key] = inflight
             inflight.add_done_callback(lambda f: self._forget(key, f))
-        else:
-            self.coalesced += 1
-            metrics.cache_coalesced.add(1, {"model": model})
-        return await asyncio.shield(inflight)
+            return await asyncio.shield(inflight)
+        self.coalesced += 1
+        metrics.cache_coalesced.add(1, {"model": model})
+        try:
+            return await asyncio.shield(inflight)
+        except ClipperError:
+            if asyncio.get_running_loop().time() >= deadline:
+                raise
+            return await fetch()
 
-    async def remember_query(self, query_id: str, record: pb.RecentQuery) -> None:
-        if self.cache is not None:
-            await self._set(f"query:{query_id}", record.SerializeToString())
+    def remember_query(self, query_id: str, record: pb.RecentQuery) -> None:
+        """Keep the query's answers for feedback, in the background (off the reply path)."""
+        task = asyncio.create_task(self._set(self.queries, f"query:{query_id}",
+                                             record.SerializeToString()))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
 
     async def recall_query(self, query_id: str) -> pb.RecentQuery | None:
-        if self.cache is None:
-            return None
-        raw = await self._get(f"query:{query_id}")
+        deadline = asyncio.get_running_loop().time() + WRITE_TIMEOUT_S
+        raw = await self._get(self.queries, f"query:{query_id}", deadline)
         if raw is None:
             return None
         record = pb.RecentQuery()
@@ -144,12 +171,17 @@ class PredictionCache:
         return record
 
     async def aclose(self) -> None:
-        if self.cache is not None:
-            await self.cache.close()
+        pending: list[asyncio.Future[Any]] = [*self._inflight.values(), *self._writes]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for cache in {id(c): c for c in (self.answers, self.queries) if c is not None}.values():
+            await cache.close()
 
     async def _fetch_and_keep(self, key: str, fetch: Fetch) -> tuple[str, pb.Tensor]:
         served_by, output = await fetch()
-        await self._set(key, output.SerializeToString())
+        assert self.answers is not None
+        await self._set(self.answers, key, output.SerializeToString())
         return served_by, output
 
     def _forget(self, key: str, future: asyncio.Future[tuple[str, pb.Tensor]]) -> None:
@@ -157,18 +189,29 @@ class PredictionCache:
         if not future.cancelled():
             future.exception()  # retrieved: nobody may be waiting any more
 
-    async def _get(self, key: str) -> bytes | None:
-        assert self.cache is not None
+    async def _get(self, cache: BaseCache, key: str, deadline: float) -> bytes | None:
+        """A read bounded by READ_TIMEOUT_S and the deadline; a slow or absent cache is a
+        miss, never a failed or late query."""
+        loop = asyncio.get_running_loop()
         try:
-            value: bytes | None = await self.cache.get(key)
-            return value
-        except Exception as exc:  # a cache that is down is a miss, never a failed query
-            logger.warning("prediction cache read failed: %r", exc)
+            async with asyncio.timeout_at(min(deadline, loop.time() + READ_TIMEOUT_S)):
+                value: bytes | None = await cache.get(key)
+                return value
+        except Exception as exc:
+            self._warn(f"prediction cache read failed: {exc!r}")
             return None
 
-    async def _set(self, key: str, value: bytes) -> None:
-        assert self.cache is not None
+    async def _set(self, cache: BaseCache, key: str, value: bytes) -> None:
         try:
-            await self.cache.set(key, value, ttl=self.ttl_s)
+            async with asyncio.timeout(WRITE_TIMEOUT_S):
+                await cache.set(key, value, ttl=self.ttl_s)
         except Exception as exc:
-            logger.warning("prediction cache write failed: %r", exc)
+            self._warn(f"prediction cache write failed: {exc!r}")
+
+    def _warn(self, message: str) -> None:
+        """Log a cache failure at most every WARN_EVERY_S (it may fail on every query)."""
+        now = time.monotonic()
+        if now - self._warned_at >= WARN_EVERY_S:
+            self._warned_at = now
+            logger.warning("%s (further cache failures are not logged for %d s)",
+                           message, WARN_EVERY_S)

@@ -137,7 +137,7 @@ class QueryPath:
         if not fan.answers:
             return self._fallback(app, query_id, fan)
         combined = combine(fan.answers)
-        await self.cache.remember_query(query_id, pb.RecentQuery(
+        self.cache.remember_query(query_id, pb.RecentQuery(
             application=app.name, context_key=context_key,
             outputs={a.model: a.output for a in fan.answers},
         ))
@@ -229,7 +229,7 @@ class QueryPath:
         record = self.registry.models.get(model)
         version = version or (record.active_version if record else "")
         return await self.cache.answer(
-            model, version, value,
+            model, version, value, deadline,
             lambda: self.replicas.query(model, value, deadline, {}, version),
         )
 

@@ -17,7 +17,7 @@ import asyncio
 import base64
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from services.common.errors import (
@@ -27,7 +27,7 @@ from services.common.errors import (
     NotFound,
     Unavailable,
 )
-from services.common.kv_store import KeyValueStore
+from services.common.kv_store import KeyValueStore, Value
 from services.common.tensors import TensorSpec
 from services.generated.clipper.v1 import clipper_pb2 as pb
 
@@ -122,11 +122,21 @@ class Registry:
                                 (await self.store.scan(MODEL_PREFIX)).values())
         }
         replicas = await self.store.scan(REPLICA_PREFIX)
+        # Replicas that heartbeat here while the store was away are kept (and written
+        # back): a resync after an outage must not drop live replicas.
+        now = time.time()
+        held = {rid: (r, at) for rid, r in self.replicas.items()
+                if (at := self._expires.get(rid, 0.0)) > now
+                and REPLICA_PREFIX + rid not in replicas}
         self.apps, self.models = apps, models
         self.replicas, self._expires = {}, {}
-        grace = time.time() + self.replica_ttl_s
+        grace = now + self.replica_ttl_s
         for data in replicas.values():
             self._put_replica(data, max(float(data.get("expires_at", 0.0)), grace))
+        for rid, (replica, expires_at) in held.items():
+            self.replicas[rid], self._expires[rid] = replica, expires_at
+            await self.store.put(REPLICA_PREFIX + rid,
+                                 {**asdict(replica), "expires_at": expires_at})
         logger.info(
             "loaded %d applications, %d models, %d replicas",
             len(self.apps), len(self.models), len(self.replicas),
@@ -144,6 +154,7 @@ class Registry:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         self._watcher = asyncio.create_task(self.watch(), name="registry-watch")
+        self._watcher.add_done_callback(_log_if_failed)
 
     async def aclose(self) -> None:
         if self._watcher is not None:
@@ -163,6 +174,8 @@ class Registry:
                     await self.refresh(key)
             except ClipperError as exc:  # the store went away again: the feed resyncs
                 logger.warning("could not read change %r: %s", key, exc)
+            except Exception:  # a malformed record must not stop this frontend following
+                logger.exception("could not apply change %r", key)
 
     async def refresh(self, key: str) -> None:
         """Read one key back from the store into memory."""
@@ -196,37 +209,50 @@ class Registry:
         return app
 
     async def create_app(self, app: Application) -> Application:
-        if app.name in self.apps:
-            raise AlreadyExists(f"application {app.name!r} already exists")
-        return await self._save_app(app)
+        def create(current: Value | None) -> Value:
+            if current is not None:
+                raise AlreadyExists(f"application {app.name!r} already exists")
+            return app.to_json()
+
+        return self._remember_app(await self.store.update(APP_PREFIX + app.name, create))
 
     async def update_app(self, app: Application) -> Application:
-        self.get_app(app.name)
-        return await self._save_app(app)
+        def overwrite(current: Value | None) -> Value:
+            _require_app(current, app.name)
+            return app.to_json()
+
+        return self._remember_app(await self.store.update(APP_PREFIX + app.name, overwrite))
 
     async def delete_app(self, name: str) -> None:
-        self.get_app(name)
-        del self.apps[name]
-        await self.store.delete(APP_PREFIX + name)
+        if not await self.store.delete(APP_PREFIX + name):
+            raise NotFound(f"unknown application {name!r}")
+        self.apps.pop(name, None)
 
     async def link(self, app_name: str, model: str) -> Application:
-        app = self.get_app(app_name)
         if not model:
             raise InvalidInput("model name is empty")
-        if model in app.linked_models:
+
+        def add(current: Value | None) -> Value:
+            app = _require_app(current, app_name)
+            if model not in app["linked_models"]:
+                app["linked_models"] = [*app["linked_models"], model]
             return app
-        return await self._save_app(replace(app, linked_models=(*app.linked_models, model)))
+
+        return self._remember_app(await self.store.update(APP_PREFIX + app_name, add))
 
     async def unlink(self, app_name: str, model: str) -> Application:
-        app = self.get_app(app_name)
-        if model not in app.linked_models:
-            raise NotFound(f"model {model!r} is not linked to application {app_name!r}")
-        linked = tuple(m for m in app.linked_models if m != model)
-        return await self._save_app(replace(app, linked_models=linked))
+        def remove(current: Value | None) -> Value:
+            app = _require_app(current, app_name)
+            if model not in app["linked_models"]:
+                raise NotFound(f"model {model!r} is not linked to application {app_name!r}")
+            app["linked_models"] = [m for m in app["linked_models"] if m != model]
+            return app
 
-    async def _save_app(self, app: Application) -> Application:
+        return self._remember_app(await self.store.update(APP_PREFIX + app_name, remove))
+
+    def _remember_app(self, data: Value) -> Application:
+        app = Application.from_json(data)
         self.apps[app.name] = app
-        await self.store.put(APP_PREFIX + app.name, app.to_json())
         return app
 
     # ------------------------------------------------------------ models
@@ -238,16 +264,30 @@ class Registry:
         return model
 
     async def set_version(self, name: str, version: str) -> ModelRecord:
-        model = self.get_model(name)
-        if version not in model.versions:
-            raise NotFound(
-                f"model {name!r} has no version {version!r}; known: {', '.join(model.versions)}"
-            )
-        return await self._save_model(replace(model, active_version=version))
+        def activate(current: Value | None) -> Value:
+            if current is None:
+                raise NotFound(f"unknown model {name!r} (no replica of it has announced itself)")
+            if version not in current["versions"]:
+                known = ", ".join(current["versions"])
+                raise NotFound(f"model {name!r} has no version {version!r}; known: {known}")
+            current["active_version"] = version
+            return current
 
-    async def _save_model(self, model: ModelRecord) -> ModelRecord:
+        return self._remember_model(await self.store.update(MODEL_PREFIX + name, activate))
+
+    async def _add_version(self, name: str, version: str, spec: dict[str, Any]) -> None:
+        """Record a model's new version; the first version of a model becomes active."""
+        def add(current: Value | None) -> Value:
+            if current is None:
+                return asdict(ModelRecord(name, version, {version: spec}))
+            current["versions"].setdefault(version, spec)
+            return current
+
+        self._remember_model(await self.store.update(MODEL_PREFIX + name, add))
+
+    def _remember_model(self, data: Value) -> ModelRecord:
+        model = ModelRecord(**data)
         self.models[model.name] = model
-        await self.store.put(MODEL_PREFIX + model.name, asdict(model))
         return model
 
     # ------------------------------------------------------------ replicas
@@ -267,21 +307,22 @@ class Registry:
         spec = {"dtype": input_spec.dtype, "shape": list(input_spec.shape)} if input_spec else {}
         try:
             model = self.models.get(replica.model)
-            if model is None:
-                record = ModelRecord(replica.model, replica.version, {replica.version: spec})
-                await self._save_model(record)
-            elif replica.version not in model.versions:
-                versions = {**model.versions, replica.version: spec}
-                await self._save_model(replace(model, versions=versions))
+            if model is None or replica.version not in model.versions:
+                await self._add_version(replica.model, replica.version, spec)
             await self.store.put(REPLICA_PREFIX + replica.replica_id,
                                  {**asdict(replica), "expires_at": expires_at})
         except Unavailable as exc:
             logger.warning("replica %s kept in memory only: %s", replica.replica_id[:8], exc)
 
     async def deregister(self, replica_id: str) -> bool:
+        """Drop a replica here and from the store (other frontends expire it if the store
+        is away)."""
         self._expires.pop(replica_id, None)
         replica = self.replicas.pop(replica_id, None)
-        await self.store.delete(REPLICA_PREFIX + replica_id)
+        try:
+            await self.store.delete(REPLICA_PREFIX + replica_id)
+        except Unavailable as exc:
+            logger.warning("replica %s dropped here only: %s", replica_id[:8], exc)
         if replica is None:
             return False
         logger.info("replica %s of %s:%s left", replica_id[:8], replica.model, replica.version)
@@ -296,7 +337,12 @@ class Registry:
         now = time.time()
         dropped = []
         for rid in [rid for rid, at in self._expires.items() if at <= now]:
-            stored = await self.store.get(REPLICA_PREFIX + rid)
+            try:
+                stored = await self.store.get(REPLICA_PREFIX + rid)
+            except Unavailable:
+                # The store is away, and with it other frontends' heartbeats: keep what
+                # is known (a dead replica's stream breaks, which takes it out of use).
+                continue
             if stored is not None and float(stored.get("expires_at", 0.0)) > now:
                 self._put_replica(stored, float(stored["expires_at"]))
                 continue
@@ -317,3 +363,15 @@ class Registry:
         wanted = version or model.active_version
         return [r for r in self.replicas.values() if r.model == model_name and r.version == wanted]
 
+
+
+def _require_app(current: Value | None, name: str) -> Value:
+    if current is None:
+        raise NotFound(f"unknown application {name!r}")
+    current.setdefault("linked_models", [])
+    return current
+
+
+def _log_if_failed(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("registry watcher stopped", exc_info=task.exception())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from services.common.auth import bearer
-from services.common.errors import error_from_code
+from services.common.errors import DeadlineExpired, error_from_code
 from services.common.stream_client import StreamClient
 from services.frontend.registry import ReplicaRecord
 from services.generated.clipper.v1 import clipper_pb2 as pb
@@ -68,7 +68,10 @@ class ReplicaClient:
         query_id = self._stream.next_id()
         query = pb.ContainerQuery(id=query_id, input=value, budget_us=max(int(budget_s * 1e6), 0),
                                   trace_context=trace)
-        reply = await self._stream.request(query_id, query)
+        try:
+            reply = await self._stream.request(query_id, query, deadline)
+        except TimeoutError:
+            raise DeadlineExpired(f"{self.record.address} did not answer in time") from None
         if reply.WhichOneof("result") == "output":
             return reply.output
         raise error_from_code(reply.error.code, reply.error.message)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from services.common import tensors
+from services.common.errors import DeadlineExpired
 from services.frontend.prediction_cache import PredictionCache
 from services.generated.clipper.v1 import clipper_pb2 as pb
 
@@ -28,8 +29,10 @@ class Model:
         return "m:1", tensors.encode(np.int64(self.calls))
 
 
-async def answer(cache: PredictionCache, model: Model, value: float, version: str = "1") -> int:
-    served_by, output = await cache.answer("m", version, tensor(value), model)
+async def answer(cache: PredictionCache, model: Model, value: float, version: str = "1",
+                 deadline_s: float = 5.0) -> int:
+    deadline = asyncio.get_running_loop().time() + deadline_s
+    served_by, output = await cache.answer("m", version, tensor(value), deadline, model)
     assert served_by == "m:1" or version != "1"
     result = tensors.decode(output).item()
     assert isinstance(result, int)
@@ -71,11 +74,41 @@ async def test_errors_are_not_cached() -> None:
     await cache.aclose()
 
 
-async def test_off_always_asks_the_model() -> None:
+async def test_off_always_asks_the_model_but_keeps_queries_for_feedback() -> None:
     cache, model = PredictionCache.open("none", max_entries=10, ttl_s=60), Model()
     assert [await answer(cache, model, 1.0) for _ in range(2)] == [1, 2]
-    await cache.remember_query("q", pb.RecentQuery(application="a"))
-    assert await cache.recall_query("q") is None
+    cache.remember_query("q", pb.RecentQuery(application="a"))
+    await asyncio.sleep(0.01)  # written in the background
+    assert await cache.recall_query("q") == pb.RecentQuery(application="a")
+    await cache.aclose()
+
+
+async def test_a_joined_query_still_in_time_asks_on_its_own() -> None:
+    """The fetch that started first is bounded by its own (short) deadline."""
+    cache = PredictionCache.open("memory", max_entries=10, ttl_s=60)
+
+    async def late() -> tuple[str, pb.Tensor]:
+        await asyncio.sleep(0.05)
+        raise DeadlineExpired("first caller's deadline passed")
+
+    first = asyncio.ensure_future(cache.answer("m", "1", tensor(1.0), 0.0, late))
+    await asyncio.sleep(0)
+    model = Model()
+    assert await answer(cache, model, 1.0) == 1 and cache.coalesced == 1
+    with pytest.raises(DeadlineExpired):
+        await first
+    await cache.aclose()
+
+
+async def test_a_hung_cache_read_is_a_miss() -> None:
+    cache, model = PredictionCache.open("memory", max_entries=10, ttl_s=60), Model()
+
+    async def hang(*args: object, **kwargs: object) -> None:
+        await asyncio.sleep(10)
+
+    cache.answers.get = hang  # type: ignore[union-attr]
+    assert await answer(cache, model, 1.0) == 1
+    await cache.aclose()
 
 
 async def test_redis_shares_answers_and_queries_between_frontends(redis_url: str) -> None:
@@ -86,7 +119,8 @@ async def test_redis_shares_answers_and_queries_between_frontends(redis_url: str
     assert await answer(second, model, 1.0) == 1 and model.calls == 1
     record = pb.RecentQuery(application="app", context_key="u",
                             outputs={"m": tensors.encode(np.int64(4))})
-    await first.remember_query("q1", record)
+    first.remember_query("q1", record)
+    await asyncio.sleep(0.05)  # written in the background
     assert await second.recall_query("q1") == record
     assert await second.recall_query("q2") is None
     await first.aclose()
