@@ -132,6 +132,8 @@ class QueryPath:
         self.validate(app, value)
         deadline = self.deadline(app, client_remaining_s)
         query_id = query_id or uuid.uuid4().hex
+        if not app.linked_models:
+            return self._fallback(app, query_id, _FanOut([], [], [], timed_out=False))
         decision = await self.selection.select(app, context_key, deadline)
         fan = await self._fan_out(decision, value, deadline, version)
         if not fan.answers:
@@ -140,6 +142,7 @@ class QueryPath:
         self.cache.remember_query(query_id, pb.RecentQuery(
             application=app.name, context_key=context_key,
             outputs={a.model: a.output for a in fan.answers},
+            weights={a.model: a.weight for a in fan.answers},
         ))
         prediction = Prediction(
             query_id=query_id,
@@ -168,16 +171,27 @@ class QueryPath:
         label: pb.Tensor,
         client_remaining_s: float | None = None,
     ) -> list[str]:
-        """Score each model's answer against `label` and update the policy state."""
+        """Score each model's answer against `label` and update the policy state.
+
+        By query id, the answers given then are scored, under the context key the
+        query was made with; with an input, every linked model answers it first.
+        """
         app = self.registry.get_app(app_name)
         tensors.decode(label)
+        weights: dict[str, float] = {}
         if query_id:
             recent = await self.cache.recall_query(query_id)
             if recent is None or recent.application != app_name:
                 raise NotFound(f"no recent prediction {query_id!r} for application {app_name!r}")
-            outputs = dict(recent.outputs)
+            if context_key and recent.context_key and context_key != recent.context_key:
+                raise InvalidInput(f"query {query_id!r} was made with context key "
+                                   f"{recent.context_key!r}, not {context_key!r}")
+            context_key = context_key or recent.context_key
+            outputs, weights = dict(recent.outputs), dict(recent.weights)
         elif value is not None:
             self.validate(app, value)
+            if not app.linked_models:
+                raise Unavailable(f"application {app_name!r} has no linked model")
             deadline = self.deadline(app, client_remaining_s)
             candidates = [(m, 1.0) for m in app.linked_models]
             fan = await self._fan_out(candidates, value, deadline)
@@ -186,7 +200,7 @@ class QueryPath:
             outputs = {a.model: a.output for a in fan.answers}
         else:
             raise InvalidInput("feedback needs a query_id or an input")
-        await self.selection.observe(app, context_key, label, outputs)
+        await self.selection.observe(app, context_key, label, outputs, weights)
         return sorted(outputs)
 
     async def _fan_out(
@@ -242,7 +256,7 @@ class QueryPath:
             error = fan.errors[0]
             reason = error.message
         else:
-            error = Unavailable(f"application {app.name!r}: no model selected")
+            error = Unavailable(f"application {app.name!r} has no linked model")
             reason = error.message
         if app.default_output is None:
             raise error

@@ -79,7 +79,8 @@ class SelectionClient:
         return decision
 
     async def observe(
-        self, app: Application, context_key: str, label: pb.Tensor, outputs: dict[str, pb.Tensor]
+        self, app: Application, context_key: str, label: pb.Tensor,
+        outputs: dict[str, pb.Tensor], weights: dict[str, float],
     ) -> None:
         observation = pb.Observation(
             application=app.name,
@@ -89,6 +90,7 @@ class SelectionClient:
             candidates=app.linked_models,
             label=label,
             outputs=outputs,
+            weights=weights,
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + OBSERVE_TIMEOUT_S

@@ -50,7 +50,8 @@ class SelectionServicer(pb_grpc.SelectionServicer):
                 ctx = SelectContext(
                     o.application, o.context_key, tuple(o.candidates), dict(o.policy_params)
                 )
-                obs = Observation({m: reward(t, o.label) for m, t in o.outputs.items()})
+                obs = Observation({m: reward(t, o.label) for m, t in o.outputs.items()},
+                                  dict(o.weights))
                 await self.decider.observe(o.policy, ctx, obs)
                 return pb.SelectionReply(id=request.id, observed=pb.Observed())
             raise InvalidInput("selection request has neither select nor observe")

@@ -9,6 +9,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 
+import grpc
 import numpy as np
 import pytest
 
@@ -44,6 +45,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         mesh.create_app("ensemble", ["one", "two"], policy="exp4", params={"eta": "1"})
         mesh.create_app("users", ["one", "two"], policy="epsilon_greedy",
                         params={"epsilon": "0", "decay": "1"})
+        mesh.create_app("nothing-linked", [], default=DEFAULT)
+        mesh.create_app("nothing-linked-no-default", [])
         for name in ("one", "two", "counter", "slow"):
             mesh.wait_connected(name, 1)
         yield mesh
@@ -175,6 +178,34 @@ async def test_each_user_gets_the_model_that_is_right_for_them(
     # A new user starts from what the application learnt from everyone (two: 3 of 4).
     carol = await stub.Predict(query("users", 60.0, "carol"), timeout=5)
     assert list(carol.models) == ["two:1"]
+
+
+async def test_an_application_without_models_serves_its_default_or_unavailable(
+    stub: pb_grpc.FrontendStub,
+) -> None:
+    reply = await stub.Predict(query("nothing-linked"), timeout=5)
+    assert reply.default_used and "has no linked model" in reply.default_reason
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await stub.Predict(query("nothing-linked-no-default"), timeout=5)
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await stub.Feedback(pb.FeedbackRequest(
+            application="nothing-linked", input=query("x").input, label=label(1)), timeout=5)
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_feedback_by_query_id_keeps_the_query_s_context(
+    stub: pb_grpc.FrontendStub,
+) -> None:
+    reply = await stub.Predict(query("users", 80.0, "dave"), timeout=5)
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await stub.Feedback(pb.FeedbackRequest(
+            application="users", context_key="erin", query_id=reply.query_id,
+            label=label(1)), timeout=5)
+    assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "was made with context key 'dave'" in (failed.value.details() or "")
+    await stub.Feedback(pb.FeedbackRequest(  # no context key: dave's is used
+        application="users", query_id=reply.query_id, label=label(1)), timeout=5)
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -112,6 +112,11 @@ def test_exp3_importance_weights_a_single_answer() -> None:
     # Several answers (feedback that re-ran all models): full information, no division.
     state = feed(exp3, c, {}, [{"a": 0.0, "b": 1.0}])
     assert state["models"]["a"]["log_w"] == pytest.approx(-0.2)
+    # The probability the model was drawn with comes back with the feedback.
+    model, p = exp3.select(c, {})[0]
+    assert p == 0.5
+    state = exp3.observe(c, {}, Observation({model: 0.0}, {model: 0.25}))
+    assert state["models"][model]["log_w"] == pytest.approx(-0.8)
 
 
 def test_exp3_converges_to_the_best_model() -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from services.common.errors import InvalidInput
@@ -56,10 +56,13 @@ class Observation:
     """The reward in [0, 1] of each model that answered the query the label is for.
 
     Models that did not answer (late, failed) are absent: they are neither
-    rewarded nor punished.
+    rewarded nor punished. `weights` are those `select` decided the query with
+    (for policies that draw one model, its probability); empty when the models
+    were asked again for the feedback.
     """
 
     rewards: Mapping[str, float]
+    weights: Mapping[str, float] = field(default_factory=dict)
 
 
 class Policy(Protocol):

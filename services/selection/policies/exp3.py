@@ -1,9 +1,11 @@
 """Exp3: one model per query, drawn from weights learnt from feedback.
 
-p(m) = (1 - gamma) * softmax(log_w)[m] + gamma / K. On feedback, a model that
-answered loses eta * (1 - reward) / p(m) in log-weight (importance-weighted,
-so that rarely drawn models are judged fairly); when several models answered
-(feedback that re-ran every model) the losses are taken as they are.
+p(m) = (1 - gamma) * softmax(log_w)[m] + gamma / K; the decision's weight is
+p(m), which comes back with the feedback. On feedback, a model that answered
+loses eta * (1 - reward) / p(m) in log-weight (importance-weighted, so that
+rarely drawn models are judged fairly), with p(m) as it was drawn; when several
+models answered (feedback that re-ran every model) the losses are taken as
+they are.
 Parameters: `eta` (learning rate, default 0.2), `gamma` (exploration, 0.1).
 """
 
@@ -37,15 +39,18 @@ class Exp3:
         return {m: (1 - gamma) * p + gamma / len(candidates) for m, p in soft.items()}
 
     def select(self, ctx: SelectContext, state: State) -> Decision:
-        return [(weighted_choice(self.rng, self.probabilities(ctx, state)), 1.0)]
+        probs = self.probabilities(ctx, state)
+        model = weighted_choice(self.rng, probs)
+        return [(model, probs[model])]
 
     def observe(self, ctx: SelectContext, state: State, obs: Observation) -> State:
         eta = ctx.float_param("eta", 0.2, 0.0, 10.0)
-        probs = self.probabilities(ctx, state) if ctx.candidates else {}
-        one = len(obs.rewards) == 1
-        losses = {
-            m: (1.0 - r) / (probs.get(m, 1.0) if one else 1.0) for m, r in obs.rewards.items()
-        }
+        if len(obs.rewards) == 1:
+            (model, value), = obs.rewards.items()
+            drawn = obs.weights.get(model) or self.probabilities(ctx, state).get(model, 1.0)
+            losses = {model: (1.0 - value) / drawn}
+        else:
+            losses = {m: 1.0 - r for m, r in obs.rewards.items()}
         if losses:
             log_weights.penalize(state, ctx.candidates, losses, eta)
         return record_outcome(state, obs)
