@@ -40,20 +40,6 @@ SHARED_SETTINGS: tuple[tuple[str, tuple[str, ...], str], ...] = (
 )
 
 
-# What a flag means where its parser gives no help text (the parser's help wins).
-FALLBACK_MEANINGS: dict[str, str] = {
-    "host": "address to listen on (0.0.0.0 in a pod)",
-    "port": "gRPC port (0: any free port, logged and printed at start)",
-    "log_level": "logging level (DEBUG, INFO, WARNING, ERROR)",
-    "heartbeat_ms": "how often containers are told to heartbeat",
-    "heartbeat_s": "how often the container heartbeats to the frontend",
-    "max_message_bytes": "largest gRPC message received or sent",
-    "max_concurrent_rpcs": "RPCs served at once before new ones are refused",
-    "version": "model version this container serves",
-    "max_batch_size": "largest batch",
-}
-
-
 @dataclass(frozen=True)
 class Setting:
     """One flag of one service, and the environment variable its default reads."""
@@ -115,7 +101,7 @@ def service_settings(service: str, module_name: str) -> list[Setting]:
         with _environment(**{var: raw}):
             probed = {a.dest: a.default for a in _flags(build())}
         flag = max(action.option_strings, key=len)
-        meaning = " ".join((action.help or FALLBACK_MEANINGS.get(action.dest, "")).split())
+        meaning = " ".join((action.help or "").split())
         if action.choices and not all(str(c) in meaning for c in action.choices):
             choices = ", ".join(f"`{c}`" for c in action.choices)
             meaning = f"{meaning} (one of {choices})" if meaning else f"one of {choices}"

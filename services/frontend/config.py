@@ -37,8 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
         return env_default(SERVICE, name, default, str)
 
     p = argparse.ArgumentParser(prog="python -m services.frontend")
-    p.add_argument("--host", default=env("host", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=env_default(SERVICE, "port", 1337, int))
+    p.add_argument("--host", default=env("host", "127.0.0.1"),
+                   help="address to listen on (0.0.0.0 in a pod)")
+    p.add_argument("--port", type=int, default=env_default(SERVICE, "port", 1337, int),
+                   help="gRPC port (0: any free port, logged and printed at start)")
     p.add_argument(
         "--state", default=env("state", ".run/frontend-state.json"),
         help="state store: an embedded file path, or redis://HOST:PORT/DB shared by "
@@ -47,14 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--selection", default=env("selection", "127.0.0.1:1338"),
                    help="selection service address")
     p.add_argument("--heartbeat-ms", type=int,
-                   default=env_default(SERVICE, "heartbeat_ms", 1000, int))
+                   default=env_default(SERVICE, "heartbeat_ms", 1000, int),
+                   help="how often containers are told to announce themselves again")
     p.add_argument("--replica-ttl-s", type=float,
                    default=env_default(SERVICE, "replica_ttl_s", 3.0, float),
                    help="drop a replica after this long without a heartbeat")
     p.add_argument("--max-message-bytes", type=int,
-                   default=env_default(SERVICE, "max_message_bytes", 4 * 1024 * 1024, int))
+                   default=env_default(SERVICE, "max_message_bytes", 4 * 1024 * 1024, int),
+                   help="largest gRPC message received or sent")
     p.add_argument("--max-concurrent-rpcs", type=int,
-                   default=env_default(SERVICE, "max_concurrent_rpcs", 10_000, int))
+                   default=env_default(SERVICE, "max_concurrent_rpcs", 10_000, int),
+                   help="RPCs served at once before new ones are refused")
     p.add_argument("--cache", default=env("cache", "memory"),
                    help="prediction cache: memory, none, or redis://HOST:PORT/DB (shared)")
     p.add_argument("--cache-size", type=int,
@@ -69,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int,
                    default=env_default(SERVICE, "metrics_port", -1, int),
                    help="serve Prometheus metrics on this port (0: any free port; -1: off)")
-    p.add_argument("--log-level", default=env("log_level", "INFO"))
+    p.add_argument("--log-level", default=env("log_level", "INFO"),
+                   help="logging level (DEBUG, INFO, WARNING, ERROR)")
     return p
 
 

@@ -1,4 +1,9 @@
-"""Announces this replica to the frontends and keeps announcing on a heartbeat."""
+"""Announces this replica to the frontends and keeps announcing on a heartbeat.
+
+The frontends say how often (their `--heartbeat-ms`, which their replica TTL is
+set against); until one has answered, and between retries, the container's own
+`--heartbeat-s` applies.
+"""
 
 from __future__ import annotations
 
@@ -40,23 +45,25 @@ class Announcer:
         stubs = [pb_grpc.RegistryStub(ch) for ch in self._channels]
         while True:
             pairs = zip(stubs, self.frontends, strict=True)
-            results = await asyncio.gather(*(self._announce_once(s, a) for s, a in pairs))
-            if any(results):
+            asked = await asyncio.gather(*(self._announce_once(s, a) for s, a in pairs))
+            intervals = [ms / 1000 for ms in asked if ms]
+            if any(ms is not None for ms in asked):
                 self.registered.set()
-            await asyncio.sleep(self.interval_s)
+            await asyncio.sleep(min(intervals, default=self.interval_s))
 
-    async def _announce_once(self, stub: pb_grpc.RegistryStub, address: str) -> bool:
+    async def _announce_once(self, stub: pb_grpc.RegistryStub, address: str) -> int | None:
+        """The heartbeat interval the frontend asks for (ms, 0: none), or None on failure."""
         try:
-            await stub.Announce(
+            reply = await stub.Announce(
                 self.announce, metadata=bearer(self.token), timeout=max(self.interval_s, 1.0)
             )
-            return True
+            return int(reply.heartbeat_ms)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                 logger.error("frontend %s refused this container: %s", address, exc.details())
             else:
                 logger.warning("announce to %s failed: %s", address, exc.code().name)
-            return False
+            return None
 
     async def aclose(self) -> None:
         """Stop heartbeating and tell every frontend this replica is gone."""

@@ -48,13 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", default=env("model", ""), help="package.module:attr or file.joblib")
     p.add_argument("--name", default=env("name", ""), help="model name applications link to")
-    p.add_argument("--version", default=env("version", "1"))
+    p.add_argument("--version", default=env("version", "1"),
+                   help="model version this container serves")
     p.add_argument(
         "--frontend", default=env("frontend", "127.0.0.1:1337"),
         help="frontend address(es) to announce to, comma-separated",
     )
-    p.add_argument("--host", default=env("host", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=env_default(SERVICE, "port", 0, int))
+    p.add_argument("--host", default=env("host", "127.0.0.1"),
+                   help="address to listen on (0.0.0.0 in a pod)")
+    p.add_argument("--port", type=int, default=env_default(SERVICE, "port", 0, int),
+                   help="gRPC port (0: any free port, logged and printed at start)")
     p.add_argument(
         "--advertise-host", default=env("advertise_host", ""),
         help="host frontends dial (default: --host, or 127.0.0.1 when that is 0.0.0.0)",
@@ -64,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batching", choices=BATCHING_MODES, default=env("batching", "adaptive"),
                    help="adaptive (deadline-aware) or fixed (size + timeout, a baseline)")
     p.add_argument("--max-batch-size", type=int,
-                   default=env_default(SERVICE, "max_batch_size", 64, int))
+                   default=env_default(SERVICE, "max_batch_size", 64, int),
+                   help="largest batch")
     p.add_argument("--max-queue", type=int, default=env_default(SERVICE, "max_queue", 1024, int),
                    help="queries waiting past this are rejected at once")
     p.add_argument("--max-delay-ms", type=float,
@@ -76,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker", choices=WORKER_KINDS, default=env("worker", "thread"),
                    help="run the model in worker threads or worker processes")
     p.add_argument(
-        "--heartbeat-s", type=float, default=env_default(SERVICE, "heartbeat_s", 1.0, float)
+        "--heartbeat-s", type=float, default=env_default(SERVICE, "heartbeat_s", 1.0, float),
+        help="announce interval until a frontend answers with its own (--heartbeat-ms), "
+        "and between retries",
     )
     p.add_argument("--grace-s", type=float,
                    default=env_default(SERVICE, "grace_s", 10.0, float),
@@ -84,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int,
                    default=env_default(SERVICE, "metrics_port", -1, int),
                    help="serve Prometheus metrics on this port (0: any free port; -1: off)")
-    p.add_argument("--log-level", default=env("log_level", "INFO"))
+    p.add_argument("--log-level", default=env("log_level", "INFO"),
+                   help="logging level (DEBUG, INFO, WARNING, ERROR)")
     return p
 
 

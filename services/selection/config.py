@@ -23,8 +23,10 @@ class Config:
 def build_parser() -> argparse.ArgumentParser:
     """The flags, with defaults read from the environment now."""
     p = argparse.ArgumentParser(prog="python -m services.selection")
-    p.add_argument("--host", default=env_default(SERVICE, "host", "127.0.0.1", str))
-    p.add_argument("--port", type=int, default=env_default(SERVICE, "port", 1338, int))
+    p.add_argument("--host", default=env_default(SERVICE, "host", "127.0.0.1", str),
+                   help="address to listen on (0.0.0.0 in a pod)")
+    p.add_argument("--port", type=int, default=env_default(SERVICE, "port", 1338, int),
+                   help="gRPC port (0: any free port, logged and printed at start)")
     p.add_argument(
         "--state",
         default=env_default(SERVICE, "state", ".run/selection-state.json", str),
@@ -37,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int,
                    default=env_default(SERVICE, "metrics_port", -1, int),
                    help="serve Prometheus metrics on this port (0: any free port; -1: off)")
-    p.add_argument("--log-level", default=env_default(SERVICE, "log_level", "INFO", str))
+    p.add_argument("--log-level", default=env_default(SERVICE, "log_level", "INFO", str),
+                   help="logging level (DEBUG, INFO, WARNING, ERROR)")
     return p
 
 
