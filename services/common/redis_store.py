@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.exceptions import WatchError
 
 from services.common.errors import Unavailable
 from services.common.kv_store import Updater, Value
@@ -100,6 +100,8 @@ class RedisStore:
             return await op()
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise Unavailable(f"state store {self.url} unreachable: {exc}") from exc
+        except ResponseError as exc:  # out of memory, read-only replica, failed save...
+            raise Unavailable(f"state store {self.url} refused the write: {exc}") from exc
 
     async def _write(self, key: str, command: Callable[[Any], Any]) -> list[Any]:
         """One write and its notification, in one MULTI/EXEC."""
