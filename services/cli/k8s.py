@@ -65,12 +65,14 @@ class ModelSpec:
             problems.append("--image is required")
         if not self.model:
             problems.append("--model is required")
-        if not _DNS_LABEL.match(self.name) or len(deployment_name(self.name)) > 63:
-            problems.append(f"--name={self.name!r}: lower-case letters, digits and '-', "
-                            f"at most {63 - len(deployment_name(''))} characters")
-        if not _LABEL_VALUE.match(self.version) or not self.version or len(self.version) > 63:
+        if not _DNS_LABEL.match(self.name):
+            problems.append(f"--name={self.name!r}: lower-case letters, digits and '-'")
+        if not _LABEL_VALUE.match(self.version) or not self.version:
             problems.append(f"--version={self.version!r}: letters, digits, '-', '_', '.' "
                             "(a Kubernetes label value)")
+        elif len(deployment_name(self.name, self.version)) > 63:
+            problems.append(f"--name and --version: {deployment_name(self.name, self.version)!r}"
+                            " is longer than a Kubernetes name may be (63)")
         if self.namespace is not None and not _DNS_LABEL.match(self.namespace):
             problems.append(f"--namespace={self.namespace!r}: not a valid namespace name")
         if self.replicas < 0:
@@ -84,8 +86,9 @@ class ModelSpec:
             raise ValueError("; ".join(problems))
 
 
-def deployment_name(model: str) -> str:
-    return f"model-{model}"
+def deployment_name(model: str, version: str) -> str:
+    """One Deployment per model version, so a new version runs beside the old one."""
+    return f"model-{model}-v{version.lower().replace('_', '-').replace('.', '-')}"
 
 
 def pod_security_context() -> dict[str, Any]:
@@ -159,12 +162,13 @@ def _container_env(spec: ModelSpec) -> list[dict[str, Any]]:
 
 
 def model_labels(spec: ModelSpec) -> dict[str, str]:
-    """The labels the Deployment selects its pods by (the version is not one of them)."""
+    """The labels every version of the model's pods carry (PodDisruptionBudgets and
+    NetworkPolicies select on these; a Deployment adds the version)."""
     return {**PART_OF, "app.kubernetes.io/component": "model", MODEL_LABEL: spec.name}
 
 
 def _metadata(spec: ModelSpec, labels: dict[str, str]) -> dict[str, Any]:
-    metadata: dict[str, Any] = {"name": deployment_name(spec.name)}
+    metadata: dict[str, Any] = {"name": deployment_name(spec.name, spec.version)}
     if spec.namespace is not None:
         metadata["namespace"] = spec.namespace
     metadata["labels"] = labels
@@ -173,8 +177,7 @@ def _metadata(spec: ModelSpec, labels: dict[str, str]) -> dict[str, Any]:
 
 def model_deployment(spec: ModelSpec) -> dict[str, Any]:
     """The Deployment of one model: `spec.replicas` containers announcing to the frontends."""
-    selector = model_labels(spec)
-    labels = {**selector, VERSION_LABEL: spec.version}
+    labels = selector = {**model_labels(spec), VERSION_LABEL: spec.version}
     metadata = _metadata(spec, labels)
     container = {
         "name": "model",
@@ -220,8 +223,8 @@ def model_deployment(spec: ModelSpec) -> dict[str, Any]:
 
 def model_autoscaler(spec: ModelSpec) -> dict[str, Any]:
     """A HorizontalPodAutoscaler on CPU for the model's Deployment."""
-    name = deployment_name(spec.name)
-    metadata = _metadata(spec, model_labels(spec))
+    name = deployment_name(spec.name, spec.version)
+    metadata = _metadata(spec, {**model_labels(spec), VERSION_LABEL: spec.version})
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",

@@ -72,7 +72,7 @@ def test_base_has_every_part_in_one_namespace(overlay: tuple[str, Docs]) -> None
                        ("Deployment", "selection"), ("Service", "selection"),
                        ("StatefulSet", "redis"), ("Service", "redis"),
                        ("ConfigMap", k8s.SETTINGS_CONFIGMAP),
-                       ("Deployment", k8s.deployment_name("digits-logreg"))]:
+                       ("Deployment", k8s.deployment_name("digits-logreg", "1"))]:
         named(docs, kind, name)
 
 
