@@ -20,7 +20,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     mesh = Mesh(tmp_path_factory.mktemp("lifecycle"))
     try:
         mesh.start_selection()
-        mesh.start_frontend()
+        # A long TTL: a replica that leaves at once has deregistered itself.
+        mesh.start_frontend("--replica-ttl-s", "30")
         yield mesh
     finally:
         mesh.close()
