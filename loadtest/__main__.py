@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import grpc
@@ -44,13 +44,15 @@ def start_mesh(port: int) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE, text=True, start_new_session=True,
     )
     assert proc.stdout is not None
-    deadline = time.monotonic() + MESH_START_S
-    for line in proc.stdout:  # ends when the mesh exits
-        if line.startswith(MESH_READY):
-            print(line.rstrip(), flush=True)
-            return proc
-        if time.monotonic() > deadline:
-            break
+    give_up = threading.Timer(MESH_START_S, proc.terminate)  # ends a silent mesh too
+    give_up.start()
+    try:
+        for line in proc.stdout:  # ends when the mesh exits
+            if line.startswith(MESH_READY):
+                print(line.rstrip(), flush=True)
+                return proc
+    finally:
+        give_up.cancel()
     stop_mesh(proc)
     raise RuntimeError(f"the local mesh did not start within {MESH_START_S:.0f} s")
 
