@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import batching_gain as gain
-from benchmarks import mesh_latency, overhead, plots
+from benchmarks import mesh_latency, overhead, plots, selection_experiments
 from benchmarks.harness import capacity, workdir
 from benchmarks.loadgen import RunResult
 from services.mesh import digits
 
-SECTIONS = ("mesh", "container", "digits", "frontend", "slo", "burst", "overhead", "limit")
+SECTIONS = ("mesh", "container", "digits", "frontend", "slo", "burst", "overhead", "limit",
+            "selection")
 
 
 def _capacity_table(caps: list[gain.Capacity]) -> list[str]:
@@ -109,6 +110,8 @@ async def run(out: Path, sections: tuple[str, ...], queries: int) -> str:
                       f"| `make run` mesh, digits, 3 models (strict: 99.9% real answers) | "
                       f"{mesh_qps:.0f} | {_ratio(mesh_qps, echo_qps)} | {mesh95:.0f} | "
                       f"{_ratio(mesh95, echo95)} |", "", "![](mesh-limit.png)", ""]
+        if "selection" in sections:
+            lines += [await selection_experiments.run(out, work), ""]
     return "\n".join(lines)
 
 
