@@ -5,14 +5,15 @@ learning policies are decided by the service, which holds their state.
 
 Decisions are multiplexed by id on one bidi stream. If the service is
 unreachable, slow past the query's deadline, or errs, the frontend keeps
-serving: it uses the last decision it got for the application, or all linked
-models with equal weights, and counts the fallback.
+serving: it uses the last decision it got for that context key (or for the
+application), or all linked models with equal weights, and counts the fallback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 
 from services.common.errors import ClipperError, InvalidInput, Unavailable, error_from_code
 from services.common.stream_client import StreamClient
@@ -25,8 +26,12 @@ from services.selection.policies import SelectContext, get_policy
 logger = logging.getLogger(__name__)
 
 Decision = list[tuple[str, float]]
-# Longest a decision may take before the frontend falls back (also bounded by the deadline).
+# Longest a decision may take before the frontend falls back: this, and at most this
+# share of the time left to the query.
 SELECT_TIMEOUT_S = 0.05
+SELECT_SHARE = 0.25
+# Decisions remembered for the fallback (per application and context key).
+MAX_REMEMBERED = 10_000
 # Longest feedback waits for the selection service (reconnecting included).
 OBSERVE_TIMEOUT_S = 5.0
 
@@ -34,7 +39,8 @@ OBSERVE_TIMEOUT_S = 5.0
 class SelectionClient:
     def __init__(self, address: str) -> None:
         self.fallbacks = 0
-        self._last: dict[str, Decision] = {}
+        # The last decision per (application, context key), most recent last.
+        self._last: OrderedDict[tuple[str, str], Decision] = OrderedDict()
         self._stream: StreamClient[pb.SelectionRequest, pb.SelectionReply] = StreamClient(
             address,
             lambda channel: pb_grpc.SelectionStub(channel).Decide(),
@@ -74,8 +80,8 @@ class SelectionClient:
             self.fallbacks += 1
             metrics.selection_fallbacks.add(1, {"application": app.name})
             logger.debug("selection fallback for %s: %r", app.name, exc)
-            return self._fallback(app)
-        self._last[app.name] = decision
+            return self._fallback(app, context_key)
+        self._remember(app, context_key, decision)
         return decision
 
     async def observe(
@@ -102,11 +108,20 @@ class SelectionClient:
             ) from None
         await self._call(pb.SelectionRequest(observe=observation), deadline)
 
-    def _fallback(self, app: Application) -> Decision:
-        last = self._last.get(app.name)
+    def _remember(self, app: Application, context_key: str, decision: Decision) -> None:
+        for key in {(app.name, context_key), (app.name, "")}:
+            self._last[key] = decision
+            self._last.move_to_end(key)
+        while len(self._last) > MAX_REMEMBERED:
+            self._last.popitem(last=False)
+
+    def _fallback(self, app: Application, context_key: str) -> Decision:
+        """The context's last decision, else the application's, else all linked models."""
         linked = set(app.linked_models)
-        if last and all(m in linked for m, _ in last):
-            return last
+        for key in ((app.name, context_key), (app.name, "")):
+            last = self._last.get(key)
+            if last and all(m in linked for m, _ in last):
+                return last
         if not app.linked_models:
             raise Unavailable(f"application {app.name!r} has no linked model")
         return [(m, 1.0) for m in app.linked_models]
@@ -114,8 +129,9 @@ class SelectionClient:
     async def _call(self, request: pb.SelectionRequest, deadline: float) -> pb.SelectionReply:
         loop = asyncio.get_running_loop()
         timeout_at = deadline
-        if request.HasField("select"):
-            timeout_at = min(deadline, loop.time() + SELECT_TIMEOUT_S)
+        if request.HasField("select"):  # leave most of the query's time to the models
+            now = loop.time()
+            timeout_at = now + min(SELECT_TIMEOUT_S, max(deadline - now, 0.0) * SELECT_SHARE)
         request.id = self._stream.next_id()
         request.budget_us = max(int((timeout_at - loop.time()) * 1e6), 0)
         reply = await self._stream.request(request.id, request, timeout_at)

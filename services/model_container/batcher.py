@@ -42,6 +42,10 @@ from services.model_container.runner import ModelRunner
 logger = logging.getLogger(__name__)
 
 BATCHING_MODES = ("adaptive", "fixed")
+# A model idle this long because every query was refused as too slow for its deadline
+# runs the next one anyway (a late answer the frontend ignores), so that the latency
+# estimate follows a model that got faster.
+PROBE_S = 5.0
 
 
 class ModelFailed(ClipperError):
@@ -73,6 +77,8 @@ class _Pending:
     arrival: float = field(compare=False)
     input: np.ndarray = field(compare=False)
     future: asyncio.Future[Any] = field(compare=False)
+    # Run even though it will be late: refreshes the latency of a model refused for long.
+    probe: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,7 @@ class Batcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._worker: asyncio.Task[None] | None = None
         self._draining = False
+        self._last_finished = -math.inf
 
     @property
     def queue_depth(self) -> int:
@@ -108,6 +115,7 @@ class Batcher:
 
     async def start(self) -> None:
         await self.runner.start()
+        self._last_finished = asyncio.get_running_loop().time()
         self._worker = asyncio.create_task(self._run(), name="batcher")
         self._worker.add_done_callback(_log_failure)
 
@@ -149,9 +157,12 @@ class Batcher:
         if len(self._heap) >= self.config.max_queue:
             metrics.refused.add(1, {"reason": "overloaded"})
             raise Overloaded(f"queue full ({self.config.max_queue} queries waiting)")
+        probe = False
         if self.config.mode == "adaptive":
             wait_s = self.estimated_wait(now)
-            if wait_s is not None and now + wait_s > deadline:
+            if wait_s is not None and now + wait_s > deadline and self._idle_for(now) > PROBE_S:
+                probe = True  # refused for long: run one anyway, to see if it got faster
+            elif wait_s is not None and now + wait_s > deadline:
                 metrics.refused.add(1, {"reason": "overloaded"})
                 raise Overloaded(
                     f"estimated wait {wait_s * 1000:.1f} ms exceeds the "
@@ -163,9 +174,15 @@ class Batcher:
                                     else 0.8 * self._interarrival_s + 0.2 * gap)
         self._last_arrival = now
         future: asyncio.Future[Any] = loop.create_future()
-        heapq.heappush(self._heap, _Pending(deadline, next(self._seq), now, value, future))
+        heapq.heappush(self._heap, _Pending(deadline, next(self._seq), now, value, future, probe))
         self._wakeup.set()
         return future
+
+    def _idle_for(self, now: float) -> float:
+        """How long the model has been idle with nothing queued (0 when it is not)."""
+        if self._busy or self._heap:
+            return 0.0
+        return now - self._last_finished
 
     def estimated_wait(self, now: float) -> float | None:
         """Typical time until a query queued now is answered; None while the model is unknown.
@@ -293,7 +310,7 @@ class Batcher:
             head = self._heap[0]
             if head.future.done():
                 heapq.heappop(self._heap)
-            elif head.deadline <= now + alone:
+            elif head.deadline <= now + alone and not head.probe:
                 heapq.heappop(self._heap)
                 metrics.refused.add(1, {"reason": "expired"})
                 head.future.set_exception(
@@ -345,7 +362,7 @@ class Batcher:
         for item, output in zip(batch, outputs, strict=True):
             if not item.future.done():
                 item.future.set_result(output)
-        finished = loop.time()
+        finished = self._last_finished = loop.time()
         self.latency.observe(len(batch), finished - started)
         self.batch_sizes.append(len(batch))
         metrics.batch_size.record(len(batch))

@@ -5,8 +5,9 @@ observations a line latency = fixed + per_item * size is fitted by least
 squares (slope and intercept kept non-negative) and lifted by a high quantile
 of its residuals, so the estimate is a high quantile of the latency at each
 size, learnt at the sizes actually run and carried to the sizes not yet tried.
-Until two different sizes have been seen the model is unknown, and the batcher
-falls back to AIMD on its maximum batch size.
+While every batch seen had the same size, the line goes through the origin (no
+gain from batching assumed: the cautious guess); until then the model is
+unknown, and the batcher falls back to AIMD on its maximum batch size.
 """
 
 from __future__ import annotations
@@ -75,9 +76,10 @@ class LatencyModel:
             return
         data = np.array(self._samples, dtype=float)
         sizes, latency = data[:, 0], data[:, 1]
-        if np.ptp(sizes) == 0:
-            return
-        per_item, fixed = np.polyfit(sizes, latency, 1)
+        if np.ptp(sizes) == 0:  # one size only: latency proportional to size
+            per_item, fixed = float(np.mean(latency) / sizes[0]), 0.0
+        else:
+            per_item, fixed = np.polyfit(sizes, latency, 1)
         if per_item < 0:
             per_item, fixed = 0.0, float(np.mean(latency))
         if fixed < 0:

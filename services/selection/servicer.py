@@ -1,4 +1,8 @@
-"""The selection service's gRPC edge: one multiplexed Decide stream per frontend."""
+"""The selection service's gRPC edge: one multiplexed Decide stream per frontend.
+
+Requests on a stream are handled concurrently, so a decision never waits behind
+a feedback that is writing its state; every reply waiting goes out in one message.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from services.common.errors import ClipperError, InvalidInput, code_value, handle_stream_errors
+from services.common.streams import take_waiting
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.selection.decider import Decider
@@ -29,8 +34,39 @@ class SelectionServicer(pb_grpc.SelectionServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.DecideResponse]:
         await context.send_initial_metadata(())  # the stream is accepted
-        async for message in request_iterator:
-            yield pb.DecideResponse(replies=[await self._handle(r) for r in message.requests])
+        replies: asyncio.Queue[pb.SelectionReply | None] = asyncio.Queue()
+        reader = asyncio.create_task(self._read(request_iterator, replies))
+        try:
+            while (first := await replies.get()) is not None:
+                batch = take_waiting(first, replies)
+                done = batch[-1] is None
+                yield pb.DecideResponse(replies=[r for r in batch if r is not None])
+                if done:
+                    break
+            await reader  # finished: surfaces its errors, if any
+        finally:
+            reader.cancel()
+
+    async def _read(self, request_iterator: AsyncIterator[pb.DecideRequest],
+                    replies: asyncio.Queue[pb.SelectionReply | None]) -> None:
+        """Start a task per request until the stream ends; then wait for them and close."""
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def answer(request: pb.SelectionRequest) -> None:
+            replies.put_nowait(await self._handle(request))
+
+        try:
+            async for message in request_iterator:
+                for request in message.requests:
+                    task = asyncio.create_task(answer(request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.wait(tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            replies.put_nowait(None)
 
     async def _handle(self, request: pb.SelectionRequest) -> pb.SelectionReply:
         try:

@@ -224,3 +224,42 @@ async def test_the_fixed_baseline_waits_its_timeout() -> None:
     finally:
         await batcher.aclose()
     assert model.sizes == [5]
+
+
+class SleepyModel:
+    """Takes `sleep_s` per batch whatever its size; counts the batches it ran."""
+
+    def __init__(self, sleep_s: float) -> None:
+        self.sleep_s = sleep_s
+        self.batches = 0
+
+    def predict_batch(self, inputs: list[np.ndarray]) -> Sequence[Any]:
+        self.batches += 1
+        threading.Event().wait(self.sleep_s)
+        return [x for x in inputs]
+
+
+async def test_a_model_always_too_slow_is_learnt_refused_and_probed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Batches of one only (every one late): still learnt, then refused at once, and
+    run again now and then to see whether it got faster."""
+    monkeypatch.setattr("services.model_container.batcher.PROBE_S", 0.3)
+    model = SleepyModel(0.03)
+    batcher = make_batcher(model, max_batch_size=8)
+    await batcher.start()
+    loop = asyncio.get_running_loop()
+    try:
+        for _ in range(8):  # each answer comes back past its 10 ms deadline
+            await batcher.submit(np.array([0.0]), loop.time() + 0.010)
+        assert batcher.latency.known
+        ran = model.batches
+        with pytest.raises(Overloaded, match="estimated wait"):
+            batcher.submit(np.array([0.0]), loop.time() + 0.010)
+        await asyncio.sleep(0.35)  # idle past PROBE_S: the next one runs anyway
+        await batcher.submit(np.array([0.0]), loop.time() + 0.010)  # late, but run
+        assert model.batches == ran + 1
+        with pytest.raises(Overloaded, match="estimated wait"):  # and refused again
+            batcher.submit(np.array([0.0]), loop.time() + 0.010)
+    finally:
+        await batcher.aclose()
