@@ -80,6 +80,7 @@ lint: proto
 	$(VENV)/bin/mypy services benchmarks loadtest
 
 bench: proto
+	@$(MAKE) -s ghz || echo "make bench: ghz did not build; its benchmark is skipped" >&2
 	$(PY) -m benchmarks $(ARGS)
 
 clean:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import batching_gain as gain
-from benchmarks import mesh_latency, overhead, plots, selection_experiments
+from benchmarks import ghz_limit, mesh_latency, overhead, plots, selection_experiments
 from benchmarks.harness import capacity, workdir
 from benchmarks.loadgen import RunResult
 from services.mesh import digits
@@ -110,9 +110,32 @@ async def run(out: Path, sections: tuple[str, ...], queries: int) -> str:
                       f"| `make run` mesh, digits, 3 models (strict: 99.9% real answers) | "
                       f"{mesh_qps:.0f} | {_ratio(mesh_qps, echo_qps)} | {mesh95:.0f} | "
                       f"{_ratio(mesh95, echo95)} |", "", "![](mesh-limit.png)", ""]
+            lines += _ghz_limit(out, work)
         if "selection" in sections:
             lines += [await selection_experiments.run(out, work), ""]
     return "\n".join(lines)
+
+
+def _ghz_limit(out: Path, work: Path) -> list[str]:
+    """The same comparison with ghz as the load generator (skipped without ghz)."""
+    title = "## The whole mesh against the gRPC limit, load from ghz (20 ms SLO)"
+    if not ghz_limit.available():
+        return [title, "", "Skipped: ghz is not built (`make ghz`).", ""]
+    mesh_runs, echo_runs = ghz_limit.mesh_vs_echo(work / "ghz")
+    echo_qps, mesh_qps = capacity(echo_runs, 0.99), capacity(mesh_runs, 0.999)
+    echo95, mesh95 = capacity(echo_runs, 0.95), capacity(mesh_runs, 0.95)
+    plots.load_curves(out / "mesh-limit-ghz.png", "mesh vs echo (ghz)", 20,
+                      {"mesh (digits, 3 models)": mesh_runs, "grpc echo": echo_runs})
+    return [title, "",
+            "ghz runs in its own process, open loop at each rate; the mesh is queried "
+            "through an application without a default, so a late query is a failure.", "",
+            "| server | highest rate, strict (q/s) | vs echo | highest rate, 95% within SLO "
+            "(q/s) | vs echo |", "|---|---|---|---|---|",
+            f"| bare grpc.aio echo (strict: p99) | {echo_qps:.0f} | 1.00x | {echo95:.0f} | "
+            "1.00x |",
+            f"| `make run` mesh, digits, 3 models (strict: 99.9%) | {mesh_qps:.0f} | "
+            f"{_ratio(mesh_qps, echo_qps)} | {mesh95:.0f} | {_ratio(mesh95, echo95)} |", "",
+            "![](mesh-limit-ghz.png)", ""]
 
 
 def _goodput(run: RunResult, start_s: float, end_s: float) -> float:
