@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 async def main(cfg: Config) -> None:
     serve_metrics("model_container", cfg.host, cfg.metrics_port)
-    runner = ModelRunner(cfg.model_ref, cfg.worker, cfg.batching.concurrency)
+    runner = ModelRunner(cfg.model_ref, cfg.worker, cfg.batching.concurrency,
+                         native_threads=cfg.native_threads)
     batcher = Batcher(runner, cfg.batching)
     await batcher.start()
     servicer = ContainerServicer(batcher, cfg.token, cfg.input_spec)

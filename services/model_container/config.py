@@ -27,6 +27,7 @@ class Config:
     input_spec: TensorSpec | None
     batching: BatchingConfig
     worker: str
+    native_threads: int
     heartbeat_s: float
     metrics_port: int
     grace_s: float
@@ -77,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int,
                    default=env_default(SERVICE, "concurrency", 1, int),
                    help="batches running at once")
+    p.add_argument("--native-threads", type=int,
+                   default=env_default(SERVICE, "native_threads", 1, int),
+                   help="threads each worker's BLAS/OpenMP pools may use (0: the libraries' "
+                   "own default)")
     p.add_argument("--worker", choices=WORKER_KINDS, default=env("worker", "thread"),
                    help="run the model in worker threads or worker processes")
     p.add_argument(
@@ -106,6 +111,7 @@ def config_from_args(argv: list[str] | None = None) -> Config:
                                   args.max_delay_ms, args.concurrency)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    require(args.native_threads >= 0, f"--native-threads={args.native_threads}: must be >= 0")
     require(args.heartbeat_s > 0, f"--heartbeat-s={args.heartbeat_s}: must be > 0")
     spec = None
     if args.input_dtype:
@@ -123,6 +129,7 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         input_spec=spec,
         batching=batching,
         worker=args.worker,
+        native_threads=args.native_threads,
         heartbeat_s=args.heartbeat_s,
         metrics_port=args.metrics_port,
         grace_s=args.grace_s,

@@ -3,6 +3,12 @@
 Threads suit models that release the GIL (numpy, scikit-learn, PyTorch, ONNX
 Runtime). Pure-Python models that hold the GIL can run in processes instead;
 each process loads the model itself from its reference.
+
+Each worker limits the native thread pools the model's libraries use (BLAS,
+OpenMP) to `native_threads` (threadpoolctl; 0 leaves them alone): a serving
+container runs one small batch at a time beside other processes, where idle
+pool threads waking and spinning on every call cost more than they save. Scale
+with replicas or `--concurrency` instead.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from services.model_container.sdk import Model, load_model
 
@@ -22,8 +29,15 @@ WORKER_KINDS = ("thread", "process")
 _process_model: Model | None = None
 
 
-def _load_in_process(model_ref: str) -> None:
+def _limit_native_threads(native_threads: int) -> None:
+    """In a worker: cap BLAS/OpenMP pools (OpenMP's limit holds per calling thread)."""
+    if native_threads > 0:
+        threadpool_limits(limits=native_threads)
+
+
+def _load_in_process(model_ref: str, native_threads: int) -> None:
     global _process_model
+    _limit_native_threads(native_threads)
     _process_model = load_model(model_ref)
 
 
@@ -40,25 +54,29 @@ class ModelRunner:
     """Runs `predict_batch` off the event loop, up to `workers` batches at once."""
 
     def __init__(self, model_ref: str, kind: str = "thread", workers: int = 1,
-                 model: Model | None = None) -> None:
+                 model: Model | None = None, native_threads: int = 1) -> None:
         if kind not in WORKER_KINDS:
             raise ValueError(f"worker kind {kind!r}: expected one of {', '.join(WORKER_KINDS)}")
         self.model_ref = model_ref
         self.kind = kind
         self.workers = workers
         self.model = model
+        self.native_threads = native_threads
         self._executor: Executor | None = None
 
     async def start(self) -> None:
         if self.kind == "thread":
             if self.model is None:
                 self.model = await asyncio.to_thread(load_model, self.model_ref)
-            self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="model")
+            self._executor = ThreadPoolExecutor(
+                self.workers, thread_name_prefix="model",
+                initializer=_limit_native_threads, initargs=(self.native_threads,),
+            )
         else:
             # spawn, not fork: a forked child would inherit gRPC's threads and locks.
             self._executor = ProcessPoolExecutor(
                 self.workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_load_in_process, initargs=(self.model_ref,),
+                initializer=_load_in_process, initargs=(self.model_ref, self.native_threads),
             )
             loop = asyncio.get_running_loop()
             # Load the model now, not on the first query.
