@@ -8,6 +8,8 @@ flagged, or the query fails with the most telling error.
 
 Inputs are validated by decoding them (zero-copy) and then forwarded to the
 containers as the original message, so the hot path never re-encodes.
+A model's answer comes from the prediction cache when it has it; the answers
+given are kept there for feedback by query id.
 """
 
 from __future__ import annotations
