@@ -5,9 +5,10 @@ observations a line latency = fixed + per_item * size is fitted by least
 squares (slope and intercept kept non-negative) and lifted by a high quantile
 of its residuals, so the estimate is a high quantile of the latency at each
 size, learnt at the sizes actually run and carried to the sizes not yet tried.
-While every batch seen had the same size, the line goes through the origin (no
-gain from batching assumed: the cautious guess); until then the model is
-unknown, and the batcher falls back to AIMD on its maximum batch size.
+While every batch seen had the same size, the estimate is that size's latency
+for any size (flat): enough to refuse queries that cannot finish in time, but
+the model is not `known`, so the batcher still sizes batches by AIMD, which
+explores other sizes until a line can be fitted.
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ class LatencyModel:
         self._per_item_s = 0.0
         self._margin_s = 0.0
         self._fitted = False
+        self._one_size = False
         self._since_fit = 0
 
     @property
     def known(self) -> bool:
-        return self._fitted
+        """True once batches of two different sizes gave a line."""
+        return self._fitted and not self._one_size
 
     def observe(self, batch_size: int, latency_s: float) -> None:
         self._samples.append((batch_size, latency_s))
@@ -76,8 +79,9 @@ class LatencyModel:
             return
         data = np.array(self._samples, dtype=float)
         sizes, latency = data[:, 0], data[:, 1]
-        if np.ptp(sizes) == 0:  # one size only: latency proportional to size
-            per_item, fixed = float(np.mean(latency) / sizes[0]), 0.0
+        self._one_size = bool(np.ptp(sizes) == 0)
+        if self._one_size:  # flat: that size's latency, whatever the size
+            per_item, fixed = 0.0, float(np.mean(latency))
         else:
             per_item, fixed = np.polyfit(sizes, latency, 1)
         if per_item < 0:

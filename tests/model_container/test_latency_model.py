@@ -4,15 +4,17 @@ import pytest
 from services.model_container.latency_model import LatencyModel
 
 
-def test_one_size_seen_is_taken_as_proportional_then_two_sizes_give_the_line() -> None:
+def test_one_size_seen_gives_a_flat_estimate_then_two_sizes_give_the_line() -> None:
     model = LatencyModel()
     for _ in range(7):
         model.observe(4, 0.010)
-    assert not model.known and model.estimate(4) is None  # too few samples
+    assert model.estimate(4) is None  # too few samples
     model.observe(4, 0.010)
-    assert model.line() == pytest.approx((0.0, 0.0025))  # no batching gain assumed
+    assert not model.known  # batch sizes are still explored (AIMD)
+    assert model.typical(1) == pytest.approx(0.010)  # but a too-slow model is seen
     for _ in range(8):
         model.observe(8, 0.012)
+    assert model.known
     fixed, per_item = model.line() or (0.0, 0.0)
     assert fixed == pytest.approx(0.008) and per_item == pytest.approx(0.0005)
 
