@@ -110,18 +110,18 @@ async def run(out: Path, sections: tuple[str, ...], queries: int) -> str:
                       f"| `make run` mesh, digits, 3 models (strict: 99.9% real answers) | "
                       f"{mesh_qps:.0f} | {_ratio(mesh_qps, echo_qps)} | {mesh95:.0f} | "
                       f"{_ratio(mesh95, echo95)} |", "", "![](mesh-limit.png)", ""]
-            lines += _ghz_limit(out, work)
+            lines += await _ghz_limit(out, work)
         if "selection" in sections:
             lines += [await selection_experiments.run(out, work), ""]
     return "\n".join(lines)
 
 
-def _ghz_limit(out: Path, work: Path) -> list[str]:
+async def _ghz_limit(out: Path, work: Path) -> list[str]:
     """The same comparison with ghz as the load generator (skipped without ghz)."""
     title = "## The whole mesh against the gRPC limit, load from ghz (20 ms SLO)"
     if not ghz_limit.available():
         return [title, "", "Skipped: ghz is not built (`make ghz`).", ""]
-    mesh_runs, echo_runs = ghz_limit.mesh_vs_echo(work / "ghz")
+    mesh_runs, echo_runs = await ghz_limit.mesh_vs_echo(work / "ghz")
     echo_qps, mesh_qps = capacity(echo_runs, 0.99), capacity(mesh_runs, 0.999)
     echo95, mesh95 = capacity(echo_runs, 0.95), capacity(mesh_runs, 0.95)
     plots.load_curves(out / "mesh-limit-ghz.png", "mesh vs echo (ghz)", 20,

@@ -10,6 +10,7 @@ an error rather than a flagged default that would pass for an answer.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import subprocess
@@ -19,7 +20,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from benchmarks.harness import RATES
+from benchmarks.harness import grid
 from benchmarks.loadgen import Outcome, RunResult
 from benchmarks.mesh_latency import start_mesh, stop_mesh
 from services.common.auth import bearer
@@ -61,21 +62,31 @@ def ghz_probe(target: str, payload: Path, rate: int) -> RunResult:
     return result
 
 
-def sweep(target: str, payload: Path) -> list[RunResult]:
-    """The fixed grid of rates, until two in a row answer under half in time."""
-    runs: list[RunResult] = []
-    collapsed = 0
-    for rate in RATES:
-        run = ghz_probe(target, payload, rate)
-        runs.append(run)
-        collapsed = collapsed + 1 if run.within_slo < 0.5 else 0
-        if collapsed >= 2:
-            break
-    return runs
+async def sweep(target: str, payload: Path) -> list[RunResult]:
+    """The benchmarks' grid of rates, a ghz run at each."""
+    return await grid(lambda rate, _: asyncio.to_thread(ghz_probe, target, payload, rate))
 
 
-def mesh_vs_echo(work: Path) -> tuple[list[RunResult], list[RunResult]]:
+async def mesh_vs_echo(work: Path) -> tuple[list[RunResult], list[RunResult]]:
     """ghz sweeps of the `make run` mesh (strict application) and of the echo server."""
+    payload = _write_payload(work)
+    echo = start_service("benchmarks.echo_server", ["--port", "0"], name="echo-ghz")
+    try:
+        echo_runs = await sweep(echo.address, payload)
+    finally:
+        echo.stop()
+    proc, address, _ = start_mesh(work / "mesh-ghz", "--slo-ms", "20",
+                                  env={"CLIPPER_MANAGEMENT_TOKEN": TOKEN})
+    try:
+        _register_strict_app(address)
+        mesh_runs = await sweep(address, payload)
+    finally:
+        stop_mesh(proc)
+    return mesh_runs, echo_runs
+
+
+def _write_payload(work: Path) -> Path:
+    """The Predict request ghz sends: one test digit, to the strict application."""
     _, x_test, _, _ = digits.split()
     payload = work / "ghz-payload.json"
     work.mkdir(parents=True, exist_ok=True)
@@ -84,19 +95,7 @@ def mesh_vs_echo(work: Path) -> tuple[list[RunResult], list[RunResult]]:
         "input": {"dtype": "float32", "shape": [64],
                   "raw": base64.b64encode(x_test[0].astype(np.float32).tobytes()).decode()},
     }))
-    echo = start_service("benchmarks.echo_server", ["--port", "0"], name="echo-ghz")
-    try:
-        echo_runs = sweep(echo.address, payload)
-    finally:
-        echo.stop()
-    proc, address, _ = start_mesh(work / "mesh-ghz", "--slo-ms", "20",
-                                  env={"CLIPPER_MANAGEMENT_TOKEN": TOKEN})
-    try:
-        _register_strict_app(address)
-        mesh_runs = sweep(address, payload)
-    finally:
-        stop_mesh(proc)
-    return mesh_runs, echo_runs
+    return payload
 
 
 def _register_strict_app(address: str) -> None:

@@ -74,17 +74,27 @@ async def sweep(
     and every batcher is measured at the same rates. It stops once two rates in a row
     answer under half the queries in time (the server is past saturation).
     """
-    runs: list[RunResult] = []
-    collapsed = 0
-    for rate in rates:
+    async def probe(rate: int, seed: int) -> RunResult:
         send, close = await make_send()
         try:
             await closed_loop(send, 8, 0.3, slo_s)  # connect every channel, warm the stream
             # At least ~300 queries, so that "99% in time" rests on more than a few.
             duration_s = min(6.0, max(probe_s, 300 / rate))
-            result = await open_loop(send, rate, duration_s, slo_s, seed=len(runs))
+            return await open_loop(send, rate, duration_s, slo_s, seed=seed)
         finally:
             await close()
+
+    return await grid(probe, rates)
+
+
+async def grid(probe: Callable[[int, int], Awaitable[RunResult]],
+               rates: tuple[int, ...] = RATES) -> list[RunResult]:
+    """`probe(rate, index)` at each rate in turn, until two rates in a row answer under
+    half the queries in time (the server is past saturation)."""
+    runs: list[RunResult] = []
+    collapsed = 0
+    for rate in rates:
+        result = await probe(rate, len(runs))
         runs.append(result)
         collapsed = collapsed + 1 if result.within_slo < 0.5 else 0
         if collapsed == 2:

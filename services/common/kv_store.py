@@ -14,11 +14,11 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from services.common.errors import ClipperError
+from services.common.errors import Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -130,14 +130,14 @@ def open_store(url: str) -> KeyValueStore:
     return FileStore(url)
 
 
-async def wait_reachable(store: KeyValueStore, what: str) -> None:
-    """Return once the store answers, retrying with backoff (readiness waits on this)."""
+async def retry_while_unavailable(op: Callable[[], Awaitable[object]], what: str) -> None:
+    """Run `op` until it no longer raises Unavailable, backing off (readiness waits on it)."""
     delay = 0.1
     while True:
         try:
-            if await store.ping():
-                return
-        except ClipperError as exc:
+            await op()
+            return
+        except Unavailable as exc:
             logger.warning("%s unreachable, retrying in %.1f s: %s", what, delay, exc)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 2.0)

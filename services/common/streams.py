@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -30,3 +30,19 @@ async def pump(outbox: asyncio.Queue[T], call: _Writable,
     as few messages as possible (`wrap` builds one message from a list of items)."""
     while True:
         await call.write(wrap(take_waiting(await outbox.get(), outbox)))
+
+
+async def replies_until_done(replies: asyncio.Queue[T | None],
+                             reader: asyncio.Task[None]) -> AsyncIterator[list[T]]:
+    """The writer of a server stream: the replies waiting, a list at a time, until
+    `reader` puts None (it read the stream to its end and answered everything); then
+    surface the reader's errors. Cancels the reader if the stream ends first."""
+    try:
+        while (first := await replies.get()) is not None:
+            batch = take_waiting(first, replies)
+            yield [r for r in batch if r is not None]
+            if batch[-1] is None:
+                break
+        await reader
+    finally:
+        reader.cancel()

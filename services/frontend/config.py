@@ -6,7 +6,7 @@ import argparse
 import os
 from dataclasses import dataclass
 
-from services.common.config import env_default, require
+from services.common.config import add_lifecycle_flags, add_listen_flags, env_default, require
 
 SERVICE = "frontend"
 
@@ -37,10 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         return env_default(SERVICE, name, default, str)
 
     p = argparse.ArgumentParser(prog="python -m services.frontend")
-    p.add_argument("--host", default=env("host", "127.0.0.1"),
-                   help="address to listen on (0.0.0.0 in a pod)")
-    p.add_argument("--port", type=int, default=env_default(SERVICE, "port", 1337, int),
-                   help="gRPC port (0: any free port, logged and printed at start)")
+    add_listen_flags(p, SERVICE, 1337)
     p.add_argument(
         "--state", default=env("state", ".run/frontend-state.json"),
         help="state store: an embedded file path, or redis://HOST:PORT/DB shared by "
@@ -68,14 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-ttl-s", type=float,
                    default=env_default(SERVICE, "cache_ttl_s", 600.0, float),
                    help="how long answers (and predictions for feedback) are kept")
-    p.add_argument("--grace-s", type=float,
-                   default=env_default(SERVICE, "grace_s", 10.0, float),
-                   help="on SIGTERM: how long in-flight work may take to finish")
-    p.add_argument("--metrics-port", type=int,
-                   default=env_default(SERVICE, "metrics_port", -1, int),
-                   help="serve Prometheus metrics on this port (0: any free port; -1: off)")
-    p.add_argument("--log-level", default=env("log_level", "INFO"),
-                   help="logging level (DEBUG, INFO, WARNING, ERROR)")
+    add_lifecycle_flags(p, SERVICE)
     return p
 
 

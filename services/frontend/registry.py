@@ -27,7 +27,7 @@ from services.common.errors import (
     NotFound,
     Unavailable,
 )
-from services.common.kv_store import KeyValueStore, Value
+from services.common.kv_store import KeyValueStore, Value, retry_while_unavailable
 from services.common.tensors import TensorSpec
 from services.generated.clipper.v1 import clipper_pb2 as pb
 
@@ -144,15 +144,7 @@ class Registry:
 
     async def start(self) -> None:
         """Load, retrying while the store is unreachable, then follow its changes."""
-        delay = 0.1
-        while True:
-            try:
-                await self.load()
-                break
-            except Unavailable as exc:
-                logger.warning("state store unreachable, retrying in %.1f s: %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        await retry_while_unavailable(self.load, "state store")
         self._watcher = asyncio.create_task(self.watch(), name="registry-watch")
         self._watcher.add_done_callback(_log_if_failed)
 

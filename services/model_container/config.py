@@ -6,7 +6,13 @@ import argparse
 import os
 from dataclasses import dataclass
 
-from services.common.config import ConfigError, env_default, require
+from services.common.config import (
+    ConfigError,
+    add_lifecycle_flags,
+    add_listen_flags,
+    env_default,
+    require,
+)
 from services.common.tensors import TensorSpec
 from services.model_container.batcher import BATCHING_MODES, BatchingConfig
 from services.model_container.runner import WORKER_KINDS
@@ -55,10 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--frontend", default=env("frontend", "127.0.0.1:1337"),
         help="frontend address(es) to announce to, comma-separated",
     )
-    p.add_argument("--host", default=env("host", "127.0.0.1"),
-                   help="address to listen on (0.0.0.0 in a pod)")
-    p.add_argument("--port", type=int, default=env_default(SERVICE, "port", 0, int),
-                   help="gRPC port (0: any free port, logged and printed at start)")
+    add_listen_flags(p, SERVICE, 0)
     p.add_argument(
         "--advertise-host", default=env("advertise_host", ""),
         help="host frontends dial (default: --host, or 127.0.0.1 when that is 0.0.0.0)",
@@ -89,14 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="announce interval until a frontend answers with its own (--heartbeat-ms), "
         "and between retries",
     )
-    p.add_argument("--grace-s", type=float,
-                   default=env_default(SERVICE, "grace_s", 10.0, float),
-                   help="on SIGTERM: how long in-flight work may take to finish")
-    p.add_argument("--metrics-port", type=int,
-                   default=env_default(SERVICE, "metrics_port", -1, int),
-                   help="serve Prometheus metrics on this port (0: any free port; -1: off)")
-    p.add_argument("--log-level", default=env("log_level", "INFO"),
-                   help="logging level (DEBUG, INFO, WARNING, ERROR)")
+    add_lifecycle_flags(p, SERVICE)
     return p
 
 

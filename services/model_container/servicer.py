@@ -11,7 +11,7 @@ import grpc
 from services.common import tensors
 from services.common.auth import check_token
 from services.common.errors import ClipperError, code_value, handle_stream_errors
-from services.common.streams import take_waiting
+from services.common.streams import replies_until_done
 from services.common.tensors import TensorSpec
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
@@ -44,16 +44,8 @@ class ContainerServicer(pb_grpc.ModelContainerServicer):
         await context.send_initial_metadata(())
         replies: Replies = asyncio.Queue()
         reader = asyncio.create_task(self._read(request_iterator, replies))
-        try:
-            while (first := await replies.get()) is not None:
-                batch = take_waiting(first, replies)
-                done = batch[-1] is None
-                yield self._response([r for r in batch if r is not None])
-                if done:
-                    break
-            await reader  # finished: surfaces its errors, if any
-        finally:
-            reader.cancel()
+        async for batch in replies_until_done(replies, reader):
+            yield self._response(batch)
 
     async def _read(self, request_iterator: AsyncIterator[pb.ContainerRequest],
                     replies: Replies) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 
-from services.common.kv_store import open_store, wait_reachable
+from services.common.kv_store import open_store, retry_while_unavailable
 from services.common.metrics import serve_metrics
 from services.common.server import announce_ready, start_server, wait_for_signal
 from services.common.telemetry import setup_logging
@@ -25,7 +25,7 @@ async def main(cfg: Config) -> None:
         cfg.host,
         cfg.port,
     )
-    await wait_reachable(store, "policy state store")  # ready: its state can be loaded
+    await retry_while_unavailable(store.ping, "policy state store")  # ready: state loads
     await server.set_serving(True)
     announce_ready("selection", server.port)
     try:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from services.common.errors import ClipperError, InvalidInput, code_value, handle_stream_errors
-from services.common.streams import take_waiting
+from services.common.streams import replies_until_done
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.selection.decider import Decider
@@ -36,16 +36,8 @@ class SelectionServicer(pb_grpc.SelectionServicer):
         await context.send_initial_metadata(())  # the stream is accepted
         replies: asyncio.Queue[pb.SelectionReply | None] = asyncio.Queue()
         reader = asyncio.create_task(self._read(request_iterator, replies))
-        try:
-            while (first := await replies.get()) is not None:
-                batch = take_waiting(first, replies)
-                done = batch[-1] is None
-                yield pb.DecideResponse(replies=[r for r in batch if r is not None])
-                if done:
-                    break
-            await reader  # finished: surfaces its errors, if any
-        finally:
-            reader.cancel()
+        async for batch in replies_until_done(replies, reader):
+            yield pb.DecideResponse(replies=batch)
 
     async def _read(self, request_iterator: AsyncIterator[pb.DecideRequest],
                     replies: asyncio.Queue[pb.SelectionReply | None]) -> None:

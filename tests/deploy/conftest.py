@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers.tools import require_tool
+from tests.helpers.tools import TOOLS_BIN, require_tool
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -20,8 +20,7 @@ OVERLAYS = ("dev", "prod")
 def _renderer() -> list[str]:
     """`kubectl kustomize`, else a standalone `kustomize build` (PATH or .tools/bin)."""
     if shutil.which("kubectl") is None:
-        tools = REPO / ".tools" / "bin"
-        standalone = shutil.which("kustomize") or shutil.which("kustomize", path=tools)
+        standalone = shutil.which("kustomize", path=str(TOOLS_BIN)) or shutil.which("kustomize")
         if standalone is not None:
             return [standalone, "build"]
     kubectl = require_tool("kubectl", "renders the deploy/ overlays with kubectl kustomize; "

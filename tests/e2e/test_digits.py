@@ -26,13 +26,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory,
     try:
         mesh.start_selection()
         mesh.start_frontend()
-        for name in MODELS:
-            mesh.start_container(str(digits_models[name]), name, "1",
-                                 "--input-dtype", "float32", "--input-shape", "64")
+        mesh.start_digits_models(digits_models, MODELS)
         mesh.create_app("one", ["digits-logreg"], shape=(64,), slo_ms=2000)
         mesh.create_app("vote", MODELS, shape=(64,), slo_ms=2000, policy="all")
-        for name in MODELS:
-            mesh.wait_connected(name, 1)
         yield mesh
     finally:
         mesh.close()

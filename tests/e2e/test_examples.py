@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -31,6 +30,7 @@ from services.client import (
 )
 from services.mesh import digits
 from tests.helpers.mesh import Mesh
+from tests.helpers.tools import tool_missing
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO_ROOT / "examples"
@@ -46,13 +46,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory,
     try:
         mesh.start_selection()
         mesh.start_frontend()
-        for name in MODELS:
-            mesh.start_container(str(digits_models[name]), name, "1",
-                                 "--input-dtype", "float32", "--input-shape", "64")
+        mesh.start_digits_models(digits_models, MODELS)
         # As `make run` registers it, with an SLO that a loaded test machine meets.
         mesh.create_app(APP, MODELS, shape=(64,), slo_ms=5000, policy="all")
-        for name in MODELS:
-            mesh.wait_connected(name, 1)
         yield mesh
     finally:
         mesh.close()
@@ -140,10 +136,7 @@ def _tools_or_skip(language: str, tools: tuple[str, ...]) -> None:
     missing = [t for t in tools if shutil.which(t) is None]
     if not missing:
         return
-    message = f"the {language} example client needs {', '.join(missing)} on PATH"
-    if os.environ.get("CLIPPER_REQUIRE_TOOLS") == "1":
-        pytest.fail(f"{message} (CLIPPER_REQUIRE_TOOLS=1)")
-    pytest.skip(message)
+    tool_missing(f"the {language} example client needs {', '.join(missing)} on PATH")
 
 
 def _build(target: str) -> None:

@@ -8,7 +8,6 @@ reflection lists every service and health reports each one.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +27,7 @@ from services.generated.inference import grpc_service_pb2 as oip
 from services.generated.inference import grpc_service_pb2_grpc as oip_grpc
 from services.mesh import digits
 from tests.helpers.mesh import Mesh
+from tests.helpers.tools import tool_missing
 
 REPO = Path(__file__).resolve().parents[2]
 TRITON_PYTHON = REPO / ".venv-tritonclient" / "bin" / "python"
@@ -145,10 +145,7 @@ def triton_calls(x: np.ndarray) -> list[dict[str, Any]]:
 def triton(mesh: Mesh, digits_x: np.ndarray) -> dict[str, dict[str, Any]]:
     """Every tritonclient call's result, by name (one client process for the module)."""
     if not TRITON_PYTHON.exists():
-        message = "tritonclient's virtual environment is missing: run `make tritonclient`"
-        if os.environ.get("CLIPPER_REQUIRE_TOOLS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        tool_missing("tritonclient's virtual environment is missing: run `make tritonclient`")
     done = subprocess.run(
         [str(TRITON_PYTHON), str(TRITON_CHECKS), mesh.address],
         input=json.dumps(triton_calls(digits_x)), capture_output=True, text=True,

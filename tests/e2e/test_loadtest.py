@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,21 +12,13 @@ from loadtest.__main__ import main as loadtest_main
 from loadtest.ghz import CONFIGS, errors
 from services.mesh import digits
 from tests.helpers.mesh import Mesh
+from tests.helpers.tools import require_tool
 
-REPO = Path(__file__).resolve().parents[2]
 CALLS = 200
 
 
 def ghz_path() -> str:
-    """ghz from `make ghz` (or PATH); skips without it, fails when CI requires it."""
-    local = REPO / ".tools" / "bin" / "ghz"
-    found = str(local) if local.exists() else shutil.which("ghz")
-    if found is None:
-        message = "ghz is not installed: run `make ghz` (needs Go)"
-        if os.environ.get("CLIPPER_REQUIRE_TOOLS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return require_tool("ghz", "the load generator; `make ghz` needs Go")
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +29,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory,
     try:
         mesh.start_selection()
         mesh.start_frontend()
-        mesh.start_container(str(digits_models["digits-logreg"]), "digits-logreg", "1",
-                             "--input-dtype", digits.INPUT_DTYPE, "--input-shape", "64")
+        mesh.start_digits_models(digits_models, ["digits-logreg"])
         mesh.create_app("digits", ["digits-logreg"], shape=digits.INPUT_SHAPE, slo_ms=2000)
-        mesh.wait_connected("digits-logreg", 1)
         yield mesh
     finally:
         mesh.close()

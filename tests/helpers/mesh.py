@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,14 @@ class Mesh:
              "--frontend", self.frontend.address, "--heartbeat-s", "0.2", *extra],
             f"{name}-{version}-{len(self.procs)}", env=env,
         )
+
+    def start_digits_models(self, paths: Mapping[str, Path], names: Sequence[str]) -> None:
+        """The trained digits example models (float32[64]), one connected replica each."""
+        for name in names:
+            self.start_container(str(paths[name]), name, "1",
+                                 "--input-dtype", "float32", "--input-shape", "64")
+        for name in names:
+            self.wait_connected(name, 1)
 
     @property
     def address(self) -> str:

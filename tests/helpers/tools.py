@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[2]
+# Where `make deps` installs the tools it builds (ghz, kustomize).
+TOOLS_BIN = REPO / ".tools" / "bin"
+
+
+def tool_missing(message: str) -> NoReturn:
+    """Skip the test, or fail it when CLIPPER_REQUIRE_TOOLS=1 (CI)."""
+    if os.environ.get("CLIPPER_REQUIRE_TOOLS") == "1":
+        pytest.fail(f"{message} (CLIPPER_REQUIRE_TOOLS=1)")
+    pytest.skip(message)
+
 
 def require_tool(name: str, why: str) -> str:
-    """The tool's path; skips the test when it is missing (fails when CLIPPER_REQUIRE_TOOLS=1)."""
-    path = shutil.which(name)
+    """The tool's path (`make deps`'s own first, then PATH), else `tool_missing`."""
+    path = shutil.which(name, path=str(TOOLS_BIN)) or shutil.which(name)
     if path is None:
-        message = (f"{name} is not installed ({why}); `make deps` builds it, "
-                   ".ci/run installs the Debian packages")
-        if os.environ.get("CLIPPER_REQUIRE_TOOLS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        tool_missing(f"{name} is not installed ({why}); `make deps` builds it, "
+                     ".ci/run installs the Debian packages")
     return path
