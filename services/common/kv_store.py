@@ -23,6 +23,10 @@ from services.common.errors import Unavailable
 logger = logging.getLogger(__name__)
 
 Value = dict[str, Any]
+# What `changes` yields besides keys: RESYNC after (re)subscribing, since changes made
+# while it was away are unknown (reload everything); FEED_LOST when the feed breaks.
+RESYNC = None
+FEED_LOST = ""
 # Gets the current value (None when absent) and returns the new one; it may run
 # more than once (Redis retries it when another writer got there first).
 Updater = Callable[[Value | None], Value]

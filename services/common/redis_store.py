@@ -27,7 +27,7 @@ from redis.exceptions import ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common.errors import Unavailable
-from services.common.kv_store import Updater, Value
+from services.common.kv_store import FEED_LOST, Updater, Value
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,8 @@ class RedisStore:
         return bool(await self._call(self.client.ping))  # type: ignore[arg-type]
 
     async def changes(self) -> AsyncIterator[str | None]:
-        """Keys written by anyone, as they are written; None: reload everything."""
+        """Keys written by anyone, as they are written; RESYNC (None) once subscribed:
+        reload everything; FEED_LOST when the connection broke."""
         delay = RECONNECT_BACKOFF_S[0]
         while True:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
@@ -87,6 +88,7 @@ class RedisStore:
                 logger.warning("lost the Redis change feed (%r); retrying in %.1f s", exc, delay)
             finally:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
+            yield FEED_LOST
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_BACKOFF_S[1])
 

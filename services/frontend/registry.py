@@ -27,7 +27,13 @@ from services.common.errors import (
     NotFound,
     Unavailable,
 )
-from services.common.kv_store import KeyValueStore, Value, retry_while_unavailable
+from services.common.kv_store import (
+    FEED_LOST,
+    RESYNC,
+    KeyValueStore,
+    Value,
+    retry_while_unavailable,
+)
 from services.common.tensors import TensorSpec
 from services.generated.clipper.v1 import clipper_pb2 as pb
 
@@ -110,6 +116,9 @@ class Registry:
         # replica id -> expiry time (time.time()), as last written by any frontend
         self._expires: dict[str, float] = {}
         self._watcher: asyncio.Task[None] | None = None
+        # False while the change feed is down: replicas are not expired then, since
+        # heartbeats other frontends receive do not reach this one.
+        self._in_sync = True
 
     async def load(self) -> None:
         """Read everything from the store; stored replicas get at least one TTL to heartbeat."""
@@ -129,10 +138,12 @@ class Registry:
                 if (at := self._expires.get(rid, 0.0)) > now
                 and REPLICA_PREFIX + rid not in replicas}
         self.apps, self.models = apps, models
+        known = self._expires
         self.replicas, self._expires = {}, {}
         grace = now + self.replica_ttl_s
         for data in replicas.values():
-            self._put_replica(data, max(float(data.get("expires_at", 0.0)), grace))
+            stored = max(float(data.get("expires_at", 0.0)), grace)
+            self._put_replica(data, max(stored, known.get(data["replica_id"], 0.0)))
         for rid, (replica, expires_at) in held.items():
             self.replicas[rid], self._expires[rid] = replica, expires_at
             await self.store.put(REPLICA_PREFIX + rid,
@@ -160,8 +171,11 @@ class Registry:
         """Apply changes made through other frontends, until cancelled."""
         async for key in self.store.changes():
             try:
-                if key is None:
+                if key == FEED_LOST:
+                    self._in_sync = False  # others' heartbeats are unseen: expire nothing
+                elif key is RESYNC:
                     await self.load()
+                    self._in_sync = True
                 else:
                     await self.refresh(key)
             except ClipperError as exc:  # the store went away again: the feed resyncs
@@ -327,7 +341,9 @@ class Registry:
         change notice has not arrived here yet.
         """
         now = time.time()
-        dropped = []
+        dropped: list[str] = []
+        if not self._in_sync:
+            return dropped
         for rid in [rid for rid, at in self._expires.items() if at <= now]:
             try:
                 stored = await self.store.get(REPLICA_PREFIX + rid)
@@ -343,9 +359,12 @@ class Registry:
         return dropped
 
     def _put_replica(self, data: dict[str, Any], expires_at: float) -> None:
+        """A replica record from the store; a stored expiry never shortens a later one
+        this frontend already knows (its own heartbeats may not be written yet)."""
         record = ReplicaRecord(**{k: v for k, v in data.items() if k != "expires_at"})
         self.replicas[record.replica_id] = record
-        self._expires[record.replica_id] = expires_at
+        rid = record.replica_id
+        self._expires[rid] = max(expires_at, self._expires.get(rid, 0.0))
 
     def replicas_of(self, model_name: str, version: str = "") -> list[ReplicaRecord]:
         """Live replicas of the model's active version, or of `version` when given."""
