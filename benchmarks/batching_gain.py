@@ -29,6 +29,7 @@ from benchmarks.loadgen import (
     Send,
     open_loop,
     open_loop_profile,
+    settle,
 )
 from services.mesh import digits
 from tests.helpers.mesh import Mesh
@@ -62,11 +63,12 @@ def _container_sender(address: str, value: np.ndarray) -> Sender:
 
 
 async def _warm_up(make: Sender, rate: float) -> None:
-    """Let the batcher learn its latency before it is measured."""
+    """Let the batcher learn its latency before it is measured, then let it drain."""
     send, close = await make()
     try:
         for r in (rate / 4, rate / 2, rate):
             await open_loop(send, r, 0.5, SLO_S)
+        await settle(send, SLO_S)
     finally:
         await close()
 
@@ -113,6 +115,7 @@ async def slo_attainment(work: Path, capacity_qps: float) -> dict[float, RunResu
         for share in (0.5, 0.8, 0.95):
             send, close = await make()
             try:
+                await settle(send, SLO_S)
                 results[share] = await open_loop(send, capacity_qps * share, 3.0, SLO_S)
             finally:
                 await close()

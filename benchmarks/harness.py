@@ -9,7 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.loadgen import FrontendUnary, RunResult, Send, closed_loop, open_loop
+from benchmarks.loadgen import (
+    FrontendUnary,
+    RunResult,
+    Send,
+    closed_loop,
+    open_loop,
+    settle,
+)
 from services.common.processes import ServiceProcess, start_service
 from tests.helpers.mesh import ENV
 
@@ -72,12 +79,14 @@ async def sweep(
 
     A grid rather than a search: one stall of a shared machine cannot end it early,
     and every batcher is measured at the same rates. It stops once two rates in a row
-    answer under half the queries in time (the server is past saturation).
+    answer under half the queries in time (the server is past saturation). Each probe
+    starts once the server has worked off what the one before left queued.
     """
     async def probe(rate: int, seed: int) -> RunResult:
         send, close = await make_send()
         try:
             await closed_loop(send, 8, 0.3, slo_s)  # connect every channel, warm the stream
+            await settle(send, slo_s)
             # At least ~300 queries, so that "99% in time" rests on more than a few.
             duration_s = min(6.0, max(probe_s, 300 / rate))
             return await open_loop(send, rate, duration_s, slo_s, seed=seed)

@@ -1,8 +1,11 @@
 """Load generators over gRPC: open-loop (Poisson arrivals) and closed-loop (fixed concurrency).
 
-Open-loop latency is measured from each query's scheduled arrival, so a slow
-server cannot hide its queueing by slowing the generator (no coordinated
-omission). Every run is bounded by a duration and a count.
+Open-loop latency is measured from each query's scheduled arrival, or from when
+it was sent if that was earlier, so a generator running late charges its delay
+to the server rather than hiding it (no coordinated omission). asyncio rounds
+timer waits up to whole milliseconds, so the generator wakes that much early
+instead of a fraction of a millisecond late. Every run is bounded by a
+duration and a count.
 """
 
 from __future__ import annotations
@@ -67,6 +70,9 @@ class RunResult:
 
 Send = Callable[[], Awaitable[tuple[bool, int]]]
 
+# asyncio's selector rounds a timeout up to the next millisecond.
+TIMER_SLACK_S = 0.001
+
 
 async def open_loop(send: Send, rate_qps: float, duration_s: float, slo_s: float,
                     seed: int = 0, max_queries: int = 200_000) -> RunResult:
@@ -86,11 +92,12 @@ async def open_loop_profile(send: Send, rate_at: Callable[[float], float], durat
     tasks: set[asyncio.Task[None]] = set()
 
     async def one(due: float) -> None:
+        sent = min(loop.time(), due)
         try:
             ok, depth = await send()
         except grpc.aio.AioRpcError:
             ok, depth = False, 0
-        outcomes.append(Outcome(due - start, loop.time() - due, ok, depth))
+        outcomes.append(Outcome(due - start, loop.time() - sent, ok, depth))
 
     due, sent = start, 0
     while sent < max_queries:
@@ -98,8 +105,8 @@ async def open_loop_profile(send: Send, rate_at: Callable[[float], float], durat
         if due - start >= duration_s:
             break
         delay = due - loop.time()
-        if delay > 0.0005:
-            await asyncio.sleep(delay)
+        if delay > TIMER_SLACK_S:
+            await asyncio.sleep(delay - TIMER_SLACK_S)
         task = asyncio.create_task(one(due))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
@@ -110,6 +117,23 @@ async def open_loop_profile(send: Send, rate_at: Callable[[float], float], durat
         task.cancel()
     offered = sent / duration_s
     return RunResult(offered, duration_s, slo_s, outcomes)
+
+
+async def settle(send: Send, slo_s: float, limit_s: float = 10.0) -> None:
+    """Wait (at most `limit_s`) until the server has worked off what an earlier run left
+    queued: a lone query comes back in time with nothing queued behind it. A batcher that
+    runs expired queries (batch size 1, fixed) can hold seconds of them after an overload."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + limit_s
+    while loop.time() < give_up:
+        started = loop.time()
+        try:
+            ok, depth = await send()
+        except grpc.aio.AioRpcError:
+            ok, depth = False, 0
+        if ok and depth == 0 and loop.time() - started <= slo_s:
+            return
+        await asyncio.sleep(0.1)
 
 
 async def closed_loop(send: Send, concurrency: int, duration_s: float,

@@ -39,7 +39,7 @@ async def noop_overhead(work: Path, queries_s: float = 3.0) -> dict[str, RunResu
     mesh.workdir.mkdir()
     try:
         mesh.start_selection()
-        mesh.start_frontend()
+        mesh.start_frontend("--cache", "none")  # the same input every time: no cached answers
         container = mesh.start_container("benchmarks.models:NoOp", "noop")
         mesh.create_app("noop", ["noop"], slo_ms=1000)
         mesh.wait_connected("noop", 1)

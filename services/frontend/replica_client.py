@@ -8,6 +8,7 @@ another replica). Every response also carries the replica's load.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 from services.common.auth import bearer
 from services.common.errors import DeadlineExpired, error_from_code
@@ -21,6 +22,25 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 REPLY_RESERVE_S = 0.002
 
 
+@dataclass(frozen=True)
+class _Outgoing:
+    """A query waiting to be written; its budget is counted then, not when it was queued."""
+
+    id: int
+    input: pb.Tensor
+    deadline: float
+    trace: dict[str, str]
+
+
+def _request(queries: list[_Outgoing]) -> pb.ContainerRequest:
+    now = asyncio.get_running_loop().time()
+    return pb.ContainerRequest(queries=[
+        pb.ContainerQuery(id=q.id, input=q.input, trace_context=q.trace,
+                          budget_us=max(int((q.deadline - now - REPLY_RESERVE_S) * 1e6), 0))
+        for q in queries
+    ])
+
+
 class ReplicaClient:
     """Sends queries to one replica over one stream and matches the replies."""
 
@@ -29,10 +49,10 @@ class ReplicaClient:
         # As last reported by the replica with its replies.
         self.queue_depth = 0
         self.est_wait_s = 0.0
-        self._stream: StreamClient[pb.ContainerQuery, pb.ContainerReply] = StreamClient(
+        self._stream: StreamClient[_Outgoing, pb.ContainerReply] = StreamClient(
             record.address,
             lambda channel: pb_grpc.ModelContainerStub(channel).Predict(metadata=bearer(token)),
-            lambda queries: pb.ContainerRequest(queries=queries),
+            _request,
             self._unwrap,
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -64,12 +84,10 @@ class ReplicaClient:
 
     async def query(self, value: pb.Tensor, deadline: float, trace: dict[str, str]) -> pb.Tensor:
         """Send one query; return the replica's output or raise its error."""
-        budget_s = deadline - asyncio.get_running_loop().time() - REPLY_RESERVE_S
         query_id = self._stream.next_id()
-        query = pb.ContainerQuery(id=query_id, input=value, budget_us=max(int(budget_s * 1e6), 0),
-                                  trace_context=trace)
         try:
-            reply = await self._stream.request(query_id, query, deadline)
+            reply = await self._stream.request(
+                query_id, _Outgoing(query_id, value, deadline, trace), deadline)
         except TimeoutError:
             raise DeadlineExpired(f"{self.record.address} did not answer in time") from None
         if reply.WhichOneof("result") == "output":
