@@ -5,14 +5,17 @@ it was sent if that was earlier, so a generator running late charges its delay
 to the server rather than hiding it (no coordinated omission). asyncio rounds
 timer waits up to whole milliseconds, so the generator wakes that much early
 instead of a fraction of a millisecond late. Every run is bounded by a
-duration and a count.
+duration and a count, and the generator's garbage collector waits until it ends
+(its pauses would count as the server's latency).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import itertools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -74,6 +77,18 @@ Send = Callable[[], Awaitable[tuple[bool, int]]]
 TIMER_SLACK_S = 0.001
 
 
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No garbage-collector pause in this process while a timed run goes on."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 async def open_loop(send: Send, rate_qps: float, duration_s: float, slo_s: float,
                     seed: int = 0, max_queries: int = 200_000) -> RunResult:
     """Poisson arrivals at `rate_qps` for `duration_s`; waits for the stragglers (bounded)."""
@@ -100,19 +115,20 @@ async def open_loop_profile(send: Send, rate_at: Callable[[float], float], durat
         outcomes.append(Outcome(due - start, loop.time() - sent, ok, depth))
 
     due, sent = start, 0
-    while sent < max_queries:
-        due += rng.exponential(1.0 / max(rate_at(due - start), 1e-6))
-        if due - start >= duration_s:
-            break
-        delay = due - loop.time()
-        if delay > TIMER_SLACK_S:
-            await asyncio.sleep(delay - TIMER_SLACK_S)
-        task = asyncio.create_task(one(due))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-        sent += 1
-    if tasks:
-        await asyncio.wait(tasks, timeout=slo_s * 5 + 2)
+    with collector_paused():
+        while sent < max_queries:
+            due += rng.exponential(1.0 / max(rate_at(due - start), 1e-6))
+            if due - start >= duration_s:
+                break
+            delay = due - loop.time()
+            if delay > TIMER_SLACK_S:
+                await asyncio.sleep(delay - TIMER_SLACK_S)
+            task = asyncio.create_task(one(due))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            sent += 1
+        if tasks:
+            await asyncio.wait(tasks, timeout=slo_s * 5 + 2)
     for task in tasks:
         task.cancel()
     offered = sent / duration_s
@@ -152,7 +168,8 @@ async def closed_loop(send: Send, concurrency: int, duration_s: float,
                 ok, depth = False, 0
             outcomes.append(Outcome(sent - start, loop.time() - sent, ok, depth))
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    with collector_paused():
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = loop.time() - start
     return RunResult(len(outcomes) / elapsed, elapsed, slo_s, outcomes)
 

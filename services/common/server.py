@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Callable, Iterable, Sequence
@@ -119,7 +120,17 @@ async def start_server(
 
 
 def announce_ready(service: str, port: int) -> None:
-    """Print the line launchers wait for, then log the bound port."""
+    """Startup is over: freeze what it allocated out of the garbage collector's sight,
+    then print the line launchers wait for and log the bound port.
+
+    A service holds hundreds of thousands of objects from its imports (grpc, numpy,
+    protobuf, a model's framework) and its model. Every full collection scanned them
+    all again, 30-80 ms with scikit-learn loaded, during which every query in flight
+    stalled; frozen, they are never scanned, and a full collection only walks what
+    serving allocated since.
+    """
+    gc.collect()
+    gc.freeze()
     print(f"{READY_PREFIX} service={service} port={port}", flush=True)
     logger.info("%s listening on port %d", service, port)
 
