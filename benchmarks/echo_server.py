@@ -6,13 +6,17 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 import grpc
 from google.protobuf import descriptor_pool
 from grpc_reflection.v1alpha import reflection
 
-from services.common.server import MethodAwarePool, announce_ready, wait_for_signal
+from services.common.server import (
+    MethodAwarePool,
+    announce_ready,
+    run_service,
+    wait_for_signal,
+)
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 
@@ -39,4 +43,4 @@ async def main(port: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
-    asyncio.run(main(parser.parse_args().port))
+    run_service(main(parser.parse_args().port))  # the same event loop as the services

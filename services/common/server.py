@@ -6,11 +6,12 @@ import asyncio
 import gc
 import logging
 import signal
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import uvloop
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -117,6 +118,17 @@ async def start_server(
     result = Server(server, health_servicer, bound, tuple(names))
     await result.set_serving(False)
     return result
+
+
+def run_service(main: Coroutine[Any, Any, None]) -> None:
+    """Run a service's main coroutine to the end, on uvloop.
+
+    Every query crosses the event loop several times (grpc.aio wakes it for each
+    message read or written); uvloop's loop costs less CPU per wake-up than asyncio's
+    own, which at the knee of the `make run` mesh (250 q/s) was the difference
+    between about half and about 80% of queries in time.
+    """
+    uvloop.run(main)
 
 
 def announce_ready(service: str, port: int) -> None:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 
 from services.common.kv_store import open_store
 from services.common.metrics import serve_metrics
-from services.common.server import announce_ready, start_server, wait_for_signal
+from services.common.server import announce_ready, run_service, start_server, wait_for_signal
 from services.common.telemetry import setup_logging
 from services.frontend.config import Config, config_from_args
 from services.frontend.inference_servicer import InferenceServicer
@@ -69,4 +68,4 @@ async def main(cfg: Config) -> None:
 if __name__ == "__main__":
     config = config_from_args()
     setup_logging("frontend", config.log_level)
-    asyncio.run(main(config))
+    run_service(main(config))

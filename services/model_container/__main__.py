@@ -8,7 +8,13 @@ import logging
 import uuid
 
 from services.common.metrics import serve_metrics
-from services.common.server import Server, announce_ready, start_server, wait_for_signal
+from services.common.server import (
+    Server,
+    announce_ready,
+    run_service,
+    start_server,
+    wait_for_signal,
+)
 from services.common.telemetry import setup_logging
 from services.common.tensors import spec_to_proto
 from services.generated.clipper.v1 import clipper_pb2 as pb
@@ -72,4 +78,4 @@ async def shut_down(cfg: Config, server: Server, announcer: Announcer, batcher: 
 if __name__ == "__main__":
     config = config_from_args()
     setup_logging(f"container[{config.name}:{config.version}]", config.log_level)
-    asyncio.run(main(config))
+    run_service(main(config))

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 
 from services.common.kv_store import open_store, retry_while_unavailable
 from services.common.metrics import serve_metrics
-from services.common.server import announce_ready, start_server, wait_for_signal
+from services.common.server import announce_ready, run_service, start_server, wait_for_signal
 from services.common.telemetry import setup_logging
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.selection.config import Config, config_from_args
@@ -39,4 +38,4 @@ async def main(cfg: Config) -> None:
 if __name__ == "__main__":
     config = config_from_args()
     setup_logging("selection", config.log_level)
-    asyncio.run(main(config))
+    run_service(main(config))
