@@ -345,7 +345,8 @@ class Batcher:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            outputs = await self.runner.run([item.input for item in batch])
+            outputs = await self.runner.run([item.input for item in batch],
+                                            self.latency.typical(len(batch)))
             if len(outputs) != len(batch):
                 raise ModelFailed(
                     f"model returned {len(outputs)} outputs for a batch of {len(batch)}"
