@@ -96,14 +96,26 @@ async def sweep(
     return await grid(probe, rates)
 
 
+# A probe that misses this (the strictest target) but not by half is run once more.
+RETRY_BELOW = 0.999
+
+
 async def grid(probe: Callable[[int, int], Awaitable[RunResult]],
                rates: tuple[int, ...] = RATES) -> list[RunResult]:
     """`probe(rate, index)` at each rate in turn, until two rates in a row answer under
-    half the queries in time (the server is past saturation)."""
+    half the queries in time (the server is past saturation).
+
+    A rate that answers under 99.9% in time is probed once more and the better run kept:
+    this shared machine stalls every process now and then for tens of milliseconds (a
+    bare echo server too), and one such stall should not set a server's capacity. Every
+    server measured gets the same second chance."""
     runs: list[RunResult] = []
     collapsed = 0
     for rate in rates:
         result = await probe(rate, len(runs))
+        if 0.5 <= result.within_slo < RETRY_BELOW:
+            again = await probe(rate, len(runs) + len(rates))
+            result = max(result, again, key=lambda r: r.within_slo)
         runs.append(result)
         collapsed = collapsed + 1 if result.within_slo < 0.5 else 0
         if collapsed == 2:
