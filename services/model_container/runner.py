@@ -8,7 +8,7 @@ With one worker thread, a batch expected to take under `INLINE_BELOW_S` runs on
 the event loop itself. Handing a sub-millisecond model's batch to a thread and
 back costs more than the model: two thread switches, a wake-up of the loop, and
 under load the loop and the worker queueing for the GIL (the digits models
-answered at a p50 of 8.5 ms through the mesh at 200 q/s that way, 5 ms inline).
+answered at a p50 of 7-8.5 ms through the mesh at 200 q/s that way, 5 ms inline).
 The loop is then held no longer than that.
 
 Each worker limits the native thread pools the model's libraries use (BLAS,
