@@ -78,7 +78,7 @@ TIMER_SLACK_S = 0.001
 
 
 @contextlib.contextmanager
-def collector_paused() -> Iterator[None]:
+def _collector_paused() -> Iterator[None]:
     """No garbage-collector pause in this process while a timed run goes on."""
     enabled = gc.isenabled()
     gc.disable()
@@ -107,15 +107,15 @@ async def open_loop_profile(send: Send, rate_at: Callable[[float], float], durat
     tasks: set[asyncio.Task[None]] = set()
 
     async def one(due: float) -> None:
-        sent = min(loop.time(), due)
+        started = min(loop.time(), due)
         try:
             ok, depth = await send()
         except grpc.aio.AioRpcError:
             ok, depth = False, 0
-        outcomes.append(Outcome(due - start, loop.time() - sent, ok, depth))
+        outcomes.append(Outcome(due - start, loop.time() - started, ok, depth))
 
     due, sent = start, 0
-    with collector_paused():
+    with _collector_paused():
         while sent < max_queries:
             due += rng.exponential(1.0 / max(rate_at(due - start), 1e-6))
             if due - start >= duration_s:
@@ -168,7 +168,7 @@ async def closed_loop(send: Send, concurrency: int, duration_s: float,
                 ok, depth = False, 0
             outcomes.append(Outcome(sent - start, loop.time() - sent, ok, depth))
 
-    with collector_paused():
+    with _collector_paused():
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = loop.time() - start
     return RunResult(len(outcomes) / elapsed, elapsed, slo_s, outcomes)
