@@ -8,8 +8,20 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from benchmarks.loadgen import RunResult
+
+
+def save(fig: Figure, axes: tuple[Axes, ...], path: Path, legend_loc: str = "best") -> None:
+    """Grid and legend on each axis, then write the PNG and free the figure."""
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc=legend_loc)  # type: ignore[call-overload]
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def load_curves(path: Path, title: str, slo_ms: float,
@@ -27,12 +39,7 @@ def load_curves(path: Path, title: str, slo_ms: float,
                yscale="log", title=f"{title}: p99 latency")
     thr_ax.set(xlabel="offered load (queries/s)", ylabel="answers within SLO per s",
                title=f"{title}: goodput")
-    for ax in (lat_ax, thr_ax):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, (lat_ax, thr_ax), path)
 
 
 def burst(path: Path, runs: dict[str, RunResult], window_s: float = 0.25) -> None:
@@ -52,8 +59,4 @@ def burst(path: Path, runs: dict[str, RunResult], window_s: float = 0.25) -> Non
     depth_ax.set(xlabel="time (s)", ylabel="queue depth (max per window)", title="queue depth")
     for ax in (good_ax, depth_ax):
         ax.axvspan(2.0, 4.0, color="orange", alpha=0.15)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, (good_ax, depth_ax), path)

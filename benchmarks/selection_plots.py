@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+
+from benchmarks.plots import save
 
 
 def confidence_curve(path: Path, curves: dict[str, list[tuple[str, int, float]]],
@@ -26,11 +25,7 @@ def confidence_curve(path: Path, curves: dict[str, list[tuple[str, int, float]]]
     ax.set(xlabel="confidence (share of weight agreeing with the answer)",
            ylabel="accuracy in bucket", ylim=(0, 1.05),
            title="Confidence against accuracy (Exp4, digits)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, (ax,), path, legend_loc="lower right")
 
 
 def regret(path: Path, expected: list[np.ndarray], realized: np.ndarray, uniform: np.ndarray,
@@ -51,12 +46,7 @@ def regret(path: Path, expected: list[np.ndarray], realized: np.ndarray, uniform
     share_ax.axhline(0.5, color="grey", linestyle="--", label="50%")
     share_ax.set(xlabel="feedback rounds", ylabel=f"share of the last {window} queries",
                  ylim=(0, 1.02), title="Exp3: traffic to the best model")
-    for ax in (reg_ax, share_ax):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, (reg_ax, share_ax), path)
 
 
 def degradation(path: Path, accuracy: dict[str, np.ndarray], switch: int, window: int) -> None:
@@ -67,11 +57,7 @@ def degradation(path: Path, accuracy: dict[str, np.ndarray], switch: int, window
     ax.axvline(switch, color="grey", linestyle="--", label="best model degrades")
     ax.set(xlabel="feedback rounds", ylabel=f"accuracy of the last {window} answers",
            ylim=(0, 1.02), title="A model degrades mid-stream")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, (ax,), path, legend_loc="lower left")
 
 
 def latency_cdf(path: Path, latencies_ms: dict[str, list[float]], slo_ms: float) -> None:
@@ -83,8 +69,4 @@ def latency_cdf(path: Path, latencies_ms: dict[str, list[float]], slo_ms: float)
     ax.axvline(slo_ms, color="grey", linestyle="--", label=f"SLO {slo_ms:g} ms")
     ax.set(xscale="log", xlabel="latency (ms)", ylabel="share of queries",
            title="Stragglers: latency with one model 10x over the SLO")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, (ax,), path)
