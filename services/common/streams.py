@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol, TypeVar
 
@@ -46,3 +47,20 @@ async def replies_until_done(replies: asyncio.Queue[T | None],
         await reader
     finally:
         reader.cancel()
+
+
+@contextlib.asynccontextmanager
+async def answering(replies: asyncio.Queue[Any]) -> AsyncIterator[set[asyncio.Future[Any]]]:
+    """The reader of a server stream: the body reads requests and adds what answers them
+    (tasks or futures, which may discard themselves when done) to the set it is given.
+    When the body ends, those still running are awaited; however it ends, any left are
+    cancelled and None tells the writer (`replies_until_done`) that no reply follows."""
+    in_flight: set[asyncio.Future[Any]] = set()
+    try:
+        yield in_flight
+        if in_flight:
+            await asyncio.wait(in_flight)
+    finally:
+        for future in in_flight:
+            future.cancel()
+        replies.put_nowait(None)

@@ -14,6 +14,7 @@ from services.common.errors import (
     handle_errors,
     handle_stream_errors,
 )
+from services.common.streams import answering
 from services.frontend.query_path import Prediction, QueryPath
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
@@ -65,8 +66,7 @@ class FrontendServicer(pb_grpc.FrontendServicer):
         out: asyncio.Queue[pb.PredictStreamResponse | None],
         window: asyncio.Semaphore,
     ) -> None:
-        tasks: set[asyncio.Task[None]] = set()
-        try:
+        async with answering(out) as tasks:
             index = 0
             async for request in request_iterator:
                 await window.acquire()
@@ -75,12 +75,6 @@ class FrontendServicer(pb_grpc.FrontendServicer):
                 task.add_done_callback(tasks.discard)
                 task.add_done_callback(lambda _: window.release())
                 index += 1
-            if tasks:
-                await asyncio.wait(tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
-            out.put_nowait(None)
 
     async def _answer(
         self,

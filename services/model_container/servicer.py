@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 
 from services.common import tensors
 from services.common.auth import check_token
 from services.common.errors import ClipperError, code_value, handle_stream_errors
-from services.common.streams import replies_until_done
+from services.common.streams import answering, replies_until_done
 from services.common.tensors import TensorSpec
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
@@ -51,8 +52,7 @@ class ContainerServicer(pb_grpc.ModelContainerServicer):
                     replies: Replies) -> None:
         """Read queries until the stream ends, then wait for their answers and close."""
         loop = asyncio.get_running_loop()
-        in_flight: set[asyncio.Future[object]] = set()
-        try:
+        async with answering(replies) as in_flight:
             async for message in request_iterator:
                 for query in message.queries:
                     try:
@@ -66,12 +66,6 @@ class ContainerServicer(pb_grpc.ModelContainerServicer):
                         continue
                     in_flight.add(future)
                     future.add_done_callback(_reply_when_done(query.id, replies, in_flight))
-            if in_flight:
-                await asyncio.wait(in_flight)
-        finally:
-            for future in in_flight:
-                future.cancel()
-            replies.put_nowait(None)
 
     def _response(self, replies: list[pb.ContainerReply]) -> pb.ContainerResponse:
         load = self.batcher.load()
@@ -83,9 +77,9 @@ class ContainerServicer(pb_grpc.ModelContainerServicer):
 
 
 def _reply_when_done(
-    query_id: int, replies: Replies, in_flight: set[asyncio.Future[object]]
-) -> Callable[[asyncio.Future[object]], None]:
-    def done(future: asyncio.Future[object]) -> None:
+    query_id: int, replies: Replies, in_flight: set[asyncio.Future[Any]]
+) -> Callable[[asyncio.Future[Any]], None]:
+    def done(future: asyncio.Future[Any]) -> None:
         in_flight.discard(future)
         if future.cancelled():
             return

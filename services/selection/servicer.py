@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from services.common.errors import ClipperError, InvalidInput, code_value, handle_stream_errors
-from services.common.streams import replies_until_done
+from services.common.streams import answering, replies_until_done
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.selection.decider import Decider
@@ -42,23 +42,15 @@ class SelectionServicer(pb_grpc.SelectionServicer):
     async def _read(self, request_iterator: AsyncIterator[pb.DecideRequest],
                     replies: asyncio.Queue[pb.SelectionReply | None]) -> None:
         """Start a task per request until the stream ends; then wait for them and close."""
-        tasks: set[asyncio.Task[None]] = set()
-
         async def answer(request: pb.SelectionRequest) -> None:
             replies.put_nowait(await self._handle(request))
 
-        try:
+        async with answering(replies) as tasks:
             async for message in request_iterator:
                 for request in message.requests:
                     task = asyncio.create_task(answer(request))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
-            if tasks:
-                await asyncio.wait(tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
-            replies.put_nowait(None)
 
     async def _handle(self, request: pb.SelectionRequest) -> pb.SelectionReply:
         try:
