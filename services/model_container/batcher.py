@@ -160,9 +160,11 @@ class Batcher:
         probe = False
         if self.config.mode == "adaptive":
             wait_s = self.estimated_wait(now)
-            if wait_s is not None and now + wait_s > deadline and self._idle_for(now) > PROBE_S:
+            late = wait_s is not None and now + wait_s > deadline
+            if late and self._idle_for(now) > PROBE_S:
                 probe = True  # refused for long: run one anyway, to see if it got faster
-            elif wait_s is not None and now + wait_s > deadline:
+            elif late:
+                assert wait_s is not None
                 metrics.refused.add(1, {"reason": "overloaded"})
                 raise Overloaded(
                     f"estimated wait {wait_s * 1000:.1f} ms exceeds the "
