@@ -32,6 +32,7 @@ from aiocache.base import BaseCache
 from aiocache.plugins import BasePlugin
 from aiocache.serializers import BaseSerializer
 
+from services.common import clock
 from services.common.errors import ClipperError
 from services.frontend import metrics
 from services.generated.clipper.v1 import clipper_pb2 as pb
@@ -150,7 +151,7 @@ class PredictionCache:
         try:
             return await asyncio.shield(inflight)
         except ClipperError:
-            if asyncio.get_running_loop().time() >= deadline:
+            if clock.now() >= deadline:
                 raise
             return await fetch()
 
@@ -162,7 +163,7 @@ class PredictionCache:
         task.add_done_callback(self._writes.discard)
 
     async def recall_query(self, query_id: str) -> pb.RecentQuery | None:
-        deadline = asyncio.get_running_loop().time() + WRITE_TIMEOUT_S
+        deadline = clock.now() + WRITE_TIMEOUT_S
         raw = await self._get(self.queries, f"query:{query_id}", deadline)
         if raw is None:
             return None
@@ -192,9 +193,8 @@ class PredictionCache:
     async def _get(self, cache: BaseCache, key: str, deadline: float) -> bytes | None:
         """A read bounded by READ_TIMEOUT_S and the deadline; a slow or absent cache is a
         miss, never a failed or late query."""
-        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout_at(min(deadline, loop.time() + READ_TIMEOUT_S)):
+            async with asyncio.timeout_at(min(deadline, clock.now() + READ_TIMEOUT_S)):
                 value: bytes | None = await cache.get(key)
                 return value
         except Exception as exc:

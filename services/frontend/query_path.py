@@ -20,7 +20,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from services.common import tensors
+from services.common import clock, tensors
 from services.common.errors import (
     ClipperError,
     DeadlineExpired,
@@ -79,7 +79,7 @@ class QueryPath:
         self.cache = cache
 
     def deadline(self, app: Application, client_remaining_s: float | None) -> float:
-        now = asyncio.get_running_loop().time()
+        now = clock.now()
         deadline = now + app.slo_ms / 1000.0
         if client_remaining_s is not None:
             deadline = min(deadline, now + client_remaining_s)
@@ -214,7 +214,7 @@ class QueryPath:
             asyncio.create_task(self._ask(model, value, deadline, version)): model
             for model, _ in decision
         }
-        timeout = max(deadline - asyncio.get_running_loop().time(), 0.0)
+        timeout = max(deadline - clock.now(), 0.0)
         try:
             done, pending = await asyncio.wait(tasks, timeout=timeout)
         finally:

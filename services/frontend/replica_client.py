@@ -7,9 +7,9 @@ another replica). Every response also carries the replica's load.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
+from services.common import clock
 from services.common.auth import bearer
 from services.common.errors import DeadlineExpired, error_from_code
 from services.common.stream_client import StreamClient
@@ -33,7 +33,7 @@ class _Outgoing:
 
 
 def _request(queries: list[_Outgoing]) -> pb.ContainerRequest:
-    now = asyncio.get_running_loop().time()
+    now = clock.now()
     return pb.ContainerRequest(queries=[
         pb.ContainerQuery(id=q.id, input=q.input, trace_context=q.trace,
                           budget_us=max(int((q.deadline - now - REPLY_RESERVE_S) * 1e6), 0))

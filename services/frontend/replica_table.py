@@ -13,6 +13,7 @@ import asyncio
 import logging
 import random
 
+from services.common import clock
 from services.common.errors import ClipperError, Overloaded, Unavailable
 from services.frontend.registry import Registry
 from services.frontend.replica_client import ReplicaClient
@@ -94,7 +95,7 @@ class ReplicaTable:
             try:
                 output = await client.query(value, deadline, trace)
             except (Unavailable, Overloaded) as exc:
-                if asyncio.get_running_loop().time() >= deadline:
+                if clock.now() >= deadline:
                     raise
                 last_error = exc
                 continue  # broken stream or full queue: try another replica

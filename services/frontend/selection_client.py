@@ -15,6 +15,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 
+from services.common import clock
 from services.common.errors import ClipperError, InvalidInput, Unavailable, error_from_code
 from services.common.stream_client import StreamClient
 from services.frontend import metrics
@@ -98,8 +99,7 @@ class SelectionClient:
             outputs=outputs,
             weights=weights,
         )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + OBSERVE_TIMEOUT_S
+        deadline = clock.now() + OBSERVE_TIMEOUT_S
         try:  # feedback is not latency-bound: ride out a reconnect of the stream
             await asyncio.wait_for(self._stream.wait_connected(), OBSERVE_TIMEOUT_S)
         except TimeoutError:
@@ -127,13 +127,12 @@ class SelectionClient:
         return [(m, 1.0) for m in app.linked_models]
 
     async def _call(self, request: pb.SelectionRequest, deadline: float) -> pb.SelectionReply:
-        loop = asyncio.get_running_loop()
         timeout_at = deadline
         if request.HasField("select"):  # leave most of the query's time to the models
-            now = loop.time()
+            now = clock.now()
             timeout_at = now + min(SELECT_TIMEOUT_S, max(deadline - now, 0.0) * SELECT_SHARE)
         request.id = self._stream.next_id()
-        request.budget_us = max(int((timeout_at - loop.time()) * 1e6), 0)
+        request.budget_us = max(int((timeout_at - clock.now()) * 1e6), 0)
         reply = await self._stream.request(request.id, request, timeout_at)
         if reply.WhichOneof("result") == "error":
             raise error_from_code(reply.error.code, reply.error.message)

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from services.common import clock
 from services.common.errors import ClipperError, DeadlineExpired, Overloaded, Unavailable
 from services.model_container import metrics
 from services.model_container.latency_model import LatencyModel
@@ -115,7 +116,7 @@ class Batcher:
 
     async def start(self) -> None:
         await self.runner.start()
-        self._last_finished = asyncio.get_running_loop().time()
+        self._last_finished = clock.now()
         self._worker = asyncio.create_task(self._run(), name="batcher")
         self._worker.add_done_callback(_log_failure)
 
@@ -147,7 +148,7 @@ class Batcher:
     def submit(self, value: np.ndarray, deadline: float) -> asyncio.Future[Any]:
         """Queue one query; its future resolves to the model's output for it."""
         loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = clock.now()
         if self._draining:
             metrics.refused.add(1, {"reason": "shutting_down"})
             raise Unavailable("replica is shutting down")
@@ -204,19 +205,17 @@ class Batcher:
         return running_s + batches_ahead * batch_s / cfg.concurrency
 
     def load(self) -> Load:
-        loop = asyncio.get_running_loop()
-        return Load(len(self._heap), self.estimated_wait(loop.time()) or 0.0)
+        return Load(len(self._heap), self.estimated_wait(clock.now()) or 0.0)
 
     # ------------------------------------------------------------ the worker
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             if not self._heap or self._busy >= self.config.concurrency:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            now = loop.time()
+            now = clock.now()
             plan = self._plan_fixed(now) if self.config.mode == "fixed" else self._plan(now)
             if isinstance(plan, float):
                 self._wakeup.clear()
@@ -344,8 +343,7 @@ class Batcher:
         _log_failure(task)
 
     async def _run_batch(self, batch: list[_Pending], expected_end: float) -> None:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = clock.now()
         try:
             outputs = await self.runner.run([item.input for item in batch],
                                             self.latency.typical(len(batch)))
@@ -365,7 +363,7 @@ class Batcher:
         for item, output in zip(batch, outputs, strict=True):
             if not item.future.done():
                 item.future.set_result(output)
-        finished = self._last_finished = loop.time()
+        finished = self._last_finished = clock.now()
         self.latency.observe(len(batch), finished - started)
         self.batch_sizes.append(len(batch))
         metrics.batch_size.record(len(batch))

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from services.common import tensors
+from services.common import clock, tensors
 from services.common.auth import check_token
 from services.common.errors import ClipperError, code_value, handle_stream_errors
 from services.common.streams import answering, replies_until_done
@@ -51,7 +51,6 @@ class ContainerServicer(pb_grpc.ModelContainerServicer):
     async def _read(self, request_iterator: AsyncIterator[pb.ContainerRequest],
                     replies: Replies) -> None:
         """Read queries until the stream ends, then wait for their answers and close."""
-        loop = asyncio.get_running_loop()
         async with answering(replies) as in_flight:
             async for message in request_iterator:
                 for query in message.queries:
@@ -59,7 +58,7 @@ class ContainerServicer(pb_grpc.ModelContainerServicer):
                         value = tensors.decode(query.input)
                         if self.input_spec is not None:
                             self.input_spec.check(value)
-                        deadline = loop.time() + query.budget_us / 1e6
+                        deadline = clock.now() + query.budget_us / 1e6
                         future = self.batcher.submit(value, deadline)
                     except ClipperError as exc:
                         replies.put_nowait(_error_reply(query.id, exc))

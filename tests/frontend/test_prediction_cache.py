@@ -3,7 +3,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from services.common import tensors
+from services.common import clock, tensors
 from services.common.errors import DeadlineExpired
 from services.frontend.prediction_cache import PredictionCache
 from services.generated.clipper.v1 import clipper_pb2 as pb
@@ -31,7 +31,7 @@ class Model:
 
 async def answer(cache: PredictionCache, model: Model, value: float, version: str = "1",
                  deadline_s: float = 5.0) -> int:
-    deadline = asyncio.get_running_loop().time() + deadline_s
+    deadline = clock.now() + deadline_s
     served_by, output = await cache.answer("m", version, tensor(value), deadline, model)
     assert served_by == "m:1" or version != "1"
     result = tensors.decode(output).item()

@@ -1,13 +1,18 @@
 import asyncio
+import statistics
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pytest
+import uvloop
 
+from services.common import clock
 from services.common.errors import DeadlineExpired, Overloaded
 from services.model_container.batcher import Batcher, BatchingConfig, ModelFailed
+from services.model_container.latency_model import LatencyModel
 from services.model_container.runner import ModelRunner
 
 
@@ -40,7 +45,7 @@ async def started(model: GatedModel) -> None:
 
 @pytest.fixture
 async def far() -> float:
-    return asyncio.get_running_loop().time() + 30
+    return clock.now() + 30
 
 
 async def test_batches_respect_the_maximum_and_answers_reach_their_callers(far: float) -> None:
@@ -64,11 +69,10 @@ async def test_expired_queries_never_reach_the_model(far: float) -> None:
     model = GatedModel()
     batcher = make_batcher(model, max_batch_size=8)
     await batcher.start()
-    loop = asyncio.get_running_loop()
     try:
         first = batcher.submit(np.array([1.0]), far)
         await started(model)
-        doomed = batcher.submit(np.array([99.0]), loop.time() + 0.05)
+        doomed = batcher.submit(np.array([99.0]), clock.now() + 0.05)
         kept = batcher.submit(np.array([2.0]), far)
         done, _ = await asyncio.wait([doomed], timeout=0.2)
         assert not done  # still queued behind the running batch, not yet answered
@@ -118,7 +122,7 @@ async def test_a_query_already_late_is_refused() -> None:
     await batcher.start()
     try:
         with pytest.raises(DeadlineExpired):
-            batcher.submit(np.array([0.0]), asyncio.get_running_loop().time() - 1)
+            batcher.submit(np.array([0.0]), clock.now() - 1)
     finally:
         await batcher.aclose()
 
@@ -150,11 +154,10 @@ async def test_batches_are_as_large_as_the_deadline_allows(slo_ms: int, far: flo
     model = InstantModel()
     batcher = seeded_batcher(model, max_batch_size=64, max_delay_ms=0)
     await batcher.start()
-    loop = asyncio.get_running_loop()
     try:
         blocker = batcher.submit(np.array([0.0]), far)
         await asyncio.to_thread(model.started.wait, 10)
-        deadline = loop.time() + slo_ms / 1000
+        deadline = clock.now() + slo_ms / 1000
         queued, refused = [], 0
         for _ in range(64):
             try:
@@ -178,12 +181,11 @@ async def test_a_query_that_cannot_finish_in_time_is_expired_unrun(far: float) -
     model.gate.set()
     batcher = seeded_batcher(model)
     await batcher.start()
-    loop = asyncio.get_running_loop()
     try:
         # 5 ms + 1 ms is the least a batch takes; 3 ms is not enough. Admission already
         # knows: the query is refused at once rather than queued.
         with pytest.raises(Overloaded, match="estimated wait"):
-            batcher.submit(np.array([0.0]), loop.time() + 0.003)
+            batcher.submit(np.array([0.0]), clock.now() + 0.003)
         ok = batcher.submit(np.array([0.0]), far)
         await asyncio.wait_for(ok, 10)
     finally:
@@ -196,16 +198,15 @@ async def test_delayed_batching_waits_for_more_but_not_past_the_deadline() -> No
     model.gate.set()
     batcher = seeded_batcher(model, max_batch_size=64, max_delay_ms=50)
     await batcher.start()
-    loop = asyncio.get_running_loop()
     try:
         # Queries 1 ms apart: the batcher expects more and waits for them.
         futures = []
         for _ in range(10):
-            futures.append(batcher.submit(np.array([0.0]), loop.time() + 0.2))
+            futures.append(batcher.submit(np.array([0.0]), clock.now() + 0.2))
             await asyncio.sleep(0.001)
-        started = loop.time()
+        started = clock.now()
         await asyncio.wait_for(asyncio.gather(*futures), 10)
-        waited = loop.time() - started
+        waited = clock.now() - started
     finally:
         await batcher.aclose()
     assert max(model.sizes) > 1  # it grouped queries instead of running them one by one
@@ -217,9 +218,8 @@ async def test_the_fixed_baseline_waits_its_timeout() -> None:
     model.gate.set()
     batcher = make_batcher(model, mode="fixed", max_batch_size=32, max_delay_ms=30)
     await batcher.start()
-    loop = asyncio.get_running_loop()
     try:
-        futures = [batcher.submit(np.array([0.0]), loop.time() + 5) for _ in range(5)]
+        futures = [batcher.submit(np.array([0.0]), clock.now() + 5) for _ in range(5)]
         await asyncio.wait_for(asyncio.gather(*futures), 10)
     finally:
         await batcher.aclose()
@@ -248,18 +248,59 @@ async def test_a_model_always_too_slow_is_learnt_refused_and_probed(
     model = SleepyModel(0.03)
     batcher = make_batcher(model, max_batch_size=8)
     await batcher.start()
-    loop = asyncio.get_running_loop()
     try:
         for _ in range(8):  # each answer comes back past its 10 ms deadline
-            await batcher.submit(np.array([0.0]), loop.time() + 0.010)
+            await batcher.submit(np.array([0.0]), clock.now() + 0.010)
         assert batcher.latency.typical(1) == pytest.approx(0.03, abs=0.02)
         ran = model.batches
         with pytest.raises(Overloaded, match="estimated wait"):
-            batcher.submit(np.array([0.0]), loop.time() + 0.010)
+            batcher.submit(np.array([0.0]), clock.now() + 0.010)
         await asyncio.sleep(0.35)  # idle past PROBE_S: the next one runs anyway
-        await batcher.submit(np.array([0.0]), loop.time() + 0.010)  # late, but run
+        await batcher.submit(np.array([0.0]), clock.now() + 0.010)  # late, but run
         assert model.batches == ran + 1
         with pytest.raises(Overloaded, match="estimated wait"):  # and refused again
-            batcher.submit(np.array([0.0]), loop.time() + 0.010)
+            batcher.submit(np.array([0.0]), clock.now() + 0.010)
     finally:
         await batcher.aclose()
+
+
+class SpinningModel:
+    """Keeps the CPU busy for `cost_s` per batch, like a small scikit-learn model."""
+
+    def __init__(self, cost_s: float) -> None:
+        self.cost_s = cost_s
+
+    def predict_batch(self, inputs: list[np.ndarray]) -> Sequence[Any]:
+        end = time.perf_counter() + self.cost_s
+        while time.perf_counter() < end:
+            pass
+        return [0] * len(inputs)
+
+
+class RecordingLatency(LatencyModel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[float] = []
+
+    def observe(self, batch_size: int, latency_s: float) -> None:
+        self.seen.append(latency_s)
+        super().observe(batch_size, latency_s)
+
+
+def test_sub_millisecond_batches_are_timed_to_the_microsecond_on_uvloop() -> None:
+    """The services run on uvloop, whose loop clock counts whole milliseconds: a 0.3 ms
+    model must still be learnt as 0.3 ms, not as batches of 0 or 1 ms."""
+    latency = RecordingLatency()
+
+    async def serve() -> None:
+        batcher = Batcher(ModelRunner("", model=SpinningModel(0.0003)),  # type: ignore[arg-type]
+                          latency=latency)
+        await batcher.start()
+        try:
+            for _ in range(40):
+                await batcher.submit(np.array([0.0]), clock.now() + 1)
+        finally:
+            await batcher.aclose()
+
+    uvloop.run(serve())
+    assert 0.0003 <= statistics.median(latency.seen) < 0.002, latency.seen
