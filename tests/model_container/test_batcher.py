@@ -293,7 +293,7 @@ def test_sub_millisecond_batches_are_timed_to_the_microsecond_on_uvloop() -> Non
     latency = RecordingLatency()
 
     async def serve() -> None:
-        batcher = Batcher(ModelRunner("", model=SpinningModel(0.0003)),  # type: ignore[arg-type]
+        batcher = Batcher(ModelRunner("", model=SpinningModel(0.0003)),
                           latency=latency)
         await batcher.start()
         try:
