@@ -138,14 +138,12 @@ class Registry:
                 if (at := self._expires.get(rid, 0.0)) > now
                 and REPLICA_PREFIX + rid not in replicas}
         self.apps, self.models = apps, models
-        known = self._expires
-        self.replicas, self._expires = {}, {}
+        self.replicas = {rid: replica for rid, (replica, _) in held.items()}
         grace = now + self.replica_ttl_s
         for data in replicas.values():
-            stored = max(float(data.get("expires_at", 0.0)), grace)
-            self._put_replica(data, max(stored, known.get(data["replica_id"], 0.0)))
+            self._put_replica(data, max(float(data.get("expires_at", 0.0)), grace))
+        self._expires = {rid: self._expires[rid] for rid in self.replicas}  # the gone ones out
         for rid, (replica, expires_at) in held.items():
-            self.replicas[rid], self._expires[rid] = replica, expires_at
             await self.store.put(REPLICA_PREFIX + rid,
                                  {**asdict(replica), "expires_at": expires_at})
         logger.info(

@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers.tools import TOOLS_BIN, require_tool
+from tests.helpers.tools import REPO, find_tool, require_tool
 
-REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 OVERLAYS = ("dev", "prod")
 
@@ -20,7 +19,7 @@ OVERLAYS = ("dev", "prod")
 def _renderer() -> list[str]:
     """`kubectl kustomize`, else a standalone `kustomize build` (PATH or .tools/bin)."""
     if shutil.which("kubectl") is None:
-        standalone = shutil.which("kustomize", path=str(TOOLS_BIN)) or shutil.which("kustomize")
+        standalone = find_tool("kustomize")
         if standalone is not None:
             return [standalone, "build"]
     kubectl = require_tool("kubectl", "renders the deploy/ overlays with kubectl kustomize; "

@@ -21,9 +21,14 @@ def tool_missing(message: str) -> NoReturn:
     pytest.skip(message)
 
 
+def find_tool(name: str) -> str | None:
+    """The tool's path: `make deps`'s own first, then PATH."""
+    return shutil.which(name, path=str(TOOLS_BIN)) or shutil.which(name)
+
+
 def require_tool(name: str, why: str) -> str:
-    """The tool's path (`make deps`'s own first, then PATH), else `tool_missing`."""
-    path = shutil.which(name, path=str(TOOLS_BIN)) or shutil.which(name)
+    """The tool's path (`find_tool`), else `tool_missing`."""
+    path = find_tool(name)
     if path is None:
         tool_missing(f"{name} is not installed ({why}); `make deps` builds it, "
                      ".ci/run installs the Debian packages")
