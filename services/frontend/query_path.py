@@ -1,7 +1,9 @@
 """The query path: validate, select, fan out to replicas, wait until the deadline, combine.
 
 The deadline is the application's SLO, or the client's gRPC deadline when that
-is tighter, less a small margin to send the answer back. The answer goes out as
+is tighter, less a margin to send the answer back: 2 ms, or a tenth of the
+client's remaining time when its deadline decides, since an answer that reaches
+the client late is lost to it. The answer goes out as
 soon as every selected model has answered; at the deadline, whatever arrived
 is combined; with nothing usable, the application's default output goes back,
 flagged, or the query fails with the most telling error.
@@ -38,8 +40,19 @@ from services.generated.clipper.v1 import clipper_pb2 as pb
 
 logger = logging.getLogger(__name__)
 
-# Time kept back from the SLO and from a client's own deadline to send the answer back.
+# Time kept back from the SLO to send the answer back.
 REPLY_MARGIN_S = 0.002
+# Share of a client's remaining time kept back when its own deadline is the tighter one.
+CLIENT_MARGIN_SHARE = 0.1
+
+
+def answer_deadline(slo_ms: int, client_remaining_s: float | None, now: float) -> float:
+    """When the query's answer must be settled (`clock.now()` time), margins kept back."""
+    deadline = now + slo_ms / 1000.0 - REPLY_MARGIN_S
+    if client_remaining_s is not None:
+        margin = max(REPLY_MARGIN_S, CLIENT_MARGIN_SHARE * client_remaining_s)
+        deadline = min(deadline, now + client_remaining_s - margin)
+    return deadline
 
 
 @dataclass
@@ -77,13 +90,6 @@ class QueryPath:
         self.replicas = replicas
         self.selection = selection
         self.cache = cache
-
-    def deadline(self, app: Application, client_remaining_s: float | None) -> float:
-        now = clock.now()
-        deadline = now + app.slo_ms / 1000.0
-        if client_remaining_s is not None:
-            deadline = min(deadline, now + client_remaining_s)
-        return deadline - REPLY_MARGIN_S
 
     def validate(self, app: Application, value: pb.Tensor) -> None:
         if not value.dtype and not value.shape:
@@ -132,7 +138,7 @@ class QueryPath:
     ) -> Prediction:
         app = self.registry.get_app(app_name)
         self.validate(app, value)
-        deadline = self.deadline(app, client_remaining_s)
+        deadline = answer_deadline(app.slo_ms, client_remaining_s, clock.now())
         query_id = query_id or uuid.uuid4().hex
         if not app.linked_models:
             return self._fallback(app, query_id, _FanOut([], [], [], timed_out=False))
@@ -194,7 +200,7 @@ class QueryPath:
             self.validate(app, value)
             if not app.linked_models:
                 raise Unavailable(f"application {app_name!r} has no linked model")
-            deadline = self.deadline(app, client_remaining_s)
+            deadline = answer_deadline(app.slo_ms, client_remaining_s, clock.now())
             candidates = [(m, 1.0) for m in app.linked_models]
             fan = await self._fan_out(candidates, value, deadline)
             if not fan.answers:
