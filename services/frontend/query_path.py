@@ -3,10 +3,10 @@
 The deadline is the application's SLO, or the client's gRPC deadline when that
 is tighter, less a margin to send the answer back: 2 ms, or a tenth of the
 client's remaining time when its deadline decides, since an answer that reaches
-the client late is lost to it. The answer goes out as
-soon as every selected model has answered; at the deadline, whatever arrived
-is combined; with nothing usable, the application's default output goes back,
-flagged, or the query fails with the most telling error.
+the client late is lost to it. The answer goes out as soon as every selected
+model has answered; at the deadline, whatever arrived is combined; with nothing
+usable, the application's default output goes back, flagged, or the query fails
+with the most telling error.
 
 Inputs are validated by decoding them (zero-copy) and then forwarded to the
 containers as the original message, so the hot path never re-encodes.
