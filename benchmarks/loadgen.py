@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
+from services.common import clock
 from services.common.errors import ClipperError
 from services.frontend.registry import ReplicaRecord
 from services.frontend.replica_client import ReplicaClient
@@ -77,6 +78,14 @@ Send = Callable[[], Awaitable[tuple[bool, int]]]
 TIMER_SLACK_S = 0.001
 
 
+async def _attempt(send: Send) -> tuple[bool, int]:
+    """One query through `send`; a call that fails counts as (not ok, queue depth 0)."""
+    try:
+        return await send()
+    except grpc.aio.AioRpcError:
+        return False, 0
+
+
 @contextlib.contextmanager
 def _collector_paused() -> Iterator[None]:
     """No garbage-collector pause in this process while a timed run goes on."""
@@ -108,10 +117,7 @@ async def open_loop_profile(send: Send, rate_at: Callable[[float], float], durat
 
     async def one(due: float) -> None:
         started = min(loop.time(), due)
-        try:
-            ok, depth = await send()
-        except grpc.aio.AioRpcError:
-            ok, depth = False, 0
+        ok, depth = await _attempt(send)
         outcomes.append(Outcome(due - start, loop.time() - started, ok, depth))
 
     due, sent = start, 0
@@ -143,10 +149,7 @@ async def settle(send: Send, slo_s: float, limit_s: float = 10.0) -> None:
     give_up = loop.time() + limit_s
     while loop.time() < give_up:
         started = loop.time()
-        try:
-            ok, depth = await send()
-        except grpc.aio.AioRpcError:
-            ok, depth = False, 0
+        ok, depth = await _attempt(send)
         if ok and depth == 0 and loop.time() - started <= slo_s:
             return
         await asyncio.sleep(0.1)
@@ -162,10 +165,7 @@ async def closed_loop(send: Send, concurrency: int, duration_s: float,
     async def worker() -> None:
         while loop.time() - start < duration_s:
             sent = loop.time()
-            try:
-                ok, depth = await send()
-            except grpc.aio.AioRpcError:
-                ok, depth = False, 0
+            ok, depth = await _attempt(send)
             outcomes.append(Outcome(sent - start, loop.time() - sent, ok, depth))
 
     with _collector_paused():
@@ -194,7 +194,7 @@ class ContainerStream:
         await self._client.aclose()
 
     async def send(self) -> tuple[bool, int]:
-        deadline = asyncio.get_running_loop().time() + self.slo_s
+        deadline = clock.now() + self.slo_s  # the clock ReplicaClient counts budgets on
         try:
             await self._client.query(self.input, deadline, {})
             ok = True

@@ -127,12 +127,12 @@ class SelectionClient:
         return [(m, 1.0) for m in app.linked_models]
 
     async def _call(self, request: pb.SelectionRequest, deadline: float) -> pb.SelectionReply:
+        now = clock.now()
         timeout_at = deadline
         if request.HasField("select"):  # leave most of the query's time to the models
-            now = clock.now()
             timeout_at = now + min(SELECT_TIMEOUT_S, max(deadline - now, 0.0) * SELECT_SHARE)
         request.id = self._stream.next_id()
-        request.budget_us = max(int((timeout_at - clock.now()) * 1e6), 0)
+        request.budget_us = max(int((timeout_at - now) * 1e6), 0)
         reply = await self._stream.request(request.id, request, timeout_at)
         if reply.WhichOneof("result") == "error":
             raise error_from_code(reply.error.code, reply.error.message)

@@ -161,16 +161,14 @@ class Batcher:
         probe = False
         if self.config.mode == "adaptive":
             wait_s = self.estimated_wait(now)
-            late = wait_s is not None and now + wait_s > deadline
-            if late and self._idle_for(now) > PROBE_S:
+            if wait_s is not None and now + wait_s > deadline:
+                if self._idle_for(now) <= PROBE_S:
+                    metrics.refused.add(1, {"reason": "overloaded"})
+                    raise Overloaded(
+                        f"estimated wait {wait_s * 1000:.1f} ms exceeds the "
+                        f"{(deadline - now) * 1000:.1f} ms left"
+                    )
                 probe = True  # refused for long: run one anyway, to see if it got faster
-            elif late:
-                assert wait_s is not None
-                metrics.refused.add(1, {"reason": "overloaded"})
-                raise Overloaded(
-                    f"estimated wait {wait_s * 1000:.1f} ms exceeds the "
-                    f"{(deadline - now) * 1000:.1f} ms left"
-                )
         if self._last_arrival is not None:
             gap = now - self._last_arrival
             self._interarrival_s = (gap if math.isinf(self._interarrival_s)
