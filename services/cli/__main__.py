@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--model", action="append", default=[], help="model to link")
     create.add_argument("--default", help="default output values, comma-separated")
     create.add_argument("--default-dtype", default="int64")
+    create.add_argument("--allow-non-finite", action="store_true",
+                        help="accept NaN and infinity in inputs (refused by default)")
     for name in ("link", "unlink"):
         cmd = apps.add_parser(name)
         cmd.add_argument("application")
@@ -132,6 +134,7 @@ def run(args: argparse.Namespace) -> Any:
             policy=args.policy,
             policy_params=dict(kv.split("=", 1) for kv in args.param),
             linked_models=args.model,
+            allow_non_finite=args.allow_non_finite,
         )
         if args.default is not None:
             app.default_output.CopyFrom(_values(args.default, args.default_dtype))

@@ -5,6 +5,12 @@ picks the backend from a URL: a file path (embedded) or `redis://host:port/db`
 (shared by several frontends or selection replicas, see `redis_store.py`).
 `update` is an atomic read-modify-write: concurrent updates of one key from any
 number of processes lose none. `changes` follows writes made by others.
+
+A key updated with a `ttl_s` is volatile: it expires that long after its last
+update (Redis: a key TTL; the file store: its own expiry table), and the file
+store keeps at most `max_volatile_keys` of them, dropping the least recently
+updated first, as Redis's `volatile-lru` does under `maxmemory`. Keys written
+without a TTL are never expired nor evicted.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import json
 import logging
 import os
 import tempfile
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,7 +43,7 @@ Updater = Callable[[Value | None], Value]
 class KeyValueStore(Protocol):
     async def get(self, key: str) -> dict[str, Any] | None: ...
     async def put(self, key: str, value: dict[str, Any]) -> None: ...
-    async def update(self, key: str, fn: Updater) -> Value: ...
+    async def update(self, key: str, fn: Updater, ttl_s: float | None = None) -> Value: ...
     async def delete(self, key: str) -> bool: ...
     async def scan(self, prefix: str) -> dict[str, dict[str, Any]]: ...
     def changes(self) -> AsyncIterator[str | None]: ...
@@ -48,37 +56,74 @@ class FileStore:
 
     A write goes to a temporary file in the same folder, is fsynced, then renamed
     over the old file, so a crash leaves either the old or the new state, never half.
+    Volatile keys' expiry times (wall clock, so they survive a restart) are kept in
+    the same file under `EXPIRY_KEY`.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    EXPIRY_KEY = "~expires"
+
+    def __init__(self, path: str | Path, max_volatile_keys: int = 100_000) -> None:
         self.path = Path(path)
+        self.max_volatile_keys = max_volatile_keys
         self._data: dict[str, dict[str, Any]] = {}
+        # Volatile key -> expiry (time.time()), least recently updated first.
+        self._expires: OrderedDict[str, float] = OrderedDict()
         self._lock = asyncio.Lock()
         if self.path.exists():
             try:
                 self._data = json.loads(self.path.read_text() or "{}")
             except json.JSONDecodeError as exc:
                 raise ValueError(f"state file {self.path} is not valid JSON: {exc}") from exc
+        expires = self._data.pop(self.EXPIRY_KEY, {})
+        self._expires = OrderedDict(sorted(expires.items(), key=lambda item: item[1]))
+
+    @property
+    def volatile_keys(self) -> int:
+        return len(self._expires)
 
     async def get(self, key: str) -> dict[str, Any] | None:
         value = self._data.get(key)
-        return json.loads(json.dumps(value)) if value is not None else None
+        if value is None or self._expired(key):
+            return None
+        return _copy(value)
 
     async def put(self, key: str, value: dict[str, Any]) -> None:
         async with self._lock:
-            self._data[key] = json.loads(json.dumps(value))
+            self._data[key] = _copy(value)
+            self._expires.pop(key, None)
             await self._flush()
 
-    async def update(self, key: str, fn: Updater) -> Value:
+    async def update(self, key: str, fn: Updater, ttl_s: float | None = None) -> Value:
         async with self._lock:
-            current = self._data.get(key)
+            current = None if self._expired(key) else self._data.get(key)
             new = _copy(fn(_copy(current) if current is not None else None))
             self._data[key] = new
+            if ttl_s is None:
+                self._expires.pop(key, None)
+            else:
+                self._expires[key] = time.time() + ttl_s
+                self._expires.move_to_end(key)
+                self._evict()
             await self._flush()
             return _copy(new)
 
+    def _expired(self, key: str) -> bool:
+        at = self._expires.get(key)
+        return at is not None and at <= time.time()
+
+    def _evict(self) -> None:
+        """Drop expired volatile keys, and the least recently updated past the cap."""
+        now = time.time()
+        while self._expires:
+            key, at = next(iter(self._expires.items()))
+            if at > now and len(self._expires) <= self.max_volatile_keys:
+                return
+            del self._expires[key]
+            self._data.pop(key, None)
+
     async def delete(self, key: str) -> bool:
         async with self._lock:
+            self._expires.pop(key, None)
             existed = self._data.pop(key, None) is not None
             if existed:
                 await self._flush()
@@ -86,7 +131,8 @@ class FileStore:
 
     async def scan(self, prefix: str) -> dict[str, dict[str, Any]]:
         return {
-            k: json.loads(json.dumps(v)) for k, v in self._data.items() if k.startswith(prefix)
+            k: _copy(v) for k, v in self._data.items()
+            if k.startswith(prefix) and not self._expired(k)
         }
 
     async def ping(self) -> bool:
@@ -101,7 +147,8 @@ class FileStore:
         return None
 
     async def _flush(self) -> None:
-        text = json.dumps(self._data, sort_keys=True)
+        data = {**self._data, self.EXPIRY_KEY: dict(self._expires)} if self._expires else self._data
+        text = json.dumps(data, sort_keys=True)
         await asyncio.to_thread(_atomic_write, self.path, text)
 
 
@@ -125,13 +172,14 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
-def open_store(url: str) -> KeyValueStore:
-    """`redis://...` opens the shared Redis store; anything else is an embedded file path."""
+def open_store(url: str, max_volatile_keys: int = 100_000) -> KeyValueStore:
+    """`redis://...` opens the shared Redis store; anything else is an embedded file path
+    (keeping at most `max_volatile_keys` keys written with a TTL)."""
     if url.startswith(("redis://", "rediss://", "unix://")):
         from services.common.redis_store import RedisStore
 
         return RedisStore(url)
-    return FileStore(url)
+    return FileStore(url, max_volatile_keys)
 
 
 async def retry_while_unavailable(op: Callable[[], Awaitable[object]], what: str) -> None:

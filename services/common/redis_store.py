@@ -55,8 +55,8 @@ class RedisStore:
         text = json.dumps(value, sort_keys=True)
         await self._call(lambda: self._write(key, lambda pipe: pipe.set(self._key(key), text)))
 
-    async def update(self, key: str, fn: Updater) -> Value:
-        return await self._call(lambda: self._update(key, fn))
+    async def update(self, key: str, fn: Updater, ttl_s: float | None = None) -> Value:
+        return await self._call(lambda: self._update(key, fn, ttl_s))
 
     async def delete(self, key: str) -> bool:
         deleted = await self._call(
@@ -113,15 +113,16 @@ class RedisStore:
             result: list[Any] = await pipe.execute()
             return result
 
-    async def _update(self, key: str, fn: Updater) -> Value:
+    async def _update(self, key: str, fn: Updater, ttl_s: float | None) -> Value:
         full = self._key(key)
+        expiry_ms = None if ttl_s is None else max(int(ttl_s * 1000), 1)
         async with self.client.pipeline(transaction=True) as pipe:
             for attempt in range(MAX_UPDATE_ATTEMPTS):
                 try:
                     await pipe.watch(full)
                     new = fn(_load(await pipe.get(full)))
                     pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.set(full, json.dumps(new, sort_keys=True))
+                    pipe.set(full, json.dumps(new, sort_keys=True), px=expiry_ms)
                     pipe.publish(self.channel, key)
                     await pipe.execute()
                     return new

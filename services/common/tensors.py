@@ -7,13 +7,13 @@ arrays (of `bytes` or `str`). The core never sees protobuf messages.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from services.common.errors import InvalidInput
+from services.common.limits import DEFAULT_LIMITS, Limits, short_repr
 from services.generated.clipper.v1 import clipper_pb2 as pb
 
 NUMERIC_DTYPES: dict[str, np.dtype[Any]] = {
@@ -36,7 +36,11 @@ class TensorSpec:
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
-            raise InvalidInput(f"unknown dtype {self.dtype!r}; expected one of {', '.join(DTYPES)}")
+            raise InvalidInput(f"unknown dtype {short_repr(self.dtype)}; "
+                               f"expected one of {', '.join(DTYPES)}")
+        if len(self.shape) > DEFAULT_LIMITS.rank:
+            raise InvalidInput(f"input spec of rank {len(self.shape)} exceeds the limit of "
+                               f"{DEFAULT_LIMITS.rank} dimensions")
         if any(d < -1 for d in self.shape):
             raise InvalidInput(f"bad shape {list(self.shape)}: sizes are >= 0, or -1 for any")
 
@@ -77,16 +81,15 @@ def dtype_name(array: np.ndarray) -> str:
     return name
 
 
-def decode(msg: pb.Tensor, max_elements: int = 1 << 24) -> np.ndarray:
-    """Validate and decode a Tensor message into a numpy array (zero-copy for numbers)."""
+def decode(msg: pb.Tensor, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
+    """Validate and decode a Tensor message into a numpy array (zero-copy for numbers).
+
+    The shape is checked against `limits` (rank first) before anything else.
+    """
     shape = tuple(msg.shape)
-    if any(d < 0 for d in shape):
-        raise InvalidInput(f"bad shape {list(shape)}: sizes must be >= 0")
-    count = math.prod(shape)
+    count = limits.check_shape(shape)
     if count == 0:
         raise InvalidInput(f"empty tensor (shape {list(shape)}): expected at least one element")
-    if count > max_elements:
-        raise InvalidInput(f"tensor of {count} elements exceeds the limit of {max_elements}")
     if msg.dtype in OBJECT_DTYPES:
         if msg.raw:
             raise InvalidInput(f"dtype {msg.dtype} travels in bytes_list, not raw")
@@ -95,6 +98,7 @@ def decode(msg: pb.Tensor, max_elements: int = 1 << 24) -> np.ndarray:
                 f"shape {list(shape)} needs {count} bytes_list entries, got {len(msg.bytes_list)}"
             )
         items: list[Any] = list(msg.bytes_list)
+        limits.check_bytes(sum(map(len, items)))
         if msg.dtype == "string":
             try:
                 items = [b.decode("utf-8") for b in items]
@@ -105,7 +109,8 @@ def decode(msg: pb.Tensor, max_elements: int = 1 << 24) -> np.ndarray:
         return array.reshape(shape)
     dtype = NUMERIC_DTYPES.get(msg.dtype)
     if dtype is None:
-        raise InvalidInput(f"unknown dtype {msg.dtype!r}; expected one of {', '.join(DTYPES)}")
+        raise InvalidInput(f"unknown dtype {short_repr(msg.dtype)}; "
+                           f"expected one of {', '.join(DTYPES)}")
     if msg.bytes_list:
         raise InvalidInput(f"dtype {msg.dtype} travels in raw, not bytes_list")
     expected = count * dtype.itemsize

@@ -24,12 +24,12 @@ from services.generated.inference import grpc_service_pb2_grpc as oip_grpc
 async def main(cfg: Config) -> None:
     serve_metrics("frontend", cfg.host, cfg.metrics_port)
     store = open_store(cfg.state)
-    registry = Registry(store, cfg.replica_ttl_s)
+    registry = Registry(store, cfg.replica_ttl_s, cfg.limits)
     await registry.start()
     replicas = ReplicaTable(registry, cfg.container_token)
     selection = SelectionClient(cfg.selection)
     cache = PredictionCache.open(cfg.cache, cfg.cache_size, cfg.cache_ttl_s)
-    query_path = QueryPath(registry, replicas, selection, cache)
+    query_path = QueryPath(registry, replicas, selection, cache, cfg.limits)
     server = await start_server(
         [
             (functools.partial(pb_grpc.add_FrontendServicer_to_server,

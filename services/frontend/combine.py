@@ -8,6 +8,7 @@ the answer nor a zero in the mean.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -78,5 +79,7 @@ def weighted_mean(answers: Sequence[Answer]) -> Combined:
     deviation = float(np.tensordot(weights, np.abs(values - mean), axes=1).mean())
     scale = float(np.abs(mean).mean()) + 1e-9
     confidence = float(np.clip(1.0 - deviation / scale, 0.0, 1.0))
+    if math.isnan(confidence):  # a model answered NaN or infinity: no agreement to speak of
+        confidence = 0.0
     output = tensors.encode(mean.astype(tensors.decode(answers[0].output).dtype))
     return Combined(output, confidence)

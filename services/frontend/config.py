@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 
 from services.common.config import add_lifecycle_flags, add_listen_flags, env_default, require
+from services.common.limits import Limits, add_limit_flags, limits_from_args
 
 SERVICE = "frontend"
 
@@ -29,6 +30,7 @@ class Config:
     metrics_port: int
     grace_s: float
     log_level: str
+    limits: Limits
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-ttl-s", type=float,
                    default=env_default(SERVICE, "cache_ttl_s", 600.0, float),
                    help="how long answers (and predictions for feedback) are kept")
+    add_limit_flags(p, SERVICE)
     add_lifecycle_flags(p, SERVICE)
     return p
 
@@ -101,4 +104,5 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         metrics_port=args.metrics_port,
         grace_s=args.grace_s,
         log_level=args.log_level,
+        limits=limits_from_args(args),
     )

@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 
 from services.common.errors import InvalidInput, NotFound, handle_errors
+from services.common.limits import Limits, short_repr
 from services.frontend import inference_tensors as oip_tensors
 from services.frontend.query_path import Prediction, QueryPath
 from services.frontend.registry import Application
@@ -36,6 +37,8 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 # Most rows one batched ModelInfer may carry (each row is one query).
 MAX_BATCH_ROWS = 4096
+# Most inputs, outputs or raw contents one ModelInfer may list (an application takes one).
+MAX_TENSORS = 16
 
 
 class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
@@ -101,6 +104,8 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: oip.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> oip.ModelInferResponse:
+        limits = self.query_path.limits
+        _check_request(request, limits)
         app = self.registry.get_app(request.model_name)
         if request.model_version:
             self._check_version(app, request.model_version, self._versions(app))
@@ -109,16 +114,17 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
                                f"{app.input_spec.describe()}, got {len(request.inputs)}")
         for wanted in request.outputs:
             if wanted.name != OUTPUT_NAME:
-                raise InvalidInput(f"unknown output {wanted.name!r}: the only output is "
+                raise InvalidInput(f"unknown output {short_repr(wanted.name)}: the only output is "
                                    f"{OUTPUT_NAME!r}")
         raw = bool(request.raw_input_contents)
         if raw and len(request.raw_input_contents) != 1:
             raise InvalidInput(f"expected one raw_input_contents entry per input (1), got "
                                f"{len(request.raw_input_contents)}")
         value = oip_tensors.to_tensor(
-            request.inputs[0], request.raw_input_contents[0] if raw else None, app.input_spec
+            request.inputs[0], request.raw_input_contents[0] if raw else None, app.input_spec,
+            limits,
         )
-        rows = oip_tensors.split_rows(value, app.input_spec, MAX_BATCH_ROWS)
+        rows = oip_tensors.split_rows(value, app.input_spec, MAX_BATCH_ROWS, limits)
         remaining_s = _client_remaining_s(context, request.parameters)
         context_key = _string_param(request.parameters, "context_key")
 
@@ -150,6 +156,21 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         if version not in versions:
             raise NotFound(f"application {app.name!r} has no model version {version!r}; "
                            f"known: {', '.join(versions) or 'none'}")
+
+
+def _check_request(request: oip.ModelInferRequest, limits: Limits) -> None:
+    """The request's names, id and counts within their limits, before any lookup."""
+    for what, value in (("model_name", request.model_name),
+                        ("model_version", request.model_version)):
+        limits.check_length(what, value, limits.name_length, "--max-name-length")
+    limits.check_query_id(request.id)
+    for what, count in (("inputs", len(request.inputs)), ("outputs", len(request.outputs)),
+                        ("raw_input_contents", len(request.raw_input_contents))):
+        if count > MAX_TENSORS:
+            raise InvalidInput(f"{count} {what} exceed the limit of {MAX_TENSORS}")
+    if len(request.parameters) > limits.policy_params:
+        raise InvalidInput(f"{len(request.parameters)} parameters exceed the limit of "
+                           f"{limits.policy_params} (--max-policy-params)")
 
 
 def _response(
@@ -207,7 +228,7 @@ def _string_param(params: Mapping[str, oip.InferParameter], name: str) -> str:
         return ""
     param = params[name]
     if param.WhichOneof("parameter_choice") != "string_param":
-        raise InvalidInput(f"parameter {name!r} must be a string")
+        raise InvalidInput(f"parameter {short_repr(name)} must be a string")
     return param.string_param
 
 

@@ -9,7 +9,6 @@ FP16 travels only raw. A leading batch dimension splits into one query per row.
 
 from __future__ import annotations
 
-import math
 import struct
 from typing import Any
 
@@ -17,6 +16,7 @@ import numpy as np
 
 from services.common import tensors
 from services.common.errors import ClipperError, InvalidInput
+from services.common.limits import DEFAULT_LIMITS, Limits, short_repr
 from services.common.tensors import NUMERIC_DTYPES, OBJECT_DTYPES, TensorSpec
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.inference import grpc_service_pb2 as oip
@@ -52,34 +52,34 @@ def datatype(dtype: str) -> str:
 
 
 def to_tensor(
-    inp: oip.ModelInferRequest.InferInputTensor, raw: bytes | None, spec: TensorSpec
+    inp: oip.ModelInferRequest.InferInputTensor, raw: bytes | None, spec: TensorSpec,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> pb.Tensor:
     """Our Tensor for one OIP input (`raw`: its raw_input_contents entry, if any)."""
+    name = short_repr(inp.name)
     dtype = TO_DTYPE.get(inp.datatype)
     if dtype is None:
         raise InvalidInput(
-            f"input {inp.name!r}: unknown datatype {inp.datatype!r}; "
+            f"input {name}: unknown datatype {short_repr(inp.datatype)}; "
             f"expected one of {', '.join(TO_DTYPE)}"
         )
     if dtype == "bytes" and spec.dtype == "string":
         dtype = "string"
+    count = limits.check_shape(inp.shape, f"input {name}")
     shape = list(inp.shape)
-    if any(d < 0 for d in shape):
-        raise InvalidInput(f"input {inp.name!r}: bad shape {shape}: sizes must be >= 0")
-    count = math.prod(shape)
     if raw is not None:
         if inp.HasField("contents"):
-            raise InvalidInput(f"input {inp.name!r} has both contents and raw_input_contents")
+            raise InvalidInput(f"input {name} has both contents and raw_input_contents")
         if dtype in OBJECT_DTYPES:
             return pb.Tensor(dtype=dtype, shape=shape, bytes_list=_split_bytes(raw, count))
         return pb.Tensor(dtype=dtype, shape=shape, raw=raw)
     field = CONTENTS_FIELD.get(dtype)
     if field is None:
-        raise InvalidInput(f"input {inp.name!r}: {inp.datatype} travels only in raw_input_contents")
+        raise InvalidInput(f"input {name}: {inp.datatype} travels only in raw_input_contents")
     values = getattr(inp.contents, field)
     if len(values) != count:
         raise InvalidInput(
-            f"input {inp.name!r}: shape {shape} needs {count} {field} values, got {len(values)}"
+            f"input {name}: shape {shape} needs {count} {field} values, got {len(values)}"
         )
     if dtype in OBJECT_DTYPES:
         return pb.Tensor(dtype=dtype, shape=shape, bytes_list=list(values))
@@ -115,7 +115,9 @@ def _split_bytes(raw: bytes, count: int) -> list[bytes]:
     return items
 
 
-def split_rows(value: pb.Tensor, spec: TensorSpec, max_rows: int) -> list[pb.Tensor] | None:
+def split_rows(
+    value: pb.Tensor, spec: TensorSpec, max_rows: int, limits: Limits = DEFAULT_LIMITS
+) -> list[pb.Tensor] | None:
     """Rows of a batch `[N, *spec]` as separate tensors; None when `value` is one query."""
     shape = tuple(value.shape)
     if _matches(shape, spec.shape):
@@ -128,7 +130,7 @@ def split_rows(value: pb.Tensor, spec: TensorSpec, max_rows: int) -> list[pb.Ten
     rows, row_shape = shape[0], list(shape[1:])
     if rows > max_rows:
         raise InvalidInput(f"a batch of {rows} rows exceeds the limit of {max_rows}")
-    tensors.decode(value)  # validates dtype and size before slicing
+    tensors.decode(value, limits)  # validates dtype and size before slicing
     if value.dtype in OBJECT_DTYPES:
         per = len(value.bytes_list) // rows
         return [

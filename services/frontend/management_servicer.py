@@ -7,6 +7,7 @@ import grpc
 from services.common import tensors
 from services.common.auth import check_token
 from services.common.errors import InvalidInput, handle_errors
+from services.common.limits import DEFAULT_LIMITS, Limits, short_repr
 from services.common.tensors import spec_from_proto, spec_to_proto
 from services.frontend.registry import Application, ModelRecord, Registry, ReplicaRecord
 from services.frontend.replica_table import ReplicaTable
@@ -31,7 +32,8 @@ class ManagementServicer(pb_grpc.ManagementServicer):
         self, request: pb.ApplicationRequest, context: grpc.aio.ServicerContext
     ) -> pb.Application:
         self._auth(context)
-        app = await self.registry.create_app(application_from_proto(request.application))
+        app = application_from_proto(request.application, self.registry.limits)
+        app = await self.registry.create_app(app)
         return application_to_proto(app)
 
     @handle_errors
@@ -39,7 +41,8 @@ class ManagementServicer(pb_grpc.ManagementServicer):
         self, request: pb.ApplicationRequest, context: grpc.aio.ServicerContext
     ) -> pb.Application:
         self._auth(context)
-        app = await self.registry.update_app(application_from_proto(request.application))
+        app = application_from_proto(request.application, self.registry.limits)
+        app = await self.registry.update_app(app)
         return application_to_proto(app)
 
     @handle_errors
@@ -156,16 +159,27 @@ class RegistryServicer(pb_grpc.RegistryServicer):
 # ---------------------------------------------------------------- conversions
 
 
-def application_from_proto(msg: pb.Application) -> Application:
-    if not msg.name:
-        raise InvalidInput("application name is empty")
+def application_from_proto(msg: pb.Application, limits: Limits = DEFAULT_LIMITS) -> Application:
+    """The domain application, validated against `limits` (names and sizes first)."""
+    limits.check_name("application", msg.name)
     if not msg.input_spec.dtype:
         raise InvalidInput("application needs an input_spec (dtype and shape)")
+    if len(msg.input_spec.shape) > limits.rank:
+        raise InvalidInput(f"input_spec of rank {len(msg.input_spec.shape)} exceeds the limit "
+                           f"of {limits.rank} dimensions (--max-rank)")
     if not 0 < msg.slo_ms <= MAX_SLO_MS:
         raise InvalidInput(f"slo_ms must be in 1..{MAX_SLO_MS}, got {msg.slo_ms}")
     policy = msg.policy or "static"
     if policy not in POLICIES:
-        raise InvalidInput(f"unknown policy {policy!r}; expected one of {', '.join(POLICIES)}")
+        raise InvalidInput(f"unknown policy {short_repr(policy)}; expected one of "
+                           f"{', '.join(POLICIES)}")
+    limits.check_params(dict(msg.policy_params))
+    linked_models = tuple(dict.fromkeys(msg.linked_models))
+    if len(linked_models) > limits.linked_models:
+        raise InvalidInput(f"{len(linked_models)} linked models exceed the limit of "
+                           f"{limits.linked_models} (--max-linked-models)")
+    for model in linked_models:
+        limits.check_name("model", model)
     if not 0.0 <= msg.confidence_threshold <= 1.0:
         raise InvalidInput(
             f"confidence_threshold must be in [0, 1], got {msg.confidence_threshold}"
@@ -174,7 +188,7 @@ def application_from_proto(msg: pb.Application) -> Application:
         raise InvalidInput("a confidence_threshold needs a default_output to serve below it")
     default = None
     if msg.HasField("default_output"):
-        tensors.decode(msg.default_output)
+        tensors.decode(msg.default_output, limits)
         default = msg.default_output.SerializeToString()
     return Application(
         name=msg.name,
@@ -182,9 +196,10 @@ def application_from_proto(msg: pb.Application) -> Application:
         slo_ms=msg.slo_ms,
         policy=policy,
         policy_params=dict(msg.policy_params),
-        linked_models=tuple(dict.fromkeys(msg.linked_models)),
+        linked_models=linked_models,
         default_output=default,
         confidence_threshold=msg.confidence_threshold,
+        allow_non_finite=msg.allow_non_finite,
     )
 
 
@@ -197,6 +212,7 @@ def application_to_proto(app: Application) -> pb.Application:
         policy_params=app.policy_params,
         linked_models=app.linked_models,
         confidence_threshold=app.confidence_threshold,
+        allow_non_finite=app.allow_non_finite,
     )
     if app.default_output is not None:
         msg.default_output.ParseFromString(app.default_output)

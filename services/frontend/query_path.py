@@ -22,6 +22,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from services.common import clock, tensors
 from services.common.errors import (
     ClipperError,
@@ -30,6 +32,7 @@ from services.common.errors import (
     NotFound,
     Unavailable,
 )
+from services.common.limits import DEFAULT_LIMITS, Limits
 from services.frontend import metrics
 from services.frontend.combine import Answer, combine
 from services.frontend.prediction_cache import PredictionCache
@@ -85,16 +88,30 @@ class QueryPath:
         replicas: ReplicaTable,
         selection: SelectionClient,
         cache: PredictionCache,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.registry = registry
         self.replicas = replicas
         self.selection = selection
         self.cache = cache
+        self.limits = limits
 
     def validate(self, app: Application, value: pb.Tensor) -> None:
+        """Raise InvalidInput unless `value` is a tensor the application takes."""
         if not value.dtype and not value.shape:
             raise InvalidInput(f"missing input: expected a tensor {app.input_spec.describe()}")
-        app.input_spec.check(tensors.decode(value))
+        array = tensors.decode(value, self.limits)
+        app.input_spec.check(array)
+        if not app.allow_non_finite:
+            _require_finite(array, "input")
+
+    def _check_request(self, app_name: str, context_key: str, query_id: str) -> Application:
+        """The application, once the request's strings are within their limits."""
+        self.limits.check_length("application name", app_name, self.limits.name_length,
+                                 "--max-name-length")
+        self.limits.check_context_key(context_key)
+        self.limits.check_query_id(query_id)
+        return self.registry.get_app(app_name)
 
     async def predict(
         self,
@@ -136,7 +153,7 @@ class QueryPath:
         client_remaining_s: float | None,
         version: str,
     ) -> Prediction:
-        app = self.registry.get_app(app_name)
+        app = self._check_request(app_name, context_key, query_id)
         self.validate(app, value)
         deadline = answer_deadline(app.slo_ms, client_remaining_s, clock.now())
         query_id = query_id or uuid.uuid4().hex
@@ -184,8 +201,9 @@ class QueryPath:
         By query id, the answers given then are scored, under the context key the
         query was made with; with an input, every linked model answers it first.
         """
-        app = self.registry.get_app(app_name)
-        tensors.decode(label)
+        app = self._check_request(app_name, context_key, query_id)
+        # A label that is not a number would make every reward NaN: never learnt from.
+        _require_finite(tensors.decode(label, self.limits), "label")
         weights: dict[str, float] = {}
         if query_id:
             recent = await self.cache.recall_query(query_id)
@@ -276,3 +294,11 @@ class QueryPath:
             default_cause=cause,
             missing_models=fan.missing,
         )
+
+
+def _require_finite(array: np.ndarray, what: str) -> None:
+    """Raise InvalidInput when a floating-point `array` holds NaN or infinity."""
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise InvalidInput(
+            f"{what} holds NaN or infinity; the application does not allow them "
+            "(allow_non_finite)" if what == "input" else f"{what} holds NaN or infinity")

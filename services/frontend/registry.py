@@ -23,7 +23,6 @@ from typing import Any
 from services.common.errors import (
     AlreadyExists,
     ClipperError,
-    InvalidInput,
     NotFound,
     Unavailable,
 )
@@ -34,6 +33,7 @@ from services.common.kv_store import (
     Value,
     retry_while_unavailable,
 )
+from services.common.limits import DEFAULT_LIMITS, Limits, short_repr
 from services.common.tensors import TensorSpec
 from services.generated.clipper.v1 import clipper_pb2 as pb
 
@@ -56,6 +56,8 @@ class Application:
     default_output: bytes | None = None
     # Below this combined confidence the default output is served instead (0: off).
     confidence_threshold: float = 0.0
+    # Whether inputs may hold NaN or infinity (refused by default).
+    allow_non_finite: bool = False
 
     def default_tensor(self) -> pb.Tensor:
         if self.default_output is None:
@@ -85,6 +87,7 @@ class Application:
             linked_models=tuple(data.get("linked_models", ())),
             default_output=base64.b64decode(default) if default else None,
             confidence_threshold=float(data.get("confidence_threshold", 0.0)),
+            allow_non_finite=bool(data.get("allow_non_finite", False)),
         )
 
 
@@ -107,9 +110,11 @@ class ReplicaRecord:
 class Registry:
     """The frontend's view of applications, models and live replicas."""
 
-    def __init__(self, store: KeyValueStore, replica_ttl_s: float) -> None:
+    def __init__(self, store: KeyValueStore, replica_ttl_s: float,
+                 limits: Limits = DEFAULT_LIMITS) -> None:
         self.store = store
         self.replica_ttl_s = replica_ttl_s
+        self.limits = limits
         self.apps: dict[str, Application] = {}
         self.models: dict[str, ModelRecord] = {}
         self.replicas: dict[str, ReplicaRecord] = {}
@@ -209,13 +214,16 @@ class Registry:
     def get_app(self, name: str) -> Application:
         app = self.apps.get(name)
         if app is None:
-            raise NotFound(f"unknown application {name!r}")
+            raise NotFound(f"unknown application {short_repr(name)}")
         return app
 
     async def create_app(self, app: Application) -> Application:
+        self.limits.check_count("applications", len(self.apps), self.limits.applications,
+                                "--max-applications")
+
         def create(current: Value | None) -> Value:
             if current is not None:
-                raise AlreadyExists(f"application {app.name!r} already exists")
+                raise AlreadyExists(f"application {short_repr(app.name)} already exists")
             return app.to_json()
 
         return self._remember_app(await self.store.update(APP_PREFIX + app.name, create))
@@ -229,16 +237,18 @@ class Registry:
 
     async def delete_app(self, name: str) -> None:
         if not await self.store.delete(APP_PREFIX + name):
-            raise NotFound(f"unknown application {name!r}")
+            raise NotFound(f"unknown application {short_repr(name)}")
         self.apps.pop(name, None)
 
     async def link(self, app_name: str, model: str) -> Application:
-        if not model:
-            raise InvalidInput("model name is empty")
+        self.limits.check_name("model", model)
+        limit = self.limits.linked_models
 
         def add(current: Value | None) -> Value:
             app = _require_app(current, app_name)
             if model not in app["linked_models"]:
+                self.limits.check_count(f"models linked to {short_repr(app_name)}",
+                                        len(app["linked_models"]), limit, "--max-linked-models")
                 app["linked_models"] = [*app["linked_models"], model]
             return app
 
@@ -248,7 +258,8 @@ class Registry:
         def remove(current: Value | None) -> Value:
             app = _require_app(current, app_name)
             if model not in app["linked_models"]:
-                raise NotFound(f"model {model!r} is not linked to application {app_name!r}")
+                raise NotFound(f"model {short_repr(model)} is not linked to application "
+                               f"{short_repr(app_name)}")
             app["linked_models"] = [m for m in app["linked_models"] if m != model]
             return app
 
@@ -264,16 +275,19 @@ class Registry:
     def get_model(self, name: str) -> ModelRecord:
         model = self.models.get(name)
         if model is None:
-            raise NotFound(f"unknown model {name!r} (no replica of it has announced itself)")
+            raise NotFound(
+                f"unknown model {short_repr(name)} (no replica of it has announced itself)")
         return model
 
     async def set_version(self, name: str, version: str) -> ModelRecord:
         def activate(current: Value | None) -> Value:
             if current is None:
-                raise NotFound(f"unknown model {name!r} (no replica of it has announced itself)")
+                raise NotFound(
+                f"unknown model {short_repr(name)} (no replica of it has announced itself)")
             if version not in current["versions"]:
                 known = ", ".join(current["versions"])
-                raise NotFound(f"model {name!r} has no version {version!r}; known: {known}")
+                raise NotFound(f"model {short_repr(name)} has no version {short_repr(version)}; "
+                               f"known: {known}")
             current["active_version"] = version
             return current
 
@@ -302,6 +316,7 @@ class Registry:
         Memory first, then the store: if the store is down, the replica stays live
         here and the next heartbeat writes it again.
         """
+        self._check_replica(replica)
         expires_at = time.time() + self.replica_ttl_s
         if self.replicas.get(replica.replica_id) != replica:
             logger.info("replica %s of %s:%s at %s joined",
@@ -317,6 +332,25 @@ class Registry:
                                  {**asdict(replica), "expires_at": expires_at})
         except Unavailable as exc:
             logger.warning("replica %s kept in memory only: %s", replica.replica_id[:8], exc)
+
+    def _check_replica(self, replica: ReplicaRecord) -> None:
+        """Names and counts of an announcing replica within the limits."""
+        limits = self.limits
+        limits.check_name("model", replica.model)
+        limits.check_name("version", replica.version)
+        limits.check_name("replica id", replica.replica_id)
+        limits.check_address(replica.address)
+        if replica.replica_id in self.replicas:
+            return
+        model = self.models.get(replica.model)
+        if model is None:
+            limits.check_count("models", len(self.models), limits.models, "--max-models")
+        elif replica.version not in model.versions:
+            limits.check_count(f"versions of model {replica.model!r}", len(model.versions),
+                               limits.versions, "--max-versions")
+        live = sum(1 for r in self.replicas.values() if r.model == replica.model)
+        limits.check_count(f"replicas of model {replica.model!r}", live, limits.replicas,
+                           "--max-replicas")
 
     async def deregister(self, replica_id: str) -> bool:
         """Drop a replica here and from the store (other frontends expire it if the store
@@ -376,7 +410,7 @@ class Registry:
 
 def _require_app(current: Value | None, name: str) -> Value:
     if current is None:
-        raise NotFound(f"unknown application {name!r}")
+        raise NotFound(f"unknown application {short_repr(name)}")
     current.setdefault("linked_models", [])
     return current
 

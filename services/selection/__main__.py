@@ -16,8 +16,8 @@ from services.selection.servicer import SelectionServicer
 
 async def main(cfg: Config) -> None:
     serve_metrics("selection", cfg.host, cfg.metrics_port)
-    store = open_store(cfg.state)
-    servicer = SelectionServicer(Decider(store))
+    store = open_store(cfg.state, cfg.max_contexts)
+    servicer = SelectionServicer(Decider(store, cfg.context_ttl_s))
     server = await start_server(
         [(functools.partial(pb_grpc.add_SelectionServicer_to_server, servicer),
           "clipper.v1.Selection")],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from services.common.config import add_lifecycle_flags, add_listen_flags, env_default
+from services.common.config import add_lifecycle_flags, add_listen_flags, env_default, require
 
 SERVICE = "selection"
 
@@ -15,6 +15,8 @@ class Config:
     host: str
     port: int
     state: str
+    context_ttl_s: float
+    max_contexts: int
     metrics_port: int
     grace_s: float
     log_level: str
@@ -30,11 +32,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="policy state per application and context: an embedded file path, "
         "or redis://HOST:PORT/DB shared by several selection replicas",
     )
+    p.add_argument(
+        "--context-ttl-s", type=float,
+        default=env_default(SERVICE, "context_ttl_s", 30 * 86400.0, float),
+        help="a context key's policy state is dropped this long after its last feedback "
+        "(then it starts again from the application-wide state); 0: kept until evicted; "
+        "an application's policy parameter context_ttl_s overrides it",
+    )
+    p.add_argument(
+        "--max-contexts", type=int,
+        default=env_default(SERVICE, "max_contexts", 10_000, int),
+        help="embedded state: most context keys with a policy state, the least recently "
+        "updated evicted first (on Redis, its maxmemory with policy volatile-lru bounds them)",
+    )
     add_lifecycle_flags(p, SERVICE)
     return p
 
 
 def config_from_args(argv: list[str] | None = None) -> Config:
     args = build_parser().parse_args(argv)
-    return Config(args.host, args.port, args.state, args.metrics_port,
-                  args.grace_s, args.log_level)
+    require(args.context_ttl_s >= 0, f"--context-ttl-s={args.context_ttl_s}: must be >= 0")
+    require(args.max_contexts > 0, f"--max-contexts={args.max_contexts}: must be > 0")
+    return Config(args.host, args.port, args.state, args.context_ttl_s, args.max_contexts,
+                  args.metrics_port, args.grace_s, args.log_level)

@@ -8,6 +8,8 @@ truth is rewarded almost fully and one off by 100% or more gets nothing.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from services.common import tensors
@@ -27,5 +29,7 @@ def reward(output: pb.Tensor, label: pb.Tensor) -> float:
         want64 = want.astype(np.float64).ravel()
         error = float(np.mean(np.abs(got64 - want64)))
         scale = float(np.mean(np.abs(want64))) + _EPS
+        if not (math.isfinite(error) and math.isfinite(scale)):
+            return 0.0  # a NaN or infinite answer earns nothing (and must not poison the state)
         return 1.0 - min(1.0, error / scale)
     return float(np.array_equal(got.ravel(), want.ravel()))

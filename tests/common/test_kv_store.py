@@ -85,3 +85,36 @@ async def test_concurrent_writes_leave_valid_json(tmp_path: Path) -> None:
     assert len(json.loads(path.read_text())) == 50
     leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # noqa: ASYNC240
     assert not leftovers  # no temp files left behind
+
+
+async def test_a_key_written_with_a_ttl_expires(store_url: str) -> None:
+    store = open_store(store_url)
+    await store.update("ctx/short", lambda _: {"x": 1}, ttl_s=0.001)
+    await store.update("ctx/long", lambda _: {"x": 2}, ttl_s=3600)
+    await store.put("app/a", {"x": 3})
+    await asyncio.sleep(0.05)
+    assert await store.get("ctx/short") is None
+    assert await store.scan("ctx/") == {"ctx/long": {"x": 2}}
+    assert await store.get("app/a") == {"x": 3}
+    # An expired key starts again from nothing.
+    assert await store.update("ctx/short", lambda v: {"was": v}, ttl_s=3600) == {"was": None}
+    await store.aclose()
+
+
+async def test_the_file_store_keeps_the_most_recently_updated_volatile_keys(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.json"
+    store = FileStore(path, max_volatile_keys=3)
+    await store.put("app/a", {"kept": True})
+    for i in range(5):
+        await store.update(f"ctx/{i}", lambda _, i=i: {"i": i}, ttl_s=3600)
+    await store.update("ctx/2", lambda v: v or {}, ttl_s=3600)  # used again: most recent
+    await store.update("ctx/5", lambda _: {"i": 5}, ttl_s=3600)
+    assert sorted(await store.scan("ctx/")) == ["ctx/2", "ctx/4", "ctx/5"]
+    assert await store.get("app/a") == {"kept": True}  # keys without a TTL are never evicted
+    reopened = FileStore(path, max_volatile_keys=3)  # expiry and order survive a restart
+    assert reopened.volatile_keys == 3
+    await reopened.update("ctx/6", lambda _: {"i": 6}, ttl_s=3600)
+    assert sorted(await reopened.scan("ctx/")) == ["ctx/2", "ctx/5", "ctx/6"]
+    assert "~expires" not in await reopened.scan("")

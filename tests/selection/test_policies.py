@@ -1,3 +1,4 @@
+import asyncio
 import math
 import random
 from collections import Counter
@@ -6,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from services.common.errors import InvalidInput
-from services.common.kv_store import open_store
+from services.common.kv_store import FileStore, open_store
 from services.selection.decider import Decider, state_key
 from services.selection.policies import POLICIES, Observation, SelectContext, State, get_policy
 from services.selection.policies.ab_split import WeightedSplit
@@ -187,3 +188,24 @@ async def test_contexts_start_from_the_application_and_persist(
     assert (await reopened.load("app", "bob")) == everyone  # new context: app-wide state
     assert await reopened.store.get(state_key("app", "bob")) is None
     await reopened.store.aclose()
+
+
+async def test_an_evicted_context_falls_back_to_the_application(tmp_path: Path) -> None:
+    decider = Decider(FileStore(tmp_path / "s.json", max_volatile_keys=2), context_ttl_s=3600)
+    for user, reward in (("alice", 1.0), ("bob", 0.0), ("carol", 0.0)):
+        await decider.observe("exp4", ctx(("a", "b"), user), Observation({"a": reward}))
+    assert await decider.store.get(state_key("app", "alice")) is None  # least recent: evicted
+    assert await decider.store.get(state_key("app", "carol")) is not None
+    assert await decider.load("app", "alice") == await decider.load("app", "")
+    assert (await decider.load("app", ""))["rounds"] == 3  # the application learnt from all
+
+
+async def test_an_application_sets_its_own_context_ttl(tmp_path: Path) -> None:
+    decider = Decider(FileStore(tmp_path / "s.json"), context_ttl_s=3600)
+    short = SelectContext("app", "alice", ("a",), {"context_ttl_s": "0.001"})
+    await decider.observe("exp4", short, Observation({"a": 1.0}))
+    await asyncio.sleep(0.05)
+    assert await decider.store.get(state_key("app", "alice")) is None
+    with pytest.raises(InvalidInput, match="context_ttl_s"):
+        await decider.observe("exp4", SelectContext("app", "bob", ("a",), {"context_ttl_s": "-1"}),
+                              Observation({"a": 1.0}))
