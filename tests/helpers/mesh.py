@@ -21,6 +21,11 @@ ENV = {"CLIPPER_MANAGEMENT_TOKEN": MANAGEMENT_TOKEN, "CLIPPER_CONTAINER_TOKEN": 
 MGMT = bearer(MANAGEMENT_TOKEN)
 
 
+def container_metadata(model: str) -> tuple[tuple[str, str]]:
+    """Call metadata a container of `model` announces itself with."""
+    return bearer(CONTAINER_TOKEN)
+
+
 class Mesh:
     """Selection service, frontend and containers as child processes in `workdir`."""
 
@@ -96,11 +101,13 @@ class Mesh:
     def create_app(self, name: str, models: list[str], dtype: str = "float32",
                    shape: tuple[int, ...] = (4,), slo_ms: int = 1000, policy: str = "static",
                    default: pb.Tensor | None = None, params: dict[str, str] | None = None,
-                   confidence_threshold: float = 0.0, via: str = "") -> None:
+                   confidence_threshold: float = 0.0, via: str = "",
+                   allow_non_finite: bool = False) -> None:
         app = pb.Application(name=name, input_spec=pb.TensorSpec(dtype=dtype, shape=list(shape)),
                              slo_ms=slo_ms, policy=policy, linked_models=models,
                              policy_params=params or {},
-                             confidence_threshold=confidence_threshold)
+                             confidence_threshold=confidence_threshold,
+                             allow_non_finite=allow_non_finite)
         if default is not None:
             app.default_output.CopyFrom(default)
         with self.management(via) as mgmt:
