@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := $(shell find protos -name '*.proto')
 GEN := services/generated
 
-.PHONY: run test proto deps lint bench clean tritonclient ghz kustomize loadtest
+.PHONY: run test proto deps lint bench clean tritonclient ghz kustomize loadtest fuzz
 
 # Outside tools, each installed once into the repository (gitignored).
 TOOLS := .tools/bin
@@ -74,6 +74,12 @@ loadtest: proto ghz
 ## The test suite (real processes on ephemeral loopback ports).
 test: proto deps
 	$(PY) -m pytest -q
+
+## A longer fuzzing campaign of the public RPCs (fresh random draws; FUZZ_PROFILE=ci for
+## the short one `make test` runs).
+FUZZ_PROFILE ?= fuzz
+fuzz: proto
+	CLIPPER_FUZZ_PROFILE=$(FUZZ_PROFILE) $(PY) -m pytest -q -s --timeout 1800 tests/fuzz
 
 lint: proto
 	$(VENV)/bin/ruff check services tests benchmarks loadtest
