@@ -8,7 +8,7 @@ import logging
 import signal
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import uvloop
@@ -22,6 +22,7 @@ from services.common.interceptors import RejectUndecodable
 logger = logging.getLogger(__name__)
 
 READY_PREFIX = "CLIPPER_READY"
+T = TypeVar("T")
 
 
 class MethodAwarePool:
@@ -120,7 +121,7 @@ async def start_server(
     return result
 
 
-def run_service(main: Coroutine[Any, Any, None]) -> None:
+def run_service(main: Coroutine[Any, Any, T]) -> T:
     """Run a service's main coroutine to the end, on uvloop.
 
     Every query crosses the event loop several times (grpc.aio wakes it for each
@@ -128,7 +129,7 @@ def run_service(main: Coroutine[Any, Any, None]) -> None:
     own, which at the knee of the `make run` mesh (250 q/s) was the difference
     between about half and about 80% of queries in time.
     """
-    uvloop.run(main)
+    return uvloop.run(main)
 
 
 def announce_ready(service: str, port: int) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import sys
 import uuid
 
 from services.common.metrics import serve_metrics
@@ -24,16 +26,25 @@ from services.model_container.batcher import Batcher
 from services.model_container.config import Config, config_from_args
 from services.model_container.runner import ModelRunner
 from services.model_container.servicer import ContainerServicer
+from services.model_container.watchdog import EXIT_CODE, LoopWatchdog
 
 logger = logging.getLogger(__name__)
 
 
-async def main(cfg: Config) -> None:
+# Longest the event loop may stand still before the container exits (--batch-timeout-s
+# when set): only a model run on the loop that hangs holds it so long.
+LOOP_STALL_S = 10.0
+
+
+async def main(cfg: Config) -> int:
+    """Serve until SIGTERM (exit code 0) or until the model leaves a worker stuck (70)."""
     serve_metrics("model_container", cfg.host, cfg.metrics_port)
     runner = ModelRunner(cfg.model_ref, cfg.worker, cfg.batching.concurrency,
                          native_threads=cfg.native_threads)
     batcher = Batcher(runner, cfg.batching)
     await batcher.start()
+    watchdog = LoopWatchdog(cfg.batching.batch_timeout_s or LOOP_STALL_S)
+    await watchdog.start()
     servicer = ContainerServicer(batcher, cfg.token, cfg.input_spec)
     server = await start_server(
         [(functools.partial(pb_grpc.add_ModelContainerServicer_to_server, servicer),
@@ -56,10 +67,16 @@ async def main(cfg: Config) -> None:
     await server.set_serving(True)
     announce_ready("model_container", server.port)
     logger.info("serving model %s version %s", cfg.name, cfg.version)
+    stop = asyncio.create_task(wait_for_signal())
+    unhealthy = asyncio.create_task(batcher.unhealthy.wait())
     try:
-        await wait_for_signal()
+        await asyncio.wait([stop, unhealthy], return_when=asyncio.FIRST_COMPLETED)
     finally:
+        stop.cancel()
+        unhealthy.cancel()
         await shut_down(cfg, server, announcer, batcher)
+        await watchdog.aclose()
+    return EXIT_CODE if batcher.unhealthy.is_set() else 0
 
 
 async def shut_down(cfg: Config, server: Server, announcer: Announcer, batcher: Batcher) -> None:
@@ -75,7 +92,16 @@ async def shut_down(cfg: Config, server: Server, announcer: Announcer, batcher: 
     logger.info("stopped")
 
 
+def exit_now(code: int) -> None:
+    """Exit with `code` without waiting for worker threads: one may be stuck in the model,
+    and the interpreter would join it for ever."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
     config = config_from_args()
     setup_logging(f"container[{config.name}:{config.version}]", config.log_level)
-    run_service(main(config))
+    exit_now(run_service(main(config)))

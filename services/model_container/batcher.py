@@ -19,6 +19,13 @@ batcher picks the next batch:
 Admission is bounded: past `max_queue` waiting queries, or when the estimated
 wait already exceeds a query's deadline, `submit` rejects at once (Overloaded)
 so that the frontend can try another replica or answer with the default.
+
+Faults stay with their queries. A batch the model raises on is run again by
+halves, so that only the queries that make the model fail get its error. A
+batch that outlives its timeout (`batch_timeout_s`, else derived from the
+latency model) fails with Unavailable, which the frontend retries elsewhere; if
+it leaves a worker thread stuck, the batcher turns `unhealthy`: it answers
+everything queued at once and refuses the rest, and the container stops serving.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from services.common import clock
 from services.common.errors import ClipperError, DeadlineExpired, Overloaded, Unavailable
 from services.model_container import metrics
 from services.model_container.latency_model import LatencyModel
-from services.model_container.runner import ModelRunner
+from services.model_container.runner import ModelHung, ModelRunner, WorkerDied
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +54,11 @@ BATCHING_MODES = ("adaptive", "fixed")
 # runs the next one anyway (a late answer the frontend ignores), so that the latency
 # estimate follows a model that got faster.
 PROBE_S = 5.0
+# A batch's timeout, unless set: this many times its high-quantile latency, at least
+# MIN_BATCH_TIMEOUT_S; before the latency is known (the first batches may warm up).
+TIMEOUT_FACTOR = 10.0
+MIN_BATCH_TIMEOUT_S = 1.0
+STARTUP_BATCH_TIMEOUT_S = 30.0
 
 
 class ModelFailed(ClipperError):
@@ -60,6 +72,8 @@ class BatchingConfig:
     max_queue: int = 1024
     max_delay_ms: float = 10.0
     concurrency: int = 1
+    # Longest one batch may run before it is failed (0: derived from the latency model).
+    batch_timeout_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in BATCHING_MODES:
@@ -69,6 +83,8 @@ class BatchingConfig:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
         if self.max_delay_ms < 0:
             raise ValueError(f"max_delay_ms={self.max_delay_ms}: must be >= 0")
+        if self.batch_timeout_s < 0:
+            raise ValueError(f"batch_timeout_s={self.batch_timeout_s}: must be >= 0")
 
 
 @dataclass(order=True)
@@ -109,6 +125,9 @@ class Batcher:
         self._worker: asyncio.Task[None] | None = None
         self._draining = False
         self._last_finished = -math.inf
+        # Set, with the reason, once a worker is stuck: the container must be restarted.
+        self.unhealthy = asyncio.Event()
+        self.unhealthy_reason = ""
 
     @property
     def queue_depth(self) -> int:
@@ -149,6 +168,9 @@ class Batcher:
         """Queue one query; its future resolves to the model's output for it."""
         loop = asyncio.get_running_loop()
         now = clock.now()
+        if self.unhealthy.is_set():
+            metrics.refused.add(1, {"reason": "unhealthy"})
+            raise Unavailable(f"replica is unhealthy: {self.unhealthy_reason}")
         if self._draining:
             metrics.refused.add(1, {"reason": "shutting_down"})
             raise Unavailable("replica is shutting down")
@@ -340,27 +362,41 @@ class Batcher:
         self._wakeup.set()
         _log_failure(task)
 
+    def batch_timeout_s(self, size: int) -> float:
+        """How long a batch of `size` may run before it is failed as hung."""
+        if self.config.batch_timeout_s > 0:
+            return self.config.batch_timeout_s
+        estimate = self.latency.estimate(size)
+        if estimate is None:
+            return STARTUP_BATCH_TIMEOUT_S
+        return max(MIN_BATCH_TIMEOUT_S, TIMEOUT_FACTOR * estimate)
+
+    async def _attempt(self, batch: list[_Pending]) -> list[Any]:
+        """The model's outputs for `batch`, or its exception (ModelFailed: wrong count)."""
+        size = len(batch)
+        outputs = await self.runner.run([item.input for item in batch],
+                                        self.latency.typical(size), self.batch_timeout_s(size))
+        if len(outputs) != size:
+            raise ModelFailed(f"model returned {len(outputs)} outputs for a batch of {size}")
+        return list(outputs)
+
     async def _run_batch(self, batch: list[_Pending], expected_end: float) -> None:
         started = clock.now()
         try:
-            outputs = await self.runner.run([item.input for item in batch],
-                                            self.latency.typical(len(batch)))
-            if len(outputs) != len(batch):
-                raise ModelFailed(
-                    f"model returned {len(outputs)} outputs for a batch of {len(batch)}"
-                )
-        except ModelFailed as exc:
+            outputs = await self._attempt(batch)
+        except (ModelHung, WorkerDied) as exc:
             _fail(batch, exc)
+            if self.runner.stuck:
+                self._turn_unhealthy(exc.message)
             return
         except Exception as exc:
-            logger.warning("model raised on a batch of %d: %r", len(batch), exc)
-            _fail(batch, ModelFailed(f"model raised {type(exc).__name__}: {exc}"))
+            logger.warning("model raised on a batch of %d: %r; running it by halves",
+                           len(batch), exc)
+            await self._by_halves(batch, exc)
             return
         finally:
             self._running_until.remove(expected_end)
-        for item, output in zip(batch, outputs, strict=True):
-            if not item.future.done():
-                item.future.set_result(output)
+        _answer(batch, outputs)
         finished = self._last_finished = clock.now()
         self.latency.observe(len(batch), finished - started)
         self.batch_sizes.append(len(batch))
@@ -372,8 +408,48 @@ class Batcher:
         cap = self.config.max_batch_size
         self._aimd_cap = min(cap, self._aimd_cap + 1) if met else max(1.0, self._aimd_cap / 2)
 
+    async def _by_halves(self, batch: list[_Pending], error: Exception) -> None:
+        """Run a batch the model raised on again by halves, until each query that makes
+        the model fail is alone: only those get the model's error."""
+        live = [item for item in batch if not item.future.done()]
+        now = clock.now()
+        for item in [item for item in live if item.deadline <= now]:
+            item.future.set_exception(DeadlineExpired("expired while its batch was retried"))
+        live = [item for item in live if item.deadline > now]
+        if len(live) <= 1:
+            _fail(live, error if isinstance(error, ModelFailed) else
+                  ModelFailed(f"model raised {type(error).__name__}: {error}"))
+            return
+        middle = len(live) // 2
+        for half in (live[:middle], live[middle:]):
+            try:
+                _answer(half, await self._attempt(half))
+            except (ModelHung, WorkerDied) as exc:
+                _fail(half, exc)
+                if self.runner.stuck:
+                    self._turn_unhealthy(exc.message)
+            except Exception as exc:
+                await self._by_halves(half, exc)
 
-def _fail(batch: list[_Pending], exc: ClipperError) -> None:
+    def _turn_unhealthy(self, reason: str) -> None:
+        """A worker is stuck for good: answer every queued query now (Unavailable, so the
+        frontend asks another replica), refuse new ones, and tell the container."""
+        if self.unhealthy.is_set():
+            return
+        logger.error("replica unhealthy: %s", reason)
+        self.unhealthy_reason = reason
+        self.unhealthy.set()
+        queued, self._heap = self._heap, []
+        _fail(queued, Unavailable(f"replica is unhealthy: {reason}"))
+
+
+def _answer(batch: list[_Pending], outputs: list[Any]) -> None:
+    for item, output in zip(batch, outputs, strict=True):
+        if not item.future.done():
+            item.future.set_result(output)
+
+
+def _fail(batch: list[_Pending], exc: BaseException) -> None:
     for item in batch:
         if not item.future.done():
             item.future.set_exception(exc)

@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int,
                    default=env_default(SERVICE, "concurrency", 1, int),
                    help="batches running at once")
+    p.add_argument("--batch-timeout-s", type=float,
+                   default=env_default(SERVICE, "batch_timeout_s", 0.0, float),
+                   help="a batch running longer fails (the frontend retries elsewhere); a "
+                   "worker thread it leaves stuck stops the container (0: 10 times the batch's "
+                   "latency by the latency model, at least 1 s; 30 s until it is known)")
     p.add_argument("--native-threads", type=int,
                    default=env_default(SERVICE, "native_threads", 1, int),
                    help="threads each worker's BLAS/OpenMP pools may use (0: the libraries' "
@@ -105,7 +110,7 @@ def config_from_args(argv: list[str] | None = None) -> Config:
     require(bool(token), "CLIPPER_CONTAINER_TOKEN must be set (the frontend's container token)")
     try:
         batching = BatchingConfig(args.batching, args.max_batch_size, args.max_queue,
-                                  args.max_delay_ms, args.concurrency)
+                                  args.max_delay_ms, args.concurrency, args.batch_timeout_s)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     require(args.native_threads >= 0, f"--native-threads={args.native_threads}: must be >= 0")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -78,3 +79,29 @@ class Echo:
 
     def predict_batch(self, inputs: list[np.ndarray]) -> Sequence[Any]:
         return list(inputs)
+
+
+class SlowFailsOnNegative(FailsOnNegative):
+    """FailsOnNegative at 20 ms per batch, so that concurrent queries share batches."""
+
+    def predict_batch(self, inputs: list[np.ndarray]) -> Sequence[Any]:
+        time.sleep(0.020)
+        return super().predict_batch(inputs)
+
+
+class HangsOnNegative:
+    """Sums each input, but a batch holding a negative first value never returns."""
+
+    def predict_batch(self, inputs: list[np.ndarray]) -> Sequence[Any]:
+        if any(float(x.reshape(-1)[0]) < 0 for x in inputs):
+            time.sleep(3600)
+        return [np.float64(x.sum()) for x in inputs]
+
+
+class CrashesOnNegative:
+    """Sums each input; a negative first value kills the process running it."""
+
+    def predict_batch(self, inputs: list[np.ndarray]) -> Sequence[Any]:
+        if any(float(x.reshape(-1)[0]) < 0 for x in inputs):
+            os._exit(3)
+        return [np.float64(x.sum()) for x in inputs]

@@ -10,7 +10,7 @@ import pytest
 import uvloop
 
 from services.common import clock
-from services.common.errors import DeadlineExpired, Overloaded
+from services.common.errors import DeadlineExpired, Overloaded, Unavailable
 from services.model_container.batcher import Batcher, BatchingConfig, ModelFailed
 from services.model_container.latency_model import LatencyModel
 from services.model_container.runner import ModelRunner
@@ -98,6 +98,72 @@ async def test_a_failing_batch_fails_only_its_own_queries(far: float) -> None:
         assert float((await asyncio.wait_for(good, 10))[0]) == 6.0
     finally:
         await batcher.aclose()
+
+
+async def test_a_batch_the_model_raises_on_is_run_by_halves(far: float) -> None:
+    """One poisoned query among eight: only it gets the model's error."""
+    model = GatedModel(fail_when=-1.0)
+    batcher = make_batcher(model, max_batch_size=8)
+    await batcher.start()
+    try:
+        first = batcher.submit(np.array([0.0]), far)
+        await started(model)
+        values = [1.0, 2.0, -1.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+        rest = [batcher.submit(np.array([v]), far) for v in values]
+        model.gate.set()
+        results = await asyncio.wait_for(asyncio.gather(first, *rest, return_exceptions=True),
+                                         10)
+    finally:
+        await batcher.aclose()
+    failed = [v for v, r in zip([0.0, *values], results, strict=True)
+              if isinstance(r, BaseException)]
+    assert failed == [-1.0]
+    assert isinstance(results[3], ModelFailed) and "RuntimeError: boom" in str(results[3])
+    assert [float(r[0]) for r in results if not isinstance(r, BaseException)] == [
+        2.0 * v for v in (0.0, 1.0, 2.0, 4.0, 5.0, 6.0, 7.0, 8.0)]
+    assert len(model.batches) <= 2 + 2 * 3  # the batch, then two halves per level
+
+
+class HangsOnNegative:
+    """Doubles its inputs, but never returns (until `release`) from a batch with -1."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def predict_batch(self, inputs: list[np.ndarray]) -> Sequence[Any]:
+        if any(float(x[0]) == -1.0 for x in inputs):
+            self.release.wait(30)
+        return [x * 2 for x in inputs]
+
+
+async def test_a_hung_batch_times_out_and_a_stuck_thread_makes_the_replica_unhealthy(
+    far: float,
+) -> None:
+    model = HangsOnNegative()
+    batcher = make_batcher(model, max_batch_size=1, concurrency=2, batch_timeout_s=0.2)
+    await batcher.start()
+    try:
+        hung = batcher.submit(np.array([-1.0]), far)
+        with pytest.raises(Unavailable, match="did not answer a batch of 1 within 0.2 s"):
+            await asyncio.wait_for(hung, 10)
+        await asyncio.wait_for(batcher.unhealthy.wait(), 10)
+        with pytest.raises(Unavailable, match="replica is unhealthy"):
+            batcher.submit(np.array([3.0]), far)
+    finally:
+        model.release.set()
+        await batcher.aclose()
+
+
+def test_the_batch_timeout_follows_the_latency_model() -> None:
+    batcher = make_batcher(GatedModel())
+    assert batcher.batch_timeout_s(8) == 30.0  # nothing measured yet
+    for _ in range(50):
+        batcher.latency.observe(8, 0.5)
+    assert batcher.batch_timeout_s(8) == pytest.approx(5.0, rel=0.2)
+    for _ in range(50):
+        batcher.latency.observe(1, 0.001)
+    assert batcher.batch_timeout_s(1) == 1.0  # never under a second
+    assert make_batcher(GatedModel(), batch_timeout_s=2.5).batch_timeout_s(8) == 2.5
 
 
 async def test_a_full_queue_rejects_at_once(far: float) -> None:

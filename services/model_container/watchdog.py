@@ -1,0 +1,56 @@
+"""Ends the container when its event loop stops turning: a model run inline on the loop
+that hangs would otherwise freeze health checks, heartbeats and SIGTERM for good.
+
+A task on the loop records the time every tenth of `limit_s`; a daemon thread
+checks it. When the loop has not turned for `limit_s`, the thread logs why and
+exits the process at once (exit code 70): the frontends' streams to it break, so
+its queries are retried elsewhere, its heartbeats stop, and the supervisor or
+Kubernetes starts it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+
+logger = logging.getLogger(__name__)
+
+EXIT_CODE = 70  # EX_SOFTWARE
+
+
+class LoopWatchdog:
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self._last_turn = time.monotonic()
+        self._stop = threading.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._thread = threading.Thread(target=self._watch, name="loop-watchdog", daemon=True)
+
+    async def start(self) -> None:
+        self._last_turn = time.monotonic()
+        self._task = asyncio.create_task(self._tick(), name="loop-watchdog-tick")
+        self._thread.start()
+
+    async def aclose(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _tick(self) -> None:
+        while True:
+            self._last_turn = time.monotonic()
+            await asyncio.sleep(self.limit_s / 10)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.limit_s / 10):
+            stalled_s = time.monotonic() - self._last_turn
+            if stalled_s > self.limit_s:
+                logger.critical("the event loop has not turned for %.1f s (a model run on it "
+                                "hangs?); exiting so that the container is restarted",
+                                stalled_s)
+                logging.shutdown()
+                os._exit(EXIT_CODE)
