@@ -53,6 +53,12 @@ class ClientTLS:
     key: str = ""
     server_name: str = ""
 
+    def __post_init__(self) -> None:
+        if bool(self.cert) != bool(self.key):
+            raise ValueError("a client certificate and its key go together (both or neither)")
+        if self.cert and not self.ca:
+            raise ValueError("a client certificate (mTLS) needs the CA that signed the server's")
+
     @property
     def enabled(self) -> bool:
         return bool(self.ca)

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from services.common.config import add_lifecycle_flags, add_listen_flags, env_default, require
+from services.common.config import (
+    add_lifecycle_flags,
+    add_listen_flags,
+    add_tls_flags,
+    client_tls_from,
+    env_default,
+    require,
+    server_tls_from,
+)
+from services.common.tls import ClientTLS, ServerTLS
 
 SERVICE = "frontend"
 
@@ -29,6 +38,11 @@ class Config:
     metrics_port: int
     grace_s: float
     log_level: str
+    # TLS: served when set; used to dial the selection service and containers when enabled.
+    tls: ServerTLS | None = None
+    client_tls: ClientTLS = field(default_factory=ClientTLS)
+    health_port: int = -1
+    tls_container_name: str = ""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
                    default=env_default(SERVICE, "cache_ttl_s", 600.0, float),
                    help="how long answers (and predictions for feedback) are kept")
     add_lifecycle_flags(p, SERVICE)
+    add_tls_flags(p, SERVICE)
+    p.add_argument(
+        "--tls-container-name", default=env("tls_container_name", ""),
+        help="name every container's certificate must carry (containers are dialled at the "
+        "address they announce, a pod IP in Kubernetes; default: that address's host)",
+    )
     return p
 
 
@@ -101,4 +121,8 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         metrics_port=args.metrics_port,
         grace_s=args.grace_s,
         log_level=args.log_level,
+        tls=server_tls_from(args),
+        client_tls=client_tls_from(args),
+        health_port=args.health_port,
+        tls_container_name=args.tls_container_name,
     )

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from services.common.config import add_lifecycle_flags, add_listen_flags, env_default
+from services.common.config import (
+    add_lifecycle_flags,
+    add_listen_flags,
+    add_tls_flags,
+    env_default,
+    server_tls_from,
+)
+from services.common.tls import ServerTLS
 
 SERVICE = "selection"
 
@@ -18,6 +25,8 @@ class Config:
     metrics_port: int
     grace_s: float
     log_level: str
+    tls: ServerTLS | None = None
+    health_port: int = -1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,10 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
         "or redis://HOST:PORT/DB shared by several selection replicas",
     )
     add_lifecycle_flags(p, SERVICE)
+    add_tls_flags(p, SERVICE, client=False)
     return p
 
 
 def config_from_args(argv: list[str] | None = None) -> Config:
     args = build_parser().parse_args(argv)
     return Config(args.host, args.port, args.state, args.metrics_port,
-                  args.grace_s, args.log_level)
+                  args.grace_s, args.log_level, server_tls_from(args), args.health_port)
