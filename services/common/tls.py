@@ -97,7 +97,7 @@ class _ServerCertificates:
 
     def __init__(self, tls: ServerTLS) -> None:
         self._tls = tls
-        self._paths = tuple(p for p in (tls.cert, tls.key, tls.client_ca) if p)
+        self.paths = tuple(p for p in (tls.cert, tls.key, tls.client_ca) if p)
         self._loaded: Signature = ()
         self._failed: Signature = ()
 
@@ -106,21 +106,21 @@ class _ServerCertificates:
 
         Raises OSError, ssl.SSLError or ValueError when they cannot be used.
         """
-        before = signature(self._paths)
+        before = signature(self.paths)
         cert, key = _read(self._tls.cert), _read(self._tls.key)
         client_ca = _read(self._tls.client_ca) if self._tls.client_ca else None
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(self._tls.cert, self._tls.key)
         if self._tls.client_ca:
             context.load_verify_locations(self._tls.client_ca)
-        if signature(self._paths) != before:
+        if signature(self.paths) != before:
             raise ValueError("the certificate files changed while they were read")
         self._loaded = before
         return grpc.ssl_server_certificate_configuration([(key, cert)], client_ca)
 
     def __call__(self) -> grpc.ServerCertificateConfiguration | None:
         """Called by grpc before each new handshake; must not raise."""
-        now = signature(self._paths)
+        now = signature(self.paths)
         if now == self._loaded or now == self._failed:
             return None
         try:
@@ -128,7 +128,7 @@ class _ServerCertificates:
         except (OSError, ssl.SSLError, ValueError) as exc:
             self._failed = now  # tried again once the files change again
             logger.warning("TLS files %s not reloaded (%s); serving the previous ones",
-                           ", ".join(self._paths), exc)
+                           ", ".join(self.paths), exc)
             return None
         logger.info("TLS certificate reloaded from %s", self._tls.cert)
         return config
@@ -137,11 +137,15 @@ class _ServerCertificates:
 def server_credentials(tls: ServerTLS) -> grpc.ServerCredentials:
     """Credentials that serve `tls`'s files and re-read them when they change.
 
-    Raises OSError, ssl.SSLError or ValueError when the files cannot be used at start.
+    Raises ValueError, naming the files, when they cannot be used at start.
     """
     fetcher = _ServerCertificates(tls)
+    try:
+        initial = fetcher.load()
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise ValueError(f"cannot serve TLS with {', '.join(fetcher.paths)}: {exc}") from exc
     return grpc.dynamic_ssl_server_credentials(
-        fetcher.load(), fetcher, require_client_authentication=bool(tls.client_ca))
+        initial, fetcher, require_client_authentication=bool(tls.client_ca))
 
 
 def channel_credentials(tls: ClientTLS) -> grpc.ChannelCredentials:
