@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.cli import k8s
 from tests.deploy.manifests import (
     SERVICES,
     component,
@@ -18,11 +19,12 @@ from tests.deploy.manifests import (
     ours,
     pod_spec,
     port_named,
+    validate,
 )
 from tests.deploy.test_network_policy import allowed
 
 Docs = list[dict[str, Any]]
-TLS_MOUNT = "/etc/clipper/tls"
+TLS_MOUNT = k8s.TLS_MOUNT
 SECRET_FILES = {"tls.crt", "tls.key", "ca.crt"}  # what cert-manager writes in each Secret
 
 
@@ -101,3 +103,19 @@ def test_probes_use_a_health_port_no_network_policy_opens(prod_tls: Docs) -> Non
     for svc in ("frontend", "selection"):  # no longer cleartext HTTP/2
         (port,) = named(prod_tls, "Service", svc)["spec"]["ports"]
         assert "appProtocol" not in port
+
+
+def test_deploy_model_with_tls_matches_the_overlay_model(prod_tls: Docs) -> None:
+    """`deploy-model --tls-secret` gives a user's model what the overlay gives its own."""
+    overlay_model = named(prod_tls, "Deployment", k8s.deployment_name("digits-logreg", "1"))
+    spec = k8s.ModelSpec(image="clipper-mesh", model="/m.joblib", name="my-model",
+                         tls_secret=_tls_secret(prod_tls, overlay_model)["spec"]["secretName"])
+    (cli_model,) = k8s.model_manifests(spec)
+    validate(cli_model)
+    ours_, theirs = main_container(cli_model), main_container(overlay_model)
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert ours_[probe]["grpc"] == theirs[probe]["grpc"]
+    assert port_named(ours_, "health") == port_named(theirs, "health") == k8s.HEALTH_PORT
+    health_env = {e["name"]: e["value"] for e in ours_["env"] if "HEALTH_PORT" in e["name"]}
+    assert health_env == {"CLIPPER_CONTAINER_HEALTH_PORT": str(k8s.HEALTH_PORT)}
+    assert _tls_secret(prod_tls, cli_model) == _tls_secret(prod_tls, overlay_model)
