@@ -57,6 +57,10 @@ def parse_args() -> argparse.Namespace:
     if args.tls_throwaway:
         from services.mesh.certs import make_ca, make_leaf
 
+        try:
+            import cryptography  # noqa: F401
+        except ImportError:
+            p.error("--tls-throwaway needs the cryptography package (pip install -e '.[dev]')")
         tls_dir = Path(args.state_dir) / "tls"
         ca = make_ca(tls_dir, "ca", days=7)
         leaf = make_leaf(tls_dir, "mesh", ca, days=7)
