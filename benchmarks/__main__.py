@@ -14,13 +14,20 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import batching_gain as gain
-from benchmarks import ghz_limit, mesh_latency, overhead, plots, selection_experiments
+from benchmarks import (
+    ghz_limit,
+    mesh_latency,
+    overhead,
+    plots,
+    selection_experiments,
+    tls_cost,
+)
 from benchmarks.harness import capacity, workdir
 from benchmarks.loadgen import RunResult
 from services.mesh import digits
 
 SECTIONS = ("mesh", "container", "digits", "frontend", "slo", "burst", "overhead", "limit",
-            "selection")
+            "selection", "tls")
 
 
 def _capacity_table(caps: list[gain.Capacity]) -> list[str]:
@@ -44,6 +51,8 @@ async def run(out: Path, sections: tuple[str, ...], queries: int) -> str:
     with workdir() as work:
         if "mesh" in sections:
             lines += [mesh_latency.run(out, queries), ""]
+        if "tls" in sections:
+            lines += [tls_cost.run(out, queries), ""]
         if "container" in sections:
             caps = await gain.container_capacities(work, gain.SYNTHETIC, np.ones(4, np.float32))
             adaptive = next(c for c in caps if c.label == "adaptive")

@@ -4,7 +4,9 @@ With no `--target`, the local mesh on 127.0.0.1:1337 is used, and started
 (`python -m services.mesh`) when nothing serves there; it is stopped at the end.
 Each config in loadtest/ runs in turn; ghz's JSON reports go to `--results`,
 and a summary line per call is printed. Extra arguments after `--` go to ghz
-(e.g. `-- -n 20000 -c 64 --connections 8`).
+(e.g. `-- -n 20000 -c 64 --connections 8`). `--tls-ca FILE` dials with TLS
+(`--tls-cert`/`--tls-key` for mTLS, `--tls-server-name` to verify another name);
+the configs say plaintext, which these flags override.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from loadtest.ghz import CONFIGS, errors, run_ghz, summary
+from loadtest.ghz import CONFIGS, errors, run_ghz, summary, tls_args
 
 LOCAL = "127.0.0.1:1337"
 MESH_READY = "Mesh ready"
@@ -75,8 +77,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default="loadtest-results", help="where ghz's reports go")
     p.add_argument("--config", action="append", type=Path,
                    help="a ghz config (repeatable; default: every config in loadtest/)")
+    p.add_argument("--tls-ca", default="", help="dial with TLS, trusting this PEM CA")
+    p.add_argument("--tls-cert", default="", help="PEM client certificate (mTLS)")
+    p.add_argument("--tls-key", default="", help="PEM key of --tls-cert")
+    p.add_argument("--tls-server-name", default="",
+                   help="name to verify in the server's certificate instead of the target host")
     p.add_argument("ghz_args", nargs="*", help="passed to ghz (after --)")
     args = p.parse_args(argv)
+    tls = tls_args(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
+    if tls and not args.target:
+        p.error("--tls-ca needs --target (the local mesh `make loadtest` starts is plaintext)")
     target = args.target or LOCAL
     mesh = None
     if not args.target and not serving(target):
@@ -88,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         failed = False
         for config in configs:
             report = run_ghz(args.ghz, config, target, results / f"{config.stem}.json",
-                             args.ghz_args)
+                             [*tls, *args.ghz_args])
             print(summary(report), flush=True)
             failed = failed or bool(errors(report))
         print(f"reports in {results}/", flush=True)

@@ -31,6 +31,16 @@ def run_ghz(
     return result
 
 
+def tls_args(ca: str, cert: str = "", key: str = "", server_name: str = "") -> list[str]:
+    """ghz flags that dial with TLS trusting `ca` (mTLS with `cert` and `key`); none for
+    plaintext. They override the configs' `"insecure": true`."""
+    if not ca:
+        return []
+    flags = ["--no-insecure", "--cacert", ca]
+    flags += ["--cert", cert, "--key", key] if cert else []
+    return flags + (["--cname", server_name] if server_name else [])
+
+
 def errors(report: dict[str, Any]) -> dict[str, int]:
     """Calls per non-OK status code (empty when every call succeeded)."""
     return {code: n for code, n in (report.get("statusCodeDistribution") or {}).items()

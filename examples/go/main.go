@@ -4,10 +4,13 @@
 //	digits-client -target 127.0.0.1:1337 -values 0,0,5,13,9,1,0,0,...
 //
 // The feedback's label is -label when given, else the predicted digit.
+// -tls-ca dials with TLS (-tls-cert and -tls-key: a client certificate, for mTLS).
 package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"encoding/json"
 	"flag"
@@ -19,6 +22,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
@@ -32,13 +36,20 @@ func main() {
 	label := flag.String("label", "", "true digit for the feedback (default: the predicted one)")
 	contextKey := flag.String("context", "", "context key (a user id)")
 	timeout := flag.Duration("timeout", 10*time.Second, "deadline of each call")
+	tlsCA := flag.String("tls-ca", "", "dial with TLS, trusting this PEM CA")
+	tlsCert := flag.String("tls-cert", "", "PEM client certificate (mTLS)")
+	tlsKey := flag.String("tls-key", "", "PEM key of -tls-cert")
 	flag.Parse()
 
 	input, err := float32Tensor(*values)
 	if err != nil {
 		fail(err)
 	}
-	conn, err := grpc.NewClient(*target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	creds, err := transportCredentials(*tlsCA, *tlsCert, *tlsKey)
+	if err != nil {
+		fail(err)
+	}
+	conn, err := grpc.NewClient(*target, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		fail(err)
 	}
@@ -84,6 +95,31 @@ func main() {
 		"feedback_models": nonNil(scored.GetModels()),
 	})
 	fmt.Println(string(line))
+}
+
+// transportCredentials is plaintext without a CA, else TLS trusting that CA and,
+// with a certificate and key, presenting them (mTLS).
+func transportCredentials(ca, cert, key string) (credentials.TransportCredentials, error) {
+	if ca == "" {
+		return insecure.NewCredentials(), nil
+	}
+	pem, err := os.ReadFile(ca)
+	if err != nil {
+		return nil, fmt.Errorf("-tls-ca: %w", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("-tls-ca %s: no PEM certificate in it", ca)
+	}
+	config := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	if cert != "" || key != "" {
+		pair, err := tls.LoadX509KeyPair(cert, key)
+		if err != nil {
+			return nil, fmt.Errorf("-tls-cert/-tls-key: %w", err)
+		}
+		config.Certificates = []tls.Certificate{pair}
+	}
+	return credentials.NewTLS(config), nil
 }
 
 // float32Tensor encodes comma-separated numbers as a float32 vector: raw

@@ -3,9 +3,11 @@
 //   node examples/node/digits_client.js --target 127.0.0.1:1337 --values 0,0,5,13,9,1,0,0,...
 //
 // The proto is loaded at run time (no generated code). The feedback's label is
-// --label when given, else the predicted digit.
+// --label when given, else the predicted digit. --tls-ca dials with TLS (--tls-cert
+// and --tls-key: a client certificate, for mTLS).
 "use strict";
 
+const fs = require("node:fs");
 const path = require("node:path");
 const { parseArgs } = require("node:util");
 const grpc = require("@grpc/grpc-js");
@@ -21,6 +23,9 @@ const { values: args } = parseArgs({
     label: { type: "string" },
     context: { type: "string", default: "" },
     "timeout-s": { type: "string", default: "10" },
+    "tls-ca": { type: "string" },
+    "tls-cert": { type: "string" },
+    "tls-key": { type: "string" },
   },
 });
 
@@ -55,6 +60,13 @@ function decode(tensor) {
   return tensor.shape.length === 0 && values.length === 1 ? values[0] : values;
 }
 
+// Plaintext without a CA, else TLS trusting it (and presenting a certificate for mTLS).
+function credentials() {
+  if (!args["tls-ca"]) return grpc.credentials.createInsecure();
+  const read = (file) => (file ? fs.readFileSync(file) : null);
+  return grpc.credentials.createSsl(read(args["tls-ca"]), read(args["tls-key"]), read(args["tls-cert"]));
+}
+
 function call(client, method, request, timeoutS) {
   const deadline = new Date(Date.now() + timeoutS * 1000);
   return new Promise((resolve, reject) => {
@@ -70,7 +82,7 @@ async function main() {
     defaults: true,
   });
   const clipper = grpc.loadPackageDefinition(definition).clipper.v1;
-  const client = new clipper.Frontend(args.target, grpc.credentials.createInsecure());
+  const client = new clipper.Frontend(args.target, credentials());
   const timeoutS = Number(args["timeout-s"]);
   try {
     const reply = await call(client, "Predict", {

@@ -2,6 +2,8 @@
 
 Management commands need the management token (`--token` or
 CLIPPER_MANAGEMENT_TOKEN). Output is JSON, for people and scripts alike.
+`--tls-ca FILE` dials with TLS (`--tls-cert`/`--tls-key` for mTLS; env
+CLIPPER_CLI_TLS_CA, CLIPPER_CLI_TLS_CERT, CLIPPER_CLI_TLS_KEY).
 
   apps list | get NAME | delete NAME
   apps create NAME --input-dtype float32 --input-shape 64 --slo-ms 100
@@ -35,6 +37,7 @@ from google.protobuf.message import Message
 from services.cli import local
 from services.common import tensors
 from services.common.auth import bearer
+from services.common.tls import ClientTLS, sync_channel
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 
@@ -45,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frontend", default=os.environ.get("CLIPPER_CLI_FRONTEND", "127.0.0.1:1337"))
     p.add_argument("--token", default=os.environ.get("CLIPPER_MANAGEMENT_TOKEN", ""))
     p.add_argument("--timeout-s", type=float, default=10.0)
+    p.add_argument("--tls-ca", default=os.environ.get("CLIPPER_CLI_TLS_CA", ""),
+                   help="dial with TLS, trusting this PEM CA")
+    p.add_argument("--tls-cert", default=os.environ.get("CLIPPER_CLI_TLS_CERT", ""),
+                   help="PEM client certificate (mTLS)")
+    p.add_argument("--tls-key", default=os.environ.get("CLIPPER_CLI_TLS_KEY", ""),
+                   help="PEM key of --tls-cert")
+    p.add_argument("--tls-server-name", default="",
+                   help="name to verify in the frontend's certificate instead of its host")
     sub = p.add_subparsers(dest="group", required=True)
 
     apps = sub.add_parser("apps").add_subparsers(dest="command", required=True)
@@ -114,7 +125,8 @@ def _show(msg: Message) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> Any:
-    channel = grpc.insecure_channel(args.frontend)
+    channel = sync_channel(args.frontend, ClientTLS(args.tls_ca, args.tls_cert, args.tls_key,
+                                                    args.tls_server_name))
     mgmt = pb_grpc.ManagementStub(channel)
     front = pb_grpc.FrontendStub(channel)
     kw: dict[str, Any] = {"metadata": bearer(args.token), "timeout": args.timeout_s}
@@ -171,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     except grpc.RpcError as exc:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # a setting that cannot be used, such as TLS without a CA
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(result, indent=2))
     return 0
 

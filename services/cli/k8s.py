@@ -30,6 +30,10 @@ MANAGEMENT_TOKEN_KEY = "management-token"
 # Ports inside every pod; services take them from CLIPPER_<SERVICE>_PORT / _METRICS_PORT.
 CONTAINER_PORT = 7000
 METRICS_PORT = 9090
+# With TLS (deploy/overlays/prod-tls): the plaintext health-only port the probes use,
+# and where a certificate's Secret is mounted.
+HEALTH_PORT = 8081
+TLS_MOUNT = "/etc/clipper/tls"
 # The image's user (Dockerfile USER); pods run as it.
 IMAGE_UID = 10001
 CONTAINER_ENTRYPOINT = "services.model_container"
@@ -58,6 +62,7 @@ class ModelSpec:
     cpu: str = "250m"
     memory: str = "512Mi"
     max_replicas: int = 0  # > replicas: a HorizontalPodAutoscaler on CPU as well
+    tls_secret: str = ""  # a certificate's Secret: mounted, and probes on HEALTH_PORT
 
     def __post_init__(self) -> None:
         problems = []
@@ -82,6 +87,8 @@ class ModelSpec:
         for flag, quantity in (("--cpu", self.cpu), ("--memory", self.memory)):
             if not _QUANTITY.match(quantity):
                 problems.append(f"{flag}={quantity!r}: not a Kubernetes quantity (e.g. 500m, 1Gi)")
+        if self.tls_secret and not _DNS_LABEL.match(self.tls_secret):
+            problems.append(f"--tls-secret={self.tls_secret!r}: not a valid Secret name")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -149,6 +156,8 @@ def _container_env(spec: ModelSpec) -> list[dict[str, Any]]:
         {"name": "CLIPPER_CONTAINER_TOKEN",
          "valueFrom": {"secretKeyRef": {"name": TOKENS_SECRET, "key": CONTAINER_TOKEN_KEY}}},
     ]
+    if spec.tls_secret:  # the TLS file settings come from the ConfigMap (prod-tls)
+        env.append(_env("CLIPPER_CONTAINER_HEALTH_PORT", str(HEALTH_PORT)))
     if spec.input_dtype:
         env.append(_env("CLIPPER_CONTAINER_INPUT_DTYPE", spec.input_dtype))
     if spec.input_shape:
@@ -198,6 +207,16 @@ def model_deployment(spec: ModelSpec) -> dict[str, Any]:
         "securityContext": container_security_context(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}]
+    if spec.tls_secret:
+        # The whole Secret, no subPath: cert-manager's renewals reach the running pod.
+        container["ports"].append({"name": "health", "containerPort": HEALTH_PORT,
+                                   "protocol": "TCP"})
+        container.update(grpc_probes(HEALTH_PORT, CONTAINER_HEALTH_SERVICE))
+        container["volumeMounts"].append({"name": "tls", "mountPath": TLS_MOUNT,
+                                          "readOnly": True})
+        volumes.append({"name": "tls", "secret": {"secretName": spec.tls_secret,
+                                                   "defaultMode": 0o440}})
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -214,7 +233,7 @@ def model_deployment(spec: ModelSpec) -> dict[str, Any]:
                     "terminationGracePeriodSeconds": 30,
                     "securityContext": pod_security_context(),
                     "containers": [container],
-                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
+                    "volumes": volumes,
                 },
             },
         },

@@ -53,6 +53,9 @@ def add_commands(sub: Any) -> None:
                         help="add a HorizontalPodAutoscaler on CPU up to this many replicas")
     deploy.add_argument("--env", action="append", default=[], metavar="CLIPPER_CONTAINER_X=V",
                         help="any other container setting (see deploy/README.md)")
+    deploy.add_argument("--tls-secret", default="",
+                        help="with deploy/overlays/prod-tls: the certificate Secret to mount "
+                        "(model-container-tls); probes move to the plaintext health port")
     deploy.add_argument("--output", choices=("yaml", "json"), default="yaml")
 
     settings = sub.add_parser(
@@ -85,6 +88,7 @@ def _model_spec(args: argparse.Namespace) -> k8s.ModelSpec:
         replicas=args.replicas, namespace=args.namespace or None,
         input_dtype=args.input_dtype, input_shape=args.input_shape, env=env,
         cpu=args.cpu, memory=args.memory, max_replicas=args.max_replicas,
+        tls_secret=args.tls_secret,
     )
 
 

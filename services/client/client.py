@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from services.client.errors import from_rpc_error
 from services.client.tensors import from_tensor, to_tensor
+from services.common.tls import ClientTLS, aio_channel, sync_channel
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 
@@ -83,7 +84,8 @@ class Client:
     """A blocking client: `Client("127.0.0.1:1337").predict("digits", x)`.
 
     Use it as a context manager, or call `close()`. A channel passed in stays
-    open when the client closes (its owner closes it).
+    open when the client closes (its owner closes it). `tls` dials with TLS (its
+    files are read once, here).
     """
 
     def __init__(
@@ -94,9 +96,10 @@ class Client:
         metadata: Metadata = (),
         channel: grpc.Channel | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        tls: ClientTLS | None = None,
     ) -> None:
         self._owns_channel = channel is None
-        self._channel = channel or grpc.insecure_channel(target, options=list(options))
+        self._channel = channel or sync_channel(target, tls, options)
         self._stub = pb_grpc.FrontendStub(self._channel)
         self._timeout_s = timeout_s
         self._metadata = tuple(metadata)
@@ -175,9 +178,10 @@ class AsyncClient:
         metadata: Metadata = (),
         channel: grpc.aio.Channel | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        tls: ClientTLS | None = None,
     ) -> None:
         self._owns_channel = channel is None
-        self._channel = channel or grpc.aio.insecure_channel(target, options=list(options))
+        self._channel = channel or aio_channel(target, tls, options)
         self._stub = pb_grpc.FrontendStub(self._channel)
         self._timeout_s = timeout_s
         self._metadata = tuple(metadata)

@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.interceptors import RejectUndecodable
+from services.common.tls import ServerTLS, server_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,9 @@ class Server:
     health: health.aio.HealthServicer
     port: int
     service_names: tuple[str, ...]
+    # The plaintext health-only server (`health_port`), when there is one.
+    health_server: grpc.aio.Server | None = None
+    health_port: int = -1
 
     async def set_serving(self, serving: bool) -> None:
         status = (
@@ -76,6 +80,8 @@ class Server:
     async def stop(self, grace_s: float | None) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
+        if self.health_server is not None:
+            await self.health_server.stop(None)
 
 
 async def start_server(
@@ -85,11 +91,15 @@ async def start_server(
     max_message_bytes: int = 4 * 1024 * 1024,
     max_concurrent_rpcs: int | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    tls: ServerTLS | None = None,
+    health_port: int = -1,
 ) -> Server:
-    """Start a server on `host:port` (0 picks a free port).
+    """Start a server on `host:port` (0 picks a free port), with TLS when `tls` is given.
 
     `add_servicers` holds `(add_to_server, full service name)` pairs. Health reports
-    NOT_SERVING until the caller says `set_serving(True)`.
+    NOT_SERVING until the caller says `set_serving(True)`. With `health_port` >= 0, a
+    second, plaintext server on that port answers health checks only (the same status),
+    for probes that cannot speak TLS, such as Kubernetes' gRPC probes.
     """
     server = grpc.aio.server(
         interceptors=[RejectUndecodable(), *interceptors],
@@ -112,11 +122,22 @@ async def start_server(
         server,
         pool=MethodAwarePool(descriptor_pool.Default()),
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    bound = (server.add_secure_port(address, server_credentials(tls)) if tls
+             else server.add_insecure_port(address))
     if bound == 0:
         raise OSError(f"could not bind {host}:{port}")
+    health_server, health_bound = None, -1
+    if health_port >= 0:
+        health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        health_bound = health_server.add_insecure_port(f"{host}:{health_port}")
+        if health_bound == 0:
+            raise OSError(f"could not bind the health port {host}:{health_port}")
+        await health_server.start()
+        logger.info("health checks (plaintext, health only) on port %d", health_bound)
     await server.start()
-    result = Server(server, health_servicer, bound, tuple(names))
+    result = Server(server, health_servicer, bound, tuple(names), health_server, health_bound)
     await result.set_serving(False)
     return result
 

@@ -5,7 +5,8 @@ service. A caller sends an item carrying a fresh id and awaits the reply with
 the same id. The one writer task sends whatever is waiting as one message;
 one reader resolves the replies. When the stream breaks, every waiting caller
 fails at once with Unavailable and the client reconnects with backoff (the
-longest after the server refused our token) until it is closed.
+longest after the server refused our token) until it is closed. With TLS, each
+reconnect uses the certificate files as they are then (rotated ones included).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import grpc
 
 from services.common.errors import Unavailable
 from services.common.streams import pump
+from services.common.tls import ClientTLS, ReloadingChannel
 
 logger = logging.getLogger(__name__)
 
@@ -48,17 +50,17 @@ class StreamClient(Generic[Item, Reply]):
         wrap: Callable[[list[Item]], Any],
         unwrap: Callable[[Any], Iterable[Reply]],
         options: Sequence[tuple[str, Any]] = (),
+        tls: ClientTLS | None = None,
     ) -> None:
         self.address = address
         self._connected = asyncio.Event()
         self._open_call = open_call
         self._wrap = wrap
         self._unwrap = unwrap
-        self._options = list(options)
+        self._channels = ReloadingChannel(address, tls, options)
         self._pending: dict[int, asyncio.Future[Reply]] = {}
         self._ids = itertools.count(1)
         self._outbox: asyncio.Queue[Item] = asyncio.Queue()
-        self._channel: grpc.aio.Channel | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -73,7 +75,6 @@ class StreamClient(Generic[Item, Reply]):
         return len(self._pending)
 
     async def start(self) -> None:
-        self._channel = grpc.aio.insecure_channel(self.address, options=self._options)
         self._task = asyncio.create_task(self._run(), name=f"stream-{self.address}")
 
     async def aclose(self) -> None:
@@ -84,8 +85,7 @@ class StreamClient(Generic[Item, Reply]):
             except asyncio.CancelledError:
                 pass
         self._fail_pending(f"stream to {self.address} closed")
-        if self._channel is not None:
-            await self._channel.close()
+        await self._channels.aclose()
 
     def next_id(self) -> int:
         return next(self._ids)
@@ -117,7 +117,10 @@ class StreamClient(Generic[Item, Reply]):
                     logger.warning("stream to %s broke: %s", self.address, exc.code().name)
                     backoff_s = MIN_BACKOFF_S
             except TimeoutError:
-                pass  # not reachable yet
+                pass  # not reachable yet (or the TLS handshake fails)
+            except OSError as exc:
+                logger.error("cannot dial %s: %s", self.address, exc)
+                backoff_s = MAX_BACKOFF_S
             finally:
                 self._connected.clear()
                 self._fail_pending(f"lost the stream to {self.address}")
@@ -125,11 +128,11 @@ class StreamClient(Generic[Item, Reply]):
             backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
 
     async def _serve(self) -> None:
-        assert self._channel is not None
+        channel = await self._channels.get()
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
-            await self._channel.channel_ready()
+            await channel.channel_ready()
         self._outbox = asyncio.Queue()
-        call = self._open_call(self._channel)
+        call = self._open_call(channel)
         writer = asyncio.create_task(pump(self._outbox, call, self._wrap))
         try:
             await call.initial_metadata()  # the server accepted the stream (and our token)

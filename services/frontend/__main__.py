@@ -26,8 +26,9 @@ async def main(cfg: Config) -> None:
     store = open_store(cfg.state)
     registry = Registry(store, cfg.replica_ttl_s, cfg.limits)
     await registry.start()
-    replicas = ReplicaTable(registry, cfg.container_token)
-    selection = SelectionClient(cfg.selection)
+    replicas = ReplicaTable(registry, cfg.container_token,
+                            tls=cfg.client_tls.with_server_name(cfg.tls_container_name))
+    selection = SelectionClient(cfg.selection, tls=cfg.client_tls)
     cache = PredictionCache.open(cfg.cache, cfg.cache_size, cfg.cache_ttl_s)
     query_path = QueryPath(registry, replicas, selection, cache, cfg.limits)
     server = await start_server(
@@ -48,6 +49,8 @@ async def main(cfg: Config) -> None:
         cfg.port,
         max_message_bytes=cfg.max_message_bytes,
         max_concurrent_rpcs=cfg.max_concurrent_rpcs,
+        tls=cfg.tls,
+        health_port=cfg.health_port,
     )
     await replicas.start()
     await selection.start()

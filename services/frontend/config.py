@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from services.common.config import add_lifecycle_flags, add_listen_flags, env_default, require
+from services.common.config import (
+    add_lifecycle_flags,
+    add_listen_flags,
+    add_tls_flags,
+    client_tls_from,
+    env_default,
+    require,
+    server_tls_from,
+)
 from services.common.limits import Limits, add_limit_flags, limits_from_args
+from services.common.tls import ClientTLS, ServerTLS
 
 SERVICE = "frontend"
 
@@ -31,6 +40,11 @@ class Config:
     grace_s: float
     log_level: str
     limits: Limits
+    # TLS: served when set; used to dial the selection service and containers when enabled.
+    tls: ServerTLS | None = None
+    client_tls: ClientTLS = field(default_factory=ClientTLS)
+    health_port: int = -1
+    tls_container_name: str = ""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long answers (and predictions for feedback) are kept")
     add_limit_flags(p, SERVICE)
     add_lifecycle_flags(p, SERVICE)
+    add_tls_flags(p, SERVICE)
+    p.add_argument(
+        "--tls-container-name", default=env("tls_container_name", ""),
+        help="name every container's certificate must carry (containers are dialled at the "
+        "address they announce, a pod IP in Kubernetes; default: that address's host)",
+    )
     return p
 
 
@@ -105,4 +125,8 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         grace_s=args.grace_s,
         log_level=args.log_level,
         limits=limits_from_args(args),
+        tls=server_tls_from(args),
+        client_tls=client_tls_from(args),
+        health_port=args.health_port,
+        tls_container_name=args.tls_container_name,
     )

@@ -13,6 +13,7 @@ from services.common import clock
 from services.common.auth import bearer
 from services.common.errors import DeadlineExpired, error_from_code
 from services.common.stream_client import StreamClient
+from services.common.tls import ClientTLS
 from services.frontend.registry import ReplicaRecord
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
@@ -44,7 +45,7 @@ def _request(queries: list[_Outgoing]) -> pb.ContainerRequest:
 class ReplicaClient:
     """Sends queries to one replica over one stream and matches the replies."""
 
-    def __init__(self, record: ReplicaRecord, token: str) -> None:
+    def __init__(self, record: ReplicaRecord, token: str, tls: ClientTLS | None = None) -> None:
         self.record = record
         # As last reported by the replica with its replies.
         self.queue_depth = 0
@@ -58,6 +59,7 @@ class ReplicaClient:
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ],
+            tls=tls,
         )
 
     @property

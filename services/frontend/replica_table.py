@@ -15,6 +15,7 @@ import random
 
 from services.common import clock
 from services.common.errors import ClipperError, Overloaded, Unavailable
+from services.common.tls import ClientTLS
 from services.frontend.registry import Registry
 from services.frontend.replica_client import ReplicaClient
 from services.generated.clipper.v1 import clipper_pb2 as pb
@@ -23,9 +24,11 @@ logger = logging.getLogger(__name__)
 
 
 class ReplicaTable:
-    def __init__(self, registry: Registry, token: str, sync_interval_s: float = 0.25) -> None:
+    def __init__(self, registry: Registry, token: str, sync_interval_s: float = 0.25,
+                 tls: ClientTLS | None = None) -> None:
         self.registry = registry
         self.token = token
+        self.tls = tls  # how replicas are dialled (TLS when enabled)
         self.sync_interval_s = sync_interval_s
         self.clients: dict[str, ReplicaClient] = {}
         self._task: asyncio.Task[None] | None = None
@@ -61,7 +64,7 @@ class ReplicaTable:
             await self.clients.pop(rid).aclose()
         for rid, record in wanted.items():
             if rid not in self.clients:
-                client = ReplicaClient(record, self.token)
+                client = ReplicaClient(record, self.token, self.tls)
                 await client.start()
                 self.clients[rid] = client
 

@@ -18,6 +18,7 @@ from collections import OrderedDict
 from services.common import clock
 from services.common.errors import ClipperError, InvalidInput, Unavailable, error_from_code
 from services.common.stream_client import StreamClient
+from services.common.tls import ClientTLS
 from services.frontend import metrics
 from services.frontend.registry import Application
 from services.generated.clipper.v1 import clipper_pb2 as pb
@@ -38,7 +39,7 @@ OBSERVE_TIMEOUT_S = 5.0
 
 
 class SelectionClient:
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, tls: ClientTLS | None = None) -> None:
         self.fallbacks = 0
         # The last decision per (application, context key), most recent last.
         self._last: OrderedDict[tuple[str, str], Decision] = OrderedDict()
@@ -47,6 +48,7 @@ class SelectionClient:
             lambda channel: pb_grpc.SelectionStub(channel).Decide(),
             lambda requests: pb.DecideRequest(requests=requests),
             lambda response: response.replies,
+            tls=tls,
         )
 
     async def start(self) -> None:

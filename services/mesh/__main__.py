@@ -3,6 +3,11 @@
 Starts the selection service, the frontend on 127.0.0.1:1337 and one container
 per example digits model, registers the application `digits` (all models,
 majority vote), checks one query end to end, and prints how to query it.
+
+Plaintext by default. `--tls-ca/--tls-cert/--tls-key` run every channel over TLS
+with those files (the one certificate, which must name 127.0.0.1 and allow both
+server and client use, serves every service); `--tls-throwaway` makes such files
+in `<state-dir>/tls/` first; `--mtls` also requires client certificates.
 """
 
 from __future__ import annotations
@@ -20,13 +25,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import grpc
 import numpy as np
 
 from services.common.auth import bearer
 from services.common.processes import ServiceProcess, start_service
 from services.common.telemetry import setup_logging
 from services.common.tensors import encode
+from services.common.tls import ClientTLS, sync_channel
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.mesh import digits
@@ -41,7 +46,52 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--state-dir", default=".run", help="state files, trained models and logs")
     p.add_argument("--replicas", type=int, default=1, help="replicas per model")
     p.add_argument("--slo-ms", type=int, default=100)
-    return p.parse_args()
+    p.add_argument("--tls-ca", default="", help="TLS on every channel: the CA file")
+    p.add_argument("--tls-cert", default="", help="certificate every service serves and "
+                   "presents (names 127.0.0.1, server and client use)")
+    p.add_argument("--tls-key", default="", help="key of --tls-cert")
+    p.add_argument("--tls-throwaway", action="store_true",
+                   help="make a throwaway CA and certificate in <state-dir>/tls/ and use them")
+    p.add_argument("--mtls", action="store_true", help="with TLS: require client certificates")
+    args = p.parse_args()
+    if args.tls_throwaway:
+        from services.mesh.certs import make_ca, make_leaf
+
+        try:
+            import cryptography  # noqa: F401
+        except ImportError:
+            p.error("--tls-throwaway needs the cryptography package (pip install -e '.[dev]')")
+        tls_dir = Path(args.state_dir) / "tls"
+        ca = make_ca(tls_dir, "ca", days=7)
+        leaf = make_leaf(tls_dir, "mesh", ca, days=7)
+        args.tls_ca, args.tls_cert, args.tls_key = str(ca.cert), str(leaf.cert), str(leaf.key)
+    if not all((args.tls_ca, args.tls_cert, args.tls_key)) and any(
+            (args.tls_ca, args.tls_cert, args.tls_key, args.mtls)):
+        p.error("TLS needs --tls-ca, --tls-cert and --tls-key (or --tls-throwaway)")
+    return args
+
+
+def client_tls(args: argparse.Namespace) -> ClientTLS:
+    """How the launcher (and the printed commands) dial the frontend."""
+    if not args.tls_ca:
+        return ClientTLS()
+    return ClientTLS(args.tls_ca, args.tls_cert, args.tls_key) if args.mtls else ClientTLS(
+        args.tls_ca)
+
+
+def tls_flags(args: argparse.Namespace, serve: bool, dial: bool) -> list[str]:
+    """The TLS flags of one service: serving, dialling, or both; none for plaintext."""
+    if not args.tls_ca:
+        return []
+    flags = []
+    if serve:
+        flags += ["--tls-cert", args.tls_cert, "--tls-key", args.tls_key]
+        flags += ["--tls-client-ca", args.tls_ca] if args.mtls else []
+    if dial:
+        flags += ["--tls-ca", args.tls_ca]
+        flags += ["--tls-client-cert", args.tls_cert, "--tls-client-key", args.tls_key
+                  ] if args.mtls else []
+    return flags
 
 
 def start_mesh(args: argparse.Namespace, env: dict[str, str],
@@ -60,14 +110,15 @@ def start_mesh(args: argparse.Namespace, env: dict[str, str],
                        check=True)
     selection = start_service(
         "services.selection",
-        ["--port", "0", "--state", str(state / "selection-state.json")],
+        ["--port", "0", "--state", str(state / "selection-state.json"),
+         *tls_flags(args, serve=True, dial=False)],
         env=env, log_path=logs / "selection.log",
     )
     procs.append(selection)
     frontend = start_service(
         "services.frontend",
         ["--port", str(args.port), "--selection", selection.address,
-         "--state", str(state / "frontend-state.json")],
+         "--state", str(state / "frontend-state.json"), *tls_flags(args, serve=True, dial=True)],
         env=env, log_path=logs / "frontend.log",
     )
     procs.append(frontend)
@@ -80,7 +131,8 @@ def start_mesh(args: argparse.Namespace, env: dict[str, str],
             "services.model_container",
             ["--model", str(path), "--name", name, "--version", "1",
              "--frontend", frontend.address, "--input-dtype", digits.INPUT_DTYPE,
-             "--input-shape", ",".join(map(str, digits.INPUT_SHAPE))],
+             "--input-shape", ",".join(map(str, digits.INPUT_SHAPE)),
+             *tls_flags(args, serve=True, dial=True)],
             name=f"{name}-{i}", env=env, log_path=logs / f"{name}-{i}.log",
         ))
 
@@ -89,9 +141,9 @@ def start_mesh(args: argparse.Namespace, env: dict[str, str],
 
 
 def register_app(address: str, token: str, models: list[str], slo_ms: int,
-                 expected_replicas: int) -> None:
+                 expected_replicas: int, tls: ClientTLS | None = None) -> None:
     """Create the digits application if it is new, and wait for every replica to connect."""
-    channel = grpc.insecure_channel(address)
+    channel = sync_channel(address, tls)
     mgmt = pb_grpc.ManagementStub(channel)
     md = bearer(token)
     existing = {a.name for a in mgmt.ListApplications(pb.ListApplicationsRequest(),
@@ -115,16 +167,24 @@ def register_app(address: str, token: str, models: list[str], slo_ms: int,
     channel.close()
 
 
-def query_commands(address: str, model_dir: Path) -> tuple[str, str, int]:
+def query_commands(address: str, model_dir: Path,
+                   tls: ClientTLS | None = None) -> tuple[str, str, int]:
     """A ready-to-paste query (our CLI and grpcurl) for one test digit, and its label."""
     saved = json.loads(digits.sample_path(model_dir).read_text())
     sample = np.array(saved["values"], dtype=np.float32)
     values = ",".join(str(int(v)) for v in sample)
-    cli = f"{sys.executable} -m services.cli --frontend {address} predict {APP} --values {values}"
+    cli_tls, grpcurl_tls = "", "-plaintext"
+    if tls is not None and tls.enabled:
+        cli_tls = f" --tls-ca {tls.ca}" + (f" --tls-cert {tls.cert} --tls-key {tls.key}"
+                                           if tls.cert else "")
+        grpcurl_tls = f"-cacert {tls.ca}" + (f" -cert {tls.cert} -key {tls.key}"
+                                             if tls.cert else "")
+    cli = (f"{sys.executable} -m services.cli --frontend {address}{cli_tls} predict {APP} "
+           f"--values {values}")
     raw = base64.b64encode(sample.astype("<f4").tobytes()).decode()
     body = json.dumps({"application": APP,
                        "input": {"dtype": "float32", "shape": [64], "raw": raw}})
-    grpcurl = f"grpcurl -plaintext -d '{body}' {address} clipper.v1.Frontend/Predict"
+    grpcurl = f"grpcurl {grpcurl_tls} -d '{body}' {address} clipper.v1.Frontend/Predict"
     return cli, grpcurl, int(saved["label"])
 
 
@@ -151,8 +211,9 @@ def main() -> int:
         frontend = procs[1]
         models = list(digits.MODEL_NAMES)
         register_app(frontend.address, env["CLIPPER_MANAGEMENT_TOKEN"], models, args.slo_ms,
-                     len(models) * args.replicas)
-        cli, grpcurl, label = query_commands(frontend.address, Path(args.state_dir) / "models")
+                     len(models) * args.replicas, client_tls(args))
+        cli, grpcurl, label = query_commands(frontend.address, Path(args.state_dir) / "models",
+                                             client_tls(args))
         print(f"\nMesh ready in {time.monotonic() - started:.1f} s: frontend on {frontend.address}"
               f" (selection on {procs[0].address}, {len(procs) - 2} model containers)\n"
               f"Logs and state in {args.state_dir}/. Ctrl-C stops everything.\n\n"

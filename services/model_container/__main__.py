@@ -51,6 +51,8 @@ async def main(cfg: Config) -> int:
           "clipper.v1.ModelContainer")],
         cfg.host,
         cfg.port,
+        tls=cfg.tls,
+        health_port=cfg.health_port,
     )
     announce = pb.AnnounceRequest(
         model=cfg.name,
@@ -60,7 +62,8 @@ async def main(cfg: Config) -> int:
     )
     if cfg.input_spec is not None:
         announce.input_spec.CopyFrom(spec_to_proto(cfg.input_spec))
-    announcer = Announcer(list(cfg.frontends), announce, cfg.token, cfg.heartbeat_s)
+    announcer = Announcer(list(cfg.frontends), announce, cfg.token, cfg.heartbeat_s,
+                          tls=cfg.client_tls)
     await announcer.start()
     if cfg.frontends:  # ready once the model is loaded (above) and a frontend knows us
         await announcer.registered.wait()

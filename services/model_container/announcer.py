@@ -13,6 +13,7 @@ import logging
 import grpc
 
 from services.common.auth import bearer
+from services.common.tls import ClientTLS, ReloadingChannel
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 
@@ -28,32 +29,33 @@ class Announcer:
         announce: pb.AnnounceRequest,
         token: str,
         interval_s: float,
+        tls: ClientTLS | None = None,
     ) -> None:
         self.frontends = frontends
         self.announce = announce
         self.token = token
         self.interval_s = interval_s
         self.registered = asyncio.Event()
-        self._channels: list[grpc.aio.Channel] = []
+        # One per frontend; rebuilt from the TLS files when they change (rotation).
+        self._channels = [ReloadingChannel(addr, tls) for addr in frontends]
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._channels = [grpc.aio.insecure_channel(addr) for addr in self.frontends]
         self._task = asyncio.create_task(self._run(), name="announcer")
 
     async def _run(self) -> None:
-        stubs = [pb_grpc.RegistryStub(ch) for ch in self._channels]
         while True:
-            pairs = zip(stubs, self.frontends, strict=True)
-            asked = await asyncio.gather(*(self._announce_once(s, a) for s, a in pairs))
+            asked = await asyncio.gather(*(self._announce_once(ch) for ch in self._channels))
             intervals = [ms / 1000 for ms in asked if ms]
             if any(ms is not None for ms in asked):
                 self.registered.set()
             await asyncio.sleep(min(intervals, default=self.interval_s))
 
-    async def _announce_once(self, stub: pb_grpc.RegistryStub, address: str) -> int | None:
+    async def _announce_once(self, channel: ReloadingChannel) -> int | None:
         """The heartbeat interval the frontend asks for (ms, 0: none), or None on failure."""
+        address = channel.target
         try:
+            stub = pb_grpc.RegistryStub(await channel.get())
             reply = await stub.Announce(
                 self.announce, metadata=bearer(self.token), timeout=max(self.interval_s, 1.0)
             )
@@ -63,6 +65,9 @@ class Announcer:
                 logger.error("frontend %s refused this container: %s", address, exc.details())
             else:
                 logger.warning("announce to %s failed: %s", address, exc.code().name)
+            return None
+        except OSError as exc:
+            logger.error("cannot dial frontend %s: %s", address, exc)
             return None
 
     async def aclose(self) -> None:
@@ -76,9 +81,11 @@ class Announcer:
         request = pb.DeregisterRequest(replica_id=self.announce.replica_id)
         for channel in self._channels:
             try:
-                await pb_grpc.RegistryStub(channel).Deregister(
+                await pb_grpc.RegistryStub(await channel.get()).Deregister(
                     request, metadata=bearer(self.token), timeout=1.0
                 )
             except grpc.aio.AioRpcError as exc:
                 logger.warning("deregister failed: %s", exc.code().name)
-            await channel.close()
+            except OSError as exc:
+                logger.warning("deregister failed: %s", exc)
+            await channel.aclose()

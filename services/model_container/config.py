@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.common.config import (
     ConfigError,
     add_lifecycle_flags,
     add_listen_flags,
+    add_tls_flags,
+    client_tls_from,
     env_default,
     require,
+    server_tls_from,
 )
 from services.common.tensors import TensorSpec
+from services.common.tls import ClientTLS, ServerTLS
 from services.model_container.batcher import BATCHING_MODES, BatchingConfig
 from services.model_container.runner import WORKER_KINDS
 
@@ -38,6 +42,10 @@ class Config:
     metrics_port: int
     grace_s: float
     log_level: str
+    # TLS: served when set; used to dial the frontends when enabled.
+    tls: ServerTLS | None = None
+    client_tls: ClientTLS = field(default_factory=ClientTLS)
+    health_port: int = -1
 
 
 def parse_shape(raw: str) -> tuple[int, ...]:
@@ -99,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
         "and between retries",
     )
     add_lifecycle_flags(p, SERVICE)
+    add_tls_flags(p, SERVICE)
+    p.add_argument("--tls-server-name", default=env("tls_server_name", ""),
+                   help="name to verify in the frontends' certificates instead of the host "
+                   "of --frontend")
     return p
 
 
@@ -136,4 +148,7 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         metrics_port=args.metrics_port,
         grace_s=args.grace_s,
         log_level=args.log_level,
+        tls=server_tls_from(args),
+        client_tls=client_tls_from(args, args.tls_server_name),
+        health_port=args.health_port,
     )

@@ -23,6 +23,8 @@ async def main(cfg: Config) -> None:
           "clipper.v1.Selection")],
         cfg.host,
         cfg.port,
+        tls=cfg.tls,
+        health_port=cfg.health_port,
     )
     await retry_while_unavailable(store.ping, "policy state store")  # ready: state loads
     await server.set_serving(True)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from services.common.config import add_lifecycle_flags, add_listen_flags, env_default, require
+from services.common.config import (
+    add_lifecycle_flags,
+    add_listen_flags,
+    add_tls_flags,
+    env_default,
+    require,
+    server_tls_from,
+)
+from services.common.tls import ServerTLS
 
 SERVICE = "selection"
 
@@ -20,6 +28,8 @@ class Config:
     metrics_port: int
     grace_s: float
     log_level: str
+    tls: ServerTLS | None = None
+    health_port: int = -1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         "updated evicted first (on Redis, its maxmemory with policy volatile-lru bounds them)",
     )
     add_lifecycle_flags(p, SERVICE)
+    add_tls_flags(p, SERVICE, client=False)
     return p
 
 
@@ -54,4 +65,5 @@ def config_from_args(argv: list[str] | None = None) -> Config:
     require(args.context_ttl_s >= 0, f"--context-ttl-s={args.context_ttl_s}: must be >= 0")
     require(args.max_contexts > 0, f"--max-contexts={args.max_contexts}: must be > 0")
     return Config(args.host, args.port, args.state, args.context_ttl_s, args.max_contexts,
-                  args.metrics_port, args.grace_s, args.log_level)
+                  args.metrics_port, args.grace_s, args.log_level, server_tls_from(args),
+                  args.health_port)

@@ -13,7 +13,7 @@ import yaml
 from tests.helpers.tools import REPO, find_tool, require_tool
 
 DEPLOY = REPO / "deploy"
-OVERLAYS = ("dev", "prod")
+OVERLAYS = ("dev", "prod", "prod-tls")
 
 
 def _renderer() -> list[str]:
@@ -59,3 +59,10 @@ def dev() -> list[dict[str, Any]]:
     if "dev" not in _rendered:
         _rendered["dev"] = render(DEPLOY / "overlays" / "dev")
     return _rendered["dev"]
+
+
+@pytest.fixture
+def prod_tls() -> list[dict[str, Any]]:
+    if "prod-tls" not in _rendered:
+        _rendered["prod-tls"] = render(DEPLOY / "overlays" / "prod-tls")
+    return _rendered["prod-tls"]

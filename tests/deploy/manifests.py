@@ -6,6 +6,7 @@ import ast
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 
 # The Kubernetes release the manifests are validated against (kubernetes-validate ships
@@ -22,8 +23,51 @@ SERVICES = {
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _closed(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": list(required),
+            "additionalProperties": False}
+
+
+_STR = {"type": "string"}
+_METADATA = _closed({"name": _STR, "namespace": _STR, "labels": {"type": "object"},
+                     "annotations": {"type": "object"}}, ("name",))
+_ISSUER_REF = _closed({"name": _STR, "kind": {"enum": ["Issuer", "ClusterIssuer"]},
+                       "group": _STR}, ("name",))
+# The cert-manager.io/v1 fields our overlays use, from its CRDs (kubernetes-validate
+# ships only Kubernetes' own schemas); any other field fails, as strict validation does.
+CERT_MANAGER_SCHEMAS: dict[str, dict[str, Any]] = {
+    "Certificate": _closed({
+        "apiVersion": {"const": "cert-manager.io/v1"}, "kind": {"const": "Certificate"},
+        "metadata": _METADATA,
+        "spec": _closed({
+            "secretName": _STR, "commonName": _STR, "isCA": {"type": "boolean"},
+            "duration": {"type": "string", "pattern": r"^\d+h$"},
+            "renewBefore": {"type": "string", "pattern": r"^\d+h$"},
+            "dnsNames": {"type": "array", "items": _STR, "minItems": 1},
+            "usages": {"type": "array", "items": {
+                "enum": ["server auth", "client auth", "digital signature",
+                         "key encipherment", "cert sign"]}},
+            "privateKey": _closed({"algorithm": {"enum": ["RSA", "ECDSA", "Ed25519"]},
+                                   "size": {"type": "integer"},
+                                   "rotationPolicy": {"enum": ["Never", "Always"]}}),
+            "issuerRef": _ISSUER_REF,
+        }, ("secretName", "issuerRef")),
+    }, ("apiVersion", "kind", "metadata", "spec")),
+    "Issuer": _closed({
+        "apiVersion": {"const": "cert-manager.io/v1"}, "kind": {"const": "Issuer"},
+        "metadata": _METADATA,
+        "spec": {"type": "object", "minProperties": 1, "maxProperties": 1, "properties": {
+            "selfSigned": _closed({}), "ca": _closed({"secretName": _STR}, ("secretName",)),
+        }, "additionalProperties": False},
+    }, ("apiVersion", "kind", "metadata", "spec")),
+}
+
+
 def validate(doc: dict[str, Any]) -> None:
     """Raise unless `doc` validates strictly (no unknown fields) against the schemas."""
+    if doc["apiVersion"].startswith("cert-manager.io/"):
+        jsonschema.validate(doc, CERT_MANAGER_SCHEMAS[doc["kind"]])
+        return
     kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
 

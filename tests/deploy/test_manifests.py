@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -15,6 +16,7 @@ from services.cli import k8s
 from services.cli.settings import SERVICES as SETTING_SERVICES
 from services.cli.settings import env_names, service_settings
 from services.generated.clipper.v1 import clipper_pb2 as pb
+from services.mesh.certs import make_ca, make_leaf
 from tests.deploy.manifests import (
     SERVICES,
     component,
@@ -32,6 +34,7 @@ from tests.deploy.manifests import (
 
 Docs = list[dict[str, Any]]
 REDIS_URL = r"redis://([a-z0-9-]+):(\d+)/(\d+)"
+TLS_MOUNT = "/etc/clipper/tls"
 
 
 def _default(service: str, flag: str) -> Any:
@@ -105,11 +108,17 @@ def test_ports_probes_and_services_agree_with_the_code(overlay: tuple[str, Docs]
             assert grpc_port == k8s.CONTAINER_PORT
         else:
             assert grpc_port == _default(service, "--port"), f"{comp}: the code's default port"
-        # Probes: native gRPC health checks on the service name the server registers.
+        # Probes: native gRPC health checks on the service name the server registers,
+        # on the gRPC port, or on the plaintext health port when that one serves TLS
+        # (the kubelet's gRPC probes cannot speak TLS).
+        probed_port = grpc_port
+        if prefix + "TLS_CERT" in effective_env(docs, container):
+            probed_port = port_named(container, "health")
+            assert env[prefix + "HEALTH_PORT"] == str(probed_port)
         registered = registered_health_names(entrypoint)
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             check = container[probe]["grpc"]
-            assert check["port"] == grpc_port, f"{comp} {probe}"
+            assert check["port"] == probed_port, f"{comp} {probe}"
             assert check["service"] in registered, f"{comp} {probe}: {check['service']}"
             short = check["service"].removeprefix("clipper.v1.")
             assert short in pb.DESCRIPTOR.services_by_name, check["service"]
@@ -207,8 +216,11 @@ def test_pods_are_locked_down(overlay: tuple[str, Docs]) -> None:
         for container in pod["containers"]:
             assert container["securityContext"] == k8s.container_security_context(), name
             for mount in container.get("volumeMounts", []):
-                # Writable paths are scratch or data volumes, never the image.
-                assert mount["name"] in claims or "emptyDir" in volumes[mount["name"]], name
+                # Writable paths are scratch or data volumes, never the image; Secrets
+                # (certificates) are mounted read-only.
+                volume = volumes.get(mount["name"], {})
+                assert (mount["name"] in claims or "emptyDir" in volume
+                        or ("secret" in volume and mount.get("readOnly") is True)), name
 
 
 def test_prod_is_highly_available_and_bounded(prod: Docs) -> None:
@@ -263,9 +275,13 @@ def test_pods_get_the_time_their_services_take_to_stop(overlay: tuple[str, Docs]
 
 
 def test_each_pod_environment_is_a_valid_config(
-        overlay: tuple[str, Docs], monkeypatch: pytest.MonkeyPatch) -> None:
+        overlay: tuple[str, Docs], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Each service's own config_from_args accepts the environment its pod gets."""
     _, docs = overlay
+    # What cert-manager puts in a certificate's Secret, made here.
+    ca = make_ca(tmp_path, "ca")
+    leaf = make_leaf(tmp_path, "tls", ca)
+    tls_files = {"tls.crt": leaf.cert, "tls.key": leaf.key, "ca.crt": ca.cert}
     modules = {s: m for s, m, _ in SETTING_SERVICES}
     for workload in ours(docs):
         service, _ = SERVICES[component(workload)]
@@ -275,6 +291,8 @@ def test_each_pod_environment_is_a_valid_config(
         for name, value in env.items():
             if isinstance(value, dict):  # from the Secret or the downward API
                 value = "10.1.2.3" if "fieldRef" in value else "a-token"
+            elif value.startswith(TLS_MOUNT + "/"):  # a file of the mounted certificate
+                value = str(tls_files[value.removeprefix(TLS_MOUNT + "/")])
             monkeypatch.setenv(name, value)
         config = importlib.import_module(modules[service]).config_from_args([])
         container = main_container(workload)

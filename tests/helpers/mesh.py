@@ -8,10 +8,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from services.common.auth import bearer
 from services.common.processes import ServiceProcess, start_service
+from services.common.tls import ClientTLS, sync_channel
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 
@@ -27,16 +26,23 @@ def container_metadata(model: str) -> tuple[tuple[str, str]]:
 
 
 class Mesh:
-    """Selection service, frontend and containers as child processes in `workdir`."""
+    """Selection service, frontend and containers as child processes in `workdir`.
 
-    def __init__(self, workdir: Path) -> None:
+    `flags` adds flags per module (e.g. TLS); `tls` is how the tests dial the frontend.
+    """
+
+    def __init__(self, workdir: Path, flags: Mapping[str, Sequence[str]] | None = None,
+                 tls: ClientTLS | None = None) -> None:
         self.workdir = workdir
+        self.flags = dict(flags or {})
+        self.tls = tls
         self.procs: list[ServiceProcess] = []
         self.selection: ServiceProcess | None = None
         self.frontend: ServiceProcess | None = None
 
     def _start(self, module: str, args: list[str], name: str,
                env: dict[str, str] | None = None) -> ServiceProcess:
+        args = [*args, *self.flags.get(module, ())]
         proc = start_service(module, args, name=name, env={**ENV, **(env or {})},
                              log_path=self.workdir / f"{name}.log")
         self.procs.append(proc)
@@ -95,7 +101,7 @@ class Mesh:
 
     @contextmanager
     def management(self, address: str = "") -> Iterator[Any]:
-        with grpc.insecure_channel(address or self.address) as channel:
+        with sync_channel(address or self.address, self.tls) as channel:
             yield pb_grpc.ManagementStub(channel)
 
     def create_app(self, name: str, models: list[str], dtype: str = "float32",

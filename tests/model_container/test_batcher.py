@@ -144,7 +144,7 @@ async def test_a_hung_batch_times_out_and_a_stuck_thread_makes_the_replica_unhea
     await batcher.start()
     try:
         hung = batcher.submit(np.array([-1.0]), far)
-        with pytest.raises(Unavailable, match="did not answer a batch of 1 within 0.2 s"):
+        with pytest.raises(Unavailable, match=r"did not answer a batch of 1 within 0\.2 s"):
             await asyncio.wait_for(hung, 10)
         await asyncio.wait_for(batcher.unhealthy.wait(), 10)
         with pytest.raises(Unavailable, match="replica is unhealthy"):

@@ -10,6 +10,9 @@ version), "server_metadata", "metadata" (model), or "infer" (model, datatype,
 shape, values: a flat list, hex strings for BYTES; optional version, timeout_us,
 priority). A result is {"call", "ok": true, ...} or {"call", "ok": false,
 "status", "message"}.
+
+Usage: tritonclient_checks.py HOST:PORT [CA [CERT KEY]]: with a CA file the client
+dials with TLS (tritonclient's ssl=True), presenting CERT and KEY when given (mTLS).
 """
 
 from __future__ import annotations
@@ -85,10 +88,15 @@ def run(client: grpcclient.InferenceServerClient, call: dict[str, Any]) -> dict[
 
 
 def main() -> int:
-    url = sys.argv[1]
+    url, tls_files = sys.argv[1], sys.argv[2:]
     calls = json.load(sys.stdin)
     results = []
-    with grpcclient.InferenceServerClient(url=url) as client:
+    tls: dict[str, Any] = {}
+    if tls_files:
+        tls = {"ssl": True, "root_certificates": tls_files[0]}
+    if len(tls_files) == 3:
+        tls |= {"certificate_chain": tls_files[1], "private_key": tls_files[2]}
+    with grpcclient.InferenceServerClient(url=url, **tls) as client:
         for call in calls:
             try:
                 result = {"ok": True, **run(client, call)}
