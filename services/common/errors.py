@@ -60,6 +60,21 @@ class PermissionDenied(ClipperError):
 class Overloaded(ClipperError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
+    def __init__(self, message: str, retry_after_ms: int | None = None) -> None:
+        super().__init__(message)
+        # Sent as the `grpc-retry-pushback-ms` trailer: when the client may try again.
+        self.retry_after_ms = retry_after_ms
+
+
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
+
+def trailers(exc: ClipperError) -> tuple[tuple[str, str], ...]:
+    """Trailing metadata that goes out with `exc`'s status."""
+    if isinstance(exc, Overloaded) and exc.retry_after_ms is not None:
+        return ((PUSHBACK_KEY, str(exc.retry_after_ms)),)
+    return ()
+
 
 class Unavailable(ClipperError):
     code = grpc.StatusCode.UNAVAILABLE
@@ -111,7 +126,7 @@ def handle_errors(
         try:
             return await method(self, request, context)
         except ClipperError as exc:
-            await context.abort(exc.code, exc.message)
+            await context.abort(exc.code, exc.message, trailers(exc))
         except grpc.aio.AbortError:
             raise
         except Exception:
@@ -135,7 +150,7 @@ def handle_stream_errors(
             async for item in method(self, request, context):
                 yield item
         except ClipperError as exc:
-            await context.abort(exc.code, exc.message)
+            await context.abort(exc.code, exc.message, trailers(exc))
         except grpc.aio.AbortError:
             raise
         except Exception:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+from services.common.admission import Admission
 from services.common.kv_store import open_store
 from services.common.metrics import serve_metrics
 from services.common.server import announce_ready, run_service, start_server, wait_for_signal
@@ -30,7 +31,8 @@ async def main(cfg: Config) -> None:
                             tls=cfg.client_tls.with_server_name(cfg.tls_container_name))
     selection = SelectionClient(cfg.selection, tls=cfg.client_tls)
     cache = PredictionCache.open(cfg.cache, cfg.cache_size, cfg.cache_ttl_s)
-    query_path = QueryPath(registry, replicas, selection, cache, cfg.limits)
+    admission = Admission(cfg.admission)
+    query_path = QueryPath(registry, replicas, selection, cache, cfg.limits, admission)
     server = await start_server(
         [
             (functools.partial(pb_grpc.add_FrontendServicer_to_server,
@@ -54,6 +56,7 @@ async def main(cfg: Config) -> None:
     )
     await replicas.start()
     await selection.start()
+    await admission.lag.start()
     await server.set_serving(True)
     announce_ready("frontend", server.port)
     try:
@@ -61,6 +64,7 @@ async def main(cfg: Config) -> None:
     finally:
         await server.set_serving(False)  # not ready: load balancers stop sending
         await server.stop(cfg.grace_s)  # refuses new calls; in-flight ones may finish
+        await admission.lag.aclose()
         await selection.aclose()
         await replicas.aclose()
         await cache.aclose()

@@ -25,11 +25,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from services.common import clock, tensors
+from services.common.admission import Admission, AdmissionLimits
 from services.common.errors import (
     ClipperError,
     DeadlineExpired,
     InvalidInput,
     NotFound,
+    Overloaded,
     Unavailable,
 )
 from services.common.limits import DEFAULT_LIMITS, Limits
@@ -69,7 +71,7 @@ class Prediction:
     confidence: float = 0.0
     # The models' combined answer when the default replaced it for low confidence.
     ensemble_output: pb.Tensor | None = None
-    # For metrics: deadline, low_confidence or error.
+    # For metrics: deadline, low_confidence, error or overload.
     default_cause: str = ""
 
 
@@ -89,12 +91,14 @@ class QueryPath:
         selection: SelectionClient,
         cache: PredictionCache,
         limits: Limits = DEFAULT_LIMITS,
+        admission: Admission | None = None,
     ) -> None:
         self.registry = registry
         self.replicas = replicas
         self.selection = selection
         self.cache = cache
         self.limits = limits
+        self.admission = admission or Admission(AdmissionLimits())
 
     def validate(self, app: Application, value: pb.Tensor) -> None:
         """Raise InvalidInput unless `value` is a tensor the application takes."""
@@ -132,8 +136,9 @@ class QueryPath:
             prediction = await self._predict(
                 app_name, value, context_key, query_id, client_remaining_s, version
             )
-        except ClipperError:
-            metrics.queries.add(1, {**attrs, "outcome": "error"})
+        except ClipperError as exc:
+            outcome = "shed" if isinstance(exc, Overloaded) else "error"
+            metrics.queries.add(1, {**attrs, "outcome": outcome})
             raise
         metrics.queries.add(1, {**attrs, "outcome": "default" if prediction.default_used
                                 else "answered"})
@@ -157,6 +162,21 @@ class QueryPath:
         self.validate(app, value)
         deadline = answer_deadline(app.slo_ms, client_remaining_s, clock.now())
         query_id = query_id or uuid.uuid4().hex
+        try:
+            self.admission.check(app.name, deadline - clock.now())
+        except Overloaded as exc:
+            if app.default_output is None:
+                raise
+            return Prediction(query_id=query_id, output=app.default_tensor(), default_used=True,
+                              default_reason=exc.message, default_cause="overload")
+        with self.admission.hold(app.name):
+            return await self._answer(app, value, context_key, query_id, deadline, version)
+
+    async def _answer(
+        self, app: Application, value: pb.Tensor, context_key: str, query_id: str,
+        deadline: float, version: str,
+    ) -> Prediction:
+        """Select, fan out and combine, for an admitted query."""
         if not app.linked_models:
             return self._fallback(app, query_id, _FanOut([], [], [], timed_out=False))
         decision = await self.selection.select(app, context_key, deadline)

@@ -1,0 +1,34 @@
+"""Admission: the backlog and the work in flight decide, and a refusal says when to retry."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.common.admission import Admission, AdmissionLimits
+from services.common.errors import PUSHBACK_KEY, Overloaded, trailers
+
+
+def test_queries_in_flight_are_bounded_in_all_and_per_key() -> None:
+    admission = Admission(AdmissionLimits(max_inflight=3, max_inflight_per_key=2))
+    with admission.hold("a"), admission.hold("a"):
+        with pytest.raises(Overloaded, match=r"2 queries of 'a' in flight.*--max-inflight-per-app"):
+            admission.check("a", 1.0)
+        admission.check("b", 1.0)
+        with admission.hold("b"):
+            with pytest.raises(Overloaded, match="3 queries in flight"):
+                admission.check("c", 1.0)
+    assert admission.inflight == 0
+    admission.check("a", 1.0)
+
+
+def test_a_backlog_longer_than_the_limit_or_half_the_time_left_sheds() -> None:
+    admission = Admission(AdmissionLimits(max_backlog_s=0.05))
+    admission.lag.lag_s = 0.02
+    admission.check("a", 1.0)
+    with pytest.raises(Overloaded, match="backlog of 20 ms") as caught:
+        admission.check("a", 0.03)  # would spend most of its 30 ms waiting
+    assert caught.value.retry_after_ms == 40
+    assert trailers(caught.value) == ((PUSHBACK_KEY, "40"),)
+    admission.lag.lag_s = 0.06
+    with pytest.raises(Overloaded):
+        admission.check("a", 10.0)

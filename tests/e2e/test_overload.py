@@ -1,0 +1,80 @@
+"""Overload over real gRPC between real processes: a query the frontend cannot take is
+refused at once, with a pushback, or answered with the application's flagged default."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+
+from services.common import tensors
+from services.common.errors import PUSHBACK_KEY
+from services.generated.clipper.v1 import clipper_pb2 as pb
+from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
+from tests.helpers.mesh import Mesh
+
+DEFAULT = tensors.encode(np.int64(-1))
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    mesh = Mesh(tmp_path_factory.mktemp("overload"))
+    try:
+        mesh.start_selection()
+        mesh.start_frontend("--max-inflight-per-app", "2", "--cache", "none")
+        mesh.start_container("tests.helpers.models:SlowModel", "slow")
+        mesh.create_app("busy", ["slow"], slo_ms=3000)
+        mesh.create_app("busy-default", ["slow"], slo_ms=3000, default=DEFAULT)
+        mesh.wait_connected("slow", 1)
+        yield mesh
+    finally:
+        mesh.close()
+
+
+async def wait_outstanding(mesh: Mesh, count: int) -> None:
+    """Until the frontend has `count` queries out to the slow model's replica."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        replicas = await asyncio.to_thread(mesh.replicas, "slow")
+        if replicas and replicas[0].outstanding >= count:
+            return
+    raise TimeoutError(f"never {count} queries outstanding")
+
+
+def query(app: str, i: int) -> pb.PredictRequest:
+    return pb.PredictRequest(application=app, input=tensors.encode(np.full(4, i, "float32")))
+
+
+async def test_past_the_in_flight_limit_a_query_is_refused_at_once_with_a_pushback(
+    stub: pb_grpc.FrontendStub, mesh: Mesh,
+) -> None:
+    held = [asyncio.ensure_future(stub.Predict(query("busy", i), timeout=10)) for i in range(2)]
+    await wait_outstanding(mesh, 2)  # both admitted and waiting on the 1 s model
+    started = time.monotonic()
+    call = stub.Predict(query("busy", 9), timeout=10)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    refused_in_s = time.monotonic() - started
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "--max-inflight-per-app" in (caught.value.details() or "")
+    pushback = dict(await call.trailing_metadata() or ())
+    assert int(pushback[PUSHBACK_KEY]) >= 10
+    assert refused_in_s < 1.0  # refused, not queued behind the model
+    for reply in await asyncio.gather(*held):
+        assert tensors.decode(reply.output).item() == 7  # the admitted ones were served
+
+
+async def test_an_application_with_a_default_answers_it_flagged_when_shedding(
+    stub: pb_grpc.FrontendStub, mesh: Mesh,
+) -> None:
+    held = [asyncio.ensure_future(stub.Predict(query("busy-default", i), timeout=10))
+            for i in range(2)]
+    await wait_outstanding(mesh, 2)
+    reply = await stub.Predict(query("busy-default", 9), timeout=10)
+    assert reply.default_used and "overloaded" in reply.default_reason
+    assert tensors.decode(reply.output).item() == -1
+    await asyncio.gather(*held)
