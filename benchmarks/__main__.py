@@ -18,6 +18,7 @@ from benchmarks import (
     ghz_limit,
     mesh_latency,
     overhead,
+    overload,
     plots,
     selection_experiments,
     tls_cost,
@@ -27,7 +28,7 @@ from benchmarks.loadgen import RunResult
 from services.mesh import digits
 
 SECTIONS = ("mesh", "container", "digits", "frontend", "slo", "burst", "overhead", "limit",
-            "selection", "tls")
+            "selection", "tls", "overload")
 
 
 def _capacity_table(caps: list[gain.Capacity]) -> list[str]:
@@ -53,6 +54,8 @@ async def run(out: Path, sections: tuple[str, ...], queries: int) -> str:
             lines += [mesh_latency.run(out, queries), ""]
         if "tls" in sections:
             lines += [tls_cost.run(out, queries), ""]
+        if "overload" in sections:
+            lines += [await asyncio.to_thread(overload.run, out, work / "overload"), ""]
         if "container" in sections:
             caps = await gain.container_capacities(work, gain.SYNTHETIC, np.ones(4, np.float32))
             adaptive = next(c for c in caps if c.label == "adaptive")
