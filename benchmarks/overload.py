@@ -84,8 +84,7 @@ def write_payload(work: Path, count: int = 4000) -> Path:
     _, x_test, _, _ = digits.split()
     rng = np.random.default_rng(7)
     rows = np.resize(x_test, (count, x_test.shape[1])).astype(np.float32)
-    noise: np.ndarray = rng.uniform(0, 0.01, size=rows.shape)
-    rows += noise.astype(np.float32)  # every row distinct
+    rows += rng.random(rows.shape, dtype=np.float32) * 0.01  # every row distinct
     work.mkdir(parents=True, exist_ok=True)
     payload = work / "overload-payload.json"
     payload.write_text(json.dumps([
