@@ -6,17 +6,22 @@ CLIPPER_MANAGEMENT_TOKEN). Output is JSON, for people and scripts alike.
   apps list | get NAME | delete NAME
   apps create NAME --input-dtype float32 --input-shape 64 --slo-ms 100
                    [--policy all] [--param k=v] [--model M ...] [--default -1 --default-dtype int64]
+  apps create ... [--api-key-sha256 H ...] [--feedback-key-sha256 H ...]
+  apps keys APP [--api-key-sha256 H ...] [--feedback-key-sha256 H ...]  (replaces both lists)
   apps link APP MODEL | apps unlink APP MODEL
   models list | models set-version MODEL VERSION
   replicas list [--model M]
   predict APP --values 0,1,2,... [--dtype float32] [--shape 64] [--context USER]
   feedback APP --query-id ID --label 3 [--label-dtype int64] [--context USER]
+  (predict and feedback send --api-key, default CLIPPER_API_KEY, when the app has keys)
 
 Local commands (no frontend needed):
 
   deploy-model --image IMG --model REF --name N [--version V] [--replicas R]
                [--max-batch-size ...] [--worker process] [--max-replicas M] | kubectl apply -f -
   settings [--check FILE | --write FILE]   every setting the services read, as Markdown
+  tokens container MODEL | tokens selection   credentials derived from CLIPPER_MESH_SECRET
+  tokens api-key                              a new API key and its SHA-256
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from google.protobuf.message import Message
 
 from services.cli import local
 from services.common import tensors
-from services.common.auth import bearer
+from services.common.auth import api_key, bearer
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 
@@ -61,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--model", action="append", default=[], help="model to link")
     create.add_argument("--default", help="default output values, comma-separated")
     create.add_argument("--default-dtype", default="int64")
+    keys = apps.add_parser("keys", help="replace an application's API key hashes")
+    keys.add_argument("name")
+    for cmd in (create, keys):
+        cmd.add_argument("--api-key-sha256", action="append", default=[], metavar="HEX",
+                         help="SHA-256 of a key queries and feedback need (tokens api-key)")
+        cmd.add_argument("--feedback-key-sha256", action="append", default=[], metavar="HEX",
+                         help="SHA-256 of a key feedback needs (instead of the above)")
     for name in ("link", "unlink"):
         cmd = apps.add_parser(name)
         cmd.add_argument("application")
@@ -81,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--dtype", default="float32")
     predict.add_argument("--shape", default="", help="default: one dimension of len(values)")
     predict.add_argument("--context", default="")
+    predict.add_argument("--api-key", default=os.environ.get("CLIPPER_API_KEY", ""))
 
     feedback = sub.add_parser("feedback")
     feedback.add_argument("application")
@@ -88,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     feedback.add_argument("--label", required=True)
     feedback.add_argument("--label-dtype", default="int64")
     feedback.add_argument("--context", default="")
+    feedback.add_argument("--api-key", default=os.environ.get("CLIPPER_API_KEY", ""))
 
     local.add_commands(sub)
     return p
@@ -111,6 +125,10 @@ def _show(msg: Message) -> dict[str, Any]:
     return data
 
 
+def _key(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    return api_key(args.api_key) if args.api_key else ()
+
+
 def run(args: argparse.Namespace) -> Any:
     channel = grpc.insecure_channel(args.frontend)
     mgmt = pb_grpc.ManagementStub(channel)
@@ -132,10 +150,17 @@ def run(args: argparse.Namespace) -> Any:
             policy=args.policy,
             policy_params=dict(kv.split("=", 1) for kv in args.param),
             linked_models=args.model,
+            api_key_sha256=args.api_key_sha256,
+            feedback_key_sha256=args.feedback_key_sha256,
         )
         if args.default is not None:
             app.default_output.CopyFrom(_values(args.default, args.default_dtype))
         return _show(mgmt.CreateApplication(pb.ApplicationRequest(application=app), **kw))
+    if group == "apps" and command == "keys":
+        app = mgmt.GetApplication(pb.ApplicationName(name=args.name), **kw)
+        app.api_key_sha256[:] = args.api_key_sha256
+        app.feedback_key_sha256[:] = args.feedback_key_sha256
+        return _show(mgmt.UpdateApplication(pb.ApplicationRequest(application=app), **kw))
     if group == "apps" and command in ("link", "unlink"):
         method = mgmt.LinkModel if command == "link" else mgmt.UnlinkModel
         return _show(method(pb.LinkRequest(application=args.application, model=args.model), **kw))
@@ -150,12 +175,12 @@ def run(args: argparse.Namespace) -> Any:
     if group == "predict":
         query = pb.PredictRequest(application=args.application, context_key=args.context,
                                   input=_values(args.values, args.dtype, args.shape))
-        return _show(front.Predict(query, timeout=args.timeout_s))
+        return _show(front.Predict(query, timeout=args.timeout_s, metadata=_key(args)))
     if group == "feedback":
         fb = pb.FeedbackRequest(application=args.application, context_key=args.context,
                                 query_id=args.query_id,
                                 label=_values(args.label, args.label_dtype))
-        return _show(front.Feedback(fb, timeout=args.timeout_s))
+        return _show(front.Feedback(fb, timeout=args.timeout_s, metadata=_key(args)))
     raise SystemExit(f"unknown command {group} {command}")
 
 

@@ -1,4 +1,5 @@
-"""Commands that need no frontend: `deploy-model` (Kubernetes manifests) and `settings`."""
+"""Commands that need no frontend: `deploy-model` (Kubernetes manifests), `settings` and
+`tokens`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from services.cli import k8s
+from services.cli import k8s, tokens
 from services.model_container.batcher import BATCHING_MODES
 from services.model_container.runner import WORKER_KINDS
 
@@ -55,6 +56,7 @@ def add_commands(sub: Any) -> None:
                         help="any other container setting (see deploy/README.md)")
     deploy.add_argument("--output", choices=("yaml", "json"), default="yaml")
 
+    tokens.add_command(sub)
     settings = sub.add_parser(
         "settings", help="every setting the services read, as a Markdown table")
     action = settings.add_mutually_exclusive_group()
@@ -123,4 +125,5 @@ def settings_table(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "deploy-model": deploy_model,
     "settings": settings_table,
+    "tokens": tokens.print_token,
 }

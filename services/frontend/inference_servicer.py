@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 
 from services.common.errors import InvalidInput, NotFound, handle_errors
+from services.frontend import access
 from services.frontend import inference_tensors as oip_tensors
 from services.frontend.query_path import Prediction, QueryPath
 from services.frontend.registry import Application
@@ -102,6 +103,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         self, request: oip.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> oip.ModelInferResponse:
         app = self.registry.get_app(request.model_name)
+        access.authorize(app, access.QUERY)  # before any work on the input
         if request.model_version:
             self._check_version(app, request.model_version, self._versions(app))
         if len(request.inputs) != 1:

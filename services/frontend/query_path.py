@@ -30,7 +30,7 @@ from services.common.errors import (
     NotFound,
     Unavailable,
 )
-from services.frontend import metrics
+from services.frontend import access, metrics
 from services.frontend.combine import Answer, combine
 from services.frontend.prediction_cache import PredictionCache
 from services.frontend.registry import Application, Registry
@@ -137,6 +137,7 @@ class QueryPath:
         version: str,
     ) -> Prediction:
         app = self.registry.get_app(app_name)
+        access.authorize(app, access.QUERY)
         self.validate(app, value)
         deadline = answer_deadline(app.slo_ms, client_remaining_s, clock.now())
         query_id = query_id or uuid.uuid4().hex
@@ -185,6 +186,7 @@ class QueryPath:
         query was made with; with an input, every linked model answers it first.
         """
         app = self.registry.get_app(app_name)
+        access.authorize(app, access.FEEDBACK)
         tensors.decode(label)
         weights: dict[str, float] = {}
         if query_id:

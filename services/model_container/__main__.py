@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import secrets
 import uuid
 
+from services.common.auth import FRONTEND, AuthInterceptor, rules_for, token_auth
+from services.common.credentials import replica_credential
 from services.common.metrics import serve_metrics
 from services.common.server import (
     Server,
@@ -34,18 +37,26 @@ async def main(cfg: Config) -> None:
                          native_threads=cfg.native_threads)
     batcher = Batcher(runner, cfg.batching)
     await batcher.start()
-    servicer = ContainerServicer(batcher, cfg.token, cfg.input_spec)
+    servicer = ContainerServicer(batcher, cfg.input_spec)
+    replica_id = cfg.replica_id or uuid.uuid4().hex
+    # Frontends dial with a credential valid for this replica only.
+    frontends_only = token_auth(replica_credential(cfg.token, replica_id), FRONTEND,
+                                "replica credential")
     server = await start_server(
         [(functools.partial(pb_grpc.add_ModelContainerServicer_to_server, servicer),
           "clipper.v1.ModelContainer")],
         cfg.host,
         cfg.port,
+        interceptors=[AuthInterceptor(
+            rules_for(pb.DESCRIPTOR.services_by_name["ModelContainer"], frontends_only))],
     )
     announce = pb.AnnounceRequest(
         model=cfg.name,
         version=cfg.version,
         address=f"{cfg.advertise_host}:{server.port}",
-        replica_id=uuid.uuid4().hex,
+        replica_id=replica_id,
+        # Proves to the frontends that later announces come from this process.
+        replica_secret=secrets.token_urlsafe(32),
     )
     if cfg.input_spec is not None:
         announce.input_spec.CopyFrom(spec_to_proto(cfg.input_spec))
@@ -55,7 +66,8 @@ async def main(cfg: Config) -> None:
         await announcer.registered.wait()
     await server.set_serving(True)
     announce_ready("model_container", server.port)
-    logger.info("serving model %s version %s", cfg.name, cfg.version)
+    logger.info("serving model %s version %s as replica %s", cfg.name, cfg.version,
+                replica_id)
     try:
         await wait_for_signal()
     finally:

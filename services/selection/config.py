@@ -1,11 +1,13 @@
-"""Settings of the selection service (flags, with CLIPPER_SELECTION_* env defaults)."""
+"""Settings of the selection service (flags, with CLIPPER_SELECTION_* env defaults; its
+token from CLIPPER_SELECTION_TOKEN)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 
-from services.common.config import add_lifecycle_flags, add_listen_flags, env_default
+from services.common.config import add_lifecycle_flags, add_listen_flags, env_default, require
 
 SERVICE = "selection"
 
@@ -15,6 +17,7 @@ class Config:
     host: str
     port: int
     state: str
+    token: str
     metrics_port: int
     grace_s: float
     log_level: str
@@ -27,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--state",
         default=env_default(SERVICE, "state", ".run/selection-state.json", str),
-        help="policy state per application and context: an embedded file path, "
-        "or redis://HOST:PORT/DB shared by several selection replicas",
+        help="policy state per application and context: an embedded file path, or "
+        "redis[s]://[[USER]:PASSWORD@]HOST:PORT/DB shared by several selection replicas",
     )
     add_lifecycle_flags(p, SERVICE)
     return p
@@ -36,5 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(argv: list[str] | None = None) -> Config:
     args = build_parser().parse_args(argv)
-    return Config(args.host, args.port, args.state, args.metrics_port,
+    token = os.environ.get("CLIPPER_SELECTION_TOKEN", "")
+    require(bool(token), "CLIPPER_SELECTION_TOKEN must be set: the token frontends call with, "
+            "printed by python -m services.cli tokens selection")
+    return Config(args.host, args.port, args.state, token, args.metrics_port,
                   args.grace_s, args.log_level)
