@@ -19,17 +19,33 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """Persists with an append-only file, so a restart on the same port keeps the data."""
+    """Persists with an append-only file, so a restart on the same port keeps the data.
 
-    def __init__(self, workdir: Path) -> None:
+    With `password`, clients must authenticate (`requirepass`); with `user` too, as
+    that ACL user (the default user is then off).
+    """
+
+    def __init__(self, workdir: Path, password: str = "", user: str = "") -> None:
         self.binary = require_tool("redis-server", "shared state tests")
         self.workdir = workdir
         self.port = free_port()
+        self.password = password
+        self.user = user
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self.url_for(0)
+
+    def url_for(self, db: int) -> str:
+        auth = f"{self.user}:{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+
+    def _auth_command(self) -> bytes:
+        if not self.password:
+            return b""
+        words = [self.user, self.password] if self.user else [self.password]
+        return ("AUTH " + " ".join(words) + "\r\n").encode()
 
     def start(self) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -39,8 +55,8 @@ class RedisServer:
         while time.monotonic() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    s.sendall(self._auth_command() + b"PING\r\n")
+                    if b"+PONG" in _read_replies(s, 2 if self.password else 1):
                         return self
             except OSError:
                 pass
@@ -51,10 +67,16 @@ class RedisServer:
         raise TimeoutError("redis-server did not answer PING within 10 s")
 
     def _spawn(self, log: IO[bytes]) -> subprocess.Popen[bytes]:
+        auth: list[str] = []
+        if self.user:
+            auth = ["--user", "default", "off",
+                    "--user", self.user, "on", f">{self.password}", "~*", "&*", "+@all"]
+        elif self.password:
+            auth = ["--requirepass", self.password]
         return subprocess.Popen(
             [self.binary, "--bind", "127.0.0.1", "--port", str(self.port),
              "--dir", str(self.workdir), "--appendonly", "yes", "--appendfsync", "always",
-             "--save", "", "--protected-mode", "yes", "--daemonize", "no"],
+             "--save", "", "--protected-mode", "yes", "--daemonize", "no", *auth],
             stdout=log, stderr=subprocess.STDOUT,
         )
 
@@ -63,3 +85,14 @@ class RedisServer:
             self.proc.terminate()
             self.proc.wait(timeout=10)
         self.proc = None
+
+
+def _read_replies(s: socket.socket, count: int) -> bytes:
+    """Bytes until `count` reply lines have arrived (or the peer stops)."""
+    data = b""
+    while data.count(b"\r\n") < count:
+        chunk = s.recv(256)
+        if not chunk:
+            break
+        data += chunk
+    return data
