@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -22,15 +23,19 @@ class RedisServer:
     """Persists with an append-only file, so a restart on the same port keeps the data.
 
     With `password`, clients must authenticate (`requirepass`); with `user` too, as
-    that ACL user (the default user is then off).
+    that ACL user (the default user is then off). With `tls`, it serves TLS only, with
+    a certificate for 127.0.0.1 made at start (`ca_path` is the CA clients trust).
     """
 
-    def __init__(self, workdir: Path, password: str = "", user: str = "") -> None:
+    def __init__(self, workdir: Path, password: str = "", user: str = "",
+                 tls: bool = False) -> None:
         self.binary = require_tool("redis-server", "shared state tests")
         self.workdir = workdir
         self.port = free_port()
         self.password = password
         self.user = user
+        self.tls = tls
+        self.ca_path = workdir / "redis-cert.pem"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -39,6 +44,8 @@ class RedisServer:
 
     def url_for(self, db: int) -> str:
         auth = f"{self.user}:{self.password}@" if self.password else ""
+        if self.tls:
+            return f"rediss://{auth}127.0.0.1:{self.port}/{db}?ssl_ca_certs={self.ca_path}"
         return f"redis://{auth}127.0.0.1:{self.port}/{db}"
 
     def _auth_command(self) -> bytes:
@@ -49,12 +56,14 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.tls and not self.ca_path.exists():
+            self._make_certificate()
         with (self.workdir / "redis.log").open("ab") as log:
             self.proc = self._spawn(log)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                with self._connect() as s:
                     s.sendall(self._auth_command() + b"PING\r\n")
                     if b"+PONG" in _read_replies(s, 2 if self.password else 1):
                         return self
@@ -66,7 +75,29 @@ class RedisServer:
             time.sleep(0.02)
         raise TimeoutError("redis-server did not answer PING within 10 s")
 
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=0.2)
+        if not self.tls:
+            return sock
+        context = ssl.create_default_context(cafile=str(self.ca_path))
+        return context.wrap_socket(sock, server_hostname="127.0.0.1")
+
+    def _make_certificate(self) -> None:
+        """A self-signed certificate for 127.0.0.1 (its own CA)."""
+        openssl = require_tool("openssl", "Redis over TLS tests")
+        subprocess.run(
+            [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+             "-keyout", str(self.workdir / "redis-key.pem"), "-out", str(self.ca_path),
+             "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+            check=True, capture_output=True, timeout=60,
+        )
+
     def _spawn(self, log: IO[bytes]) -> subprocess.Popen[bytes]:
+        ports = ["--port", str(self.port)]
+        if self.tls:
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no",
+                     "--tls-cert-file", str(self.ca_path),
+                     "--tls-key-file", str(self.workdir / "redis-key.pem")]
         auth: list[str] = []
         if self.user:
             auth = ["--user", "default", "off",
@@ -74,7 +105,7 @@ class RedisServer:
         elif self.password:
             auth = ["--requirepass", self.password]
         return subprocess.Popen(
-            [self.binary, "--bind", "127.0.0.1", "--port", str(self.port),
+            [self.binary, "--bind", "127.0.0.1", *ports,
              "--dir", str(self.workdir), "--appendonly", "yes", "--appendfsync", "always",
              "--save", "", "--protected-mode", "yes", "--daemonize", "no", *auth],
             stdout=log, stderr=subprocess.STDOUT,
