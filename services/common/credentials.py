@@ -43,7 +43,8 @@ def token_model(token: str) -> str:
     if prefix != CONTAINER_TOKEN_PREFIX or not encoded or not mac:
         raise ValueError("not a scoped container token (clipper-ct1.<model>.<mac>)")
     try:
-        return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+        padded = encoded + "=" * (-len(encoded) % 4)
+        return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError) as exc:
         raise ValueError("not a scoped container token: the model part is not base64url") from exc
 

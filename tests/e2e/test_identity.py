@@ -15,7 +15,7 @@ from services.common.auth import bearer
 from services.common.credentials import container_token, replica_credential
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
-from tests.helpers.mesh import MESH_SECRET, MGMT, SELECTION_TOKEN, Mesh
+from tests.helpers.mesh import MANAGEMENT_TOKEN, MESH_SECRET, MGMT, SELECTION_TOKEN, Mesh
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 
@@ -180,3 +180,11 @@ async def test_the_selection_service_accepts_frontends_only(mesh: Mesh) -> None:
         reply = await call.read()
         assert reply.replies[0].WhichOneof("result") == "decision"
         call.cancel()
+
+
+def test_no_log_shows_a_credential(mesh: Mesh) -> None:
+    secrets = {MESH_SECRET, SELECTION_TOKEN, MANAGEMENT_TOKEN,
+               container_token(MESH_SECRET, "sum"), container_token(MESH_SECRET, "alpha")}
+    for log in mesh.workdir.glob("*.log"):
+        text = log.read_text()
+        assert not [s for s in secrets if s in text], f"{log.name} shows a credential"
