@@ -59,6 +59,20 @@ def service_env(management_token: str, mesh_secret: str) -> dict[str, dict[str, 
     return env
 
 
+def mesh_secret(path: Path) -> str:
+    """CLIPPER_MESH_SECRET, else the one kept in `path` (made once, readable by its owner
+    only), so that tokens of containers started by hand survive a restart of the mesh."""
+    secret = os.environ.get("CLIPPER_MESH_SECRET", "")
+    if secret:
+        return secret
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
 def start_mesh(args: argparse.Namespace, env: dict[str, dict[str, str]],
                procs: list[ServiceProcess]) -> None:
     """Start every service, appending each to `procs` as soon as it runs (for cleanup)."""
@@ -149,8 +163,8 @@ def main() -> int:
     started = time.monotonic()
     management_token = (os.environ.get("CLIPPER_MANAGEMENT_TOKEN")
                         or secrets.token_urlsafe(16))
-    env = service_env(management_token,
-                      os.environ.get("CLIPPER_MESH_SECRET") or secrets.token_urlsafe(32))
+    secret_path = Path(args.state_dir) / "mesh-secret"
+    env = service_env(management_token, mesh_secret(secret_path))
     stop = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -169,7 +183,9 @@ def main() -> int:
         print(f"\nMesh ready in {time.monotonic() - started:.1f} s: frontend on {frontend.address}"
               f" (selection on {procs[0].address}, {len(procs) - 2} model containers)\n"
               f"Logs and state in {args.state_dir}/. Ctrl-C stops everything.\n\n"
-              f"Management token:  export CLIPPER_MANAGEMENT_TOKEN={management_token}\n\n"
+              f"Management token:  export CLIPPER_MANAGEMENT_TOKEN={management_token}\n"
+              f"Token for a container of your own model NAME:\n  CLIPPER_MESH_SECRET="
+              f"$(cat {secret_path}) {sys.executable} -m services.cli tokens container NAME\n\n"
               f"Query a test digit (true label {label}):\n  {cli}\n\nOr with grpcurl:\n"
               f"  {grpcurl}\n", flush=True)
         while not stop and all(p.proc.poll() is None for p in procs):
