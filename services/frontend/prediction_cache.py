@@ -165,8 +165,10 @@ class PredictionCache:
         task.add_done_callback(self._writes.discard)
 
     async def recall_query(self, query_id: str) -> pb.RecentQuery | None:
+        # Feedback is not latency-bound: give the read a write's time (a new connection,
+        # a TLS handshake to rediss:// say, takes longer than a query's cache read may).
         deadline = clock.now() + WRITE_TIMEOUT_S
-        raw = await self._get(self.queries, f"query:{query_id}", deadline)
+        raw = await self._get(self.queries, f"query:{query_id}", deadline, WRITE_TIMEOUT_S)
         if raw is None:
             return None
         record = pb.RecentQuery()
@@ -192,11 +194,12 @@ class PredictionCache:
         if not future.cancelled():
             future.exception()  # retrieved: nobody may be waiting any more
 
-    async def _get(self, cache: BaseCache, key: str, deadline: float) -> bytes | None:
-        """A read bounded by READ_TIMEOUT_S and the deadline; a slow or absent cache is a
+    async def _get(self, cache: BaseCache, key: str, deadline: float,
+                   timeout_s: float = READ_TIMEOUT_S) -> bytes | None:
+        """A read bounded by `timeout_s` and the deadline; a slow or absent cache is a
         miss, never a failed or late query."""
         try:
-            async with asyncio.timeout_at(min(deadline, clock.now() + READ_TIMEOUT_S)):
+            async with asyncio.timeout_at(min(deadline, clock.now() + timeout_s)):
                 value: bytes | None = await cache.get(key)
                 return value
         except Exception as exc:
