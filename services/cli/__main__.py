@@ -7,7 +7,8 @@ CLIPPER_MANAGEMENT_TOKEN). Output is JSON, for people and scripts alike.
   apps create NAME --input-dtype float32 --input-shape 64 --slo-ms 100
                    [--policy all] [--param k=v] [--model M ...] [--default -1 --default-dtype int64]
   apps create ... [--api-key-sha256 H ...] [--feedback-key-sha256 H ...]
-  apps keys APP [--api-key-sha256 H ...] [--feedback-key-sha256 H ...]  (replaces both lists)
+  apps keys APP [--api-key-sha256 H ...] [--feedback-key-sha256 H ...] | --none
+                   (replaces both lists)
   apps link APP MODEL | apps unlink APP MODEL
   models list | models set-version MODEL VERSION
   replicas list [--model M]
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--default-dtype", default="int64")
     keys = apps.add_parser("keys", help="replace an application's API key hashes")
     keys.add_argument("name")
+    keys.add_argument("--none", action="store_true", help="remove every key: open the app")
     for cmd in (create, keys):
         cmd.add_argument("--api-key-sha256", action="append", default=[], metavar="HEX",
                          help="SHA-256 of a key queries and feedback need (tokens api-key)")
@@ -157,6 +159,9 @@ def run(args: argparse.Namespace) -> Any:
             app.default_output.CopyFrom(_values(args.default, args.default_dtype))
         return _show(mgmt.CreateApplication(pb.ApplicationRequest(application=app), **kw))
     if group == "apps" and command == "keys":
+        if args.none == bool(args.api_key_sha256 or args.feedback_key_sha256):
+            raise SystemExit("apps keys: give --api-key-sha256 and/or --feedback-key-sha256 "
+                             "(the new lists), or --none to remove every key")
         app = mgmt.GetApplication(pb.ApplicationName(name=args.name), **kw)
         app.api_key_sha256[:] = args.api_key_sha256
         app.feedback_key_sha256[:] = args.feedback_key_sha256

@@ -164,3 +164,7 @@ def test_the_cli_and_the_client_library_send_keys(mesh: Mesh) -> None:
     assert json.loads(replaced.stdout)["api_key_sha256"] == [fresh["sha256"]], replaced.stderr
     stale = cli("predict", "cli-keyed", "--values", "1,2,3,4", key=made["key"])
     assert stale.returncode == 1 and "PERMISSION_DENIED" in stale.stderr
+    assert cli("apps", "keys", "cli-keyed").returncode != 0  # no silent removal
+    opened = cli("apps", "keys", "cli-keyed", "--none")
+    assert "api_key_sha256" not in json.loads(opened.stdout), opened.stderr
+    assert cli("predict", "cli-keyed", "--values", "1,2,3,4").returncode == 0
