@@ -11,7 +11,7 @@
 #
 #   docker build -t clipper-mesh:0.1.0 .
 #   docker run --rm -p 1337:1337 -e CLIPPER_FRONTEND_HOST=0.0.0.0 \
-#       -e CLIPPER_MANAGEMENT_TOKEN=... -e CLIPPER_CONTAINER_TOKEN=... clipper-mesh:0.1.0
+#       -e CLIPPER_MANAGEMENT_TOKEN=... -e CLIPPER_MESH_SECRET=... clipper-mesh:0.1.0
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # --- build: install the project as `make .venv/.installed` and `make proto` do -------------

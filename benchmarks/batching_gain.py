@@ -16,9 +16,9 @@ import numpy as np
 
 from benchmarks.harness import (
     BATCHERS,
-    TOKENS,
     Sender,
     capacity,
+    dial_credential,
     frontend_sender,
     start_container,
     sweep,
@@ -31,6 +31,7 @@ from benchmarks.loadgen import (
     open_loop_profile,
     settle,
 )
+from services.common.processes import ServiceProcess
 from services.mesh import digits
 from tests.helpers.mesh import Mesh
 
@@ -55,9 +56,10 @@ class Capacity:
         return capacity(self.probes, 0.95)
 
 
-def _container_sender(address: str, value: np.ndarray) -> Sender:
+def _container_sender(proc: ServiceProcess, value: np.ndarray) -> Sender:
+    """Queries straight to a container of `start_container`."""
     async def make() -> tuple[Send, Callable[[], Awaitable[None]]]:
-        stream = ContainerStream(address, TOKENS["CLIPPER_CONTAINER_TOKEN"], value, SLO_S)
+        stream = ContainerStream(proc.address, dial_credential(proc.name), value, SLO_S)
         await stream.__aenter__()
         return stream.send, lambda: stream.__aexit__(None, None, None)
     return make
@@ -79,7 +81,7 @@ async def container_capacities(work: Path, model: str, value: np.ndarray) -> lis
     for label, flags in BATCHERS.items():
         proc = start_container(work, model, flags, name=f"c-{len(out)}")
         try:
-            make = _container_sender(proc.address, value)
+            make = _container_sender(proc, value)
             await _warm_up(make, 400)
             out.append(Capacity(label, await sweep(make, SLO_S)))
         finally:
@@ -116,7 +118,7 @@ async def slo_attainment(work: Path, capacity_qps: float
         proc = start_container(work, model, BATCHERS["adaptive"], name=f"slo-{len(runs)}")
         runs[model] = {}
         try:
-            make = _container_sender(proc.address, np.ones(4, np.float32))
+            make = _container_sender(proc, np.ones(4, np.float32))
             await _warm_up(make, capacity_qps / 2)
             for share in (0.5, 0.8, 0.95):
                 send, close = await make()
@@ -140,7 +142,7 @@ async def bursts(work: Path, capacity_qps: float) -> dict[str, RunResult]:
     for label in ("adaptive", "fixed (max 32, 5 ms wait)"):
         proc = start_container(work, SYNTHETIC, BATCHERS[label], name=f"burst-{len(out)}")
         try:
-            make = _container_sender(proc.address, np.ones(4, np.float32))
+            make = _container_sender(proc, np.ones(4, np.float32))
             await _warm_up(make, capacity_qps / 2)
             send, close = await make()
             try:

@@ -17,10 +17,9 @@ from benchmarks.loadgen import (
     open_loop,
     settle,
 )
+from services.common.credentials import container_token, replica_credential
 from services.common.processes import ServiceProcess, start_service
-from tests.helpers.mesh import ENV
-
-TOKENS = ENV  # the same tokens the test mesh uses
+from tests.helpers.mesh import MESH_SECRET, container_env
 
 # Batchers compared everywhere: (label, container flags).
 BATCHERS: dict[str, list[str]] = {
@@ -39,13 +38,20 @@ def workdir() -> Iterator[Path]:
 
 def start_container(work: Path, model: str, flags: list[str], frontend: str = "",
                     name: str = "bench") -> ServiceProcess:
-    """A model container; with no frontend (standalone) it serves its stream unannounced."""
+    """A model container; with no frontend (standalone) it serves its stream unannounced.
+    Its replica id is its name (see `dial_credential`)."""
     return start_service(
         "services.model_container",
-        ["--model", model, "--name", name, "--frontend", frontend, "--heartbeat-s", "1",
-         *flags],
-        env=TOKENS, log_path=work / f"{name}.log",
+        ["--model", model, "--name", name, "--replica-id", name, "--frontend", frontend,
+         "--heartbeat-s", "1", *flags],
+        name=name, env=container_env(name), log_path=work / f"{name}.log",
     )
+
+
+def dial_credential(model: str, replica_id: str = "") -> str:
+    """What a frontend of the test mesh sends to a replica of `model` (replica id: the
+    model's name, as `start_container` sets it, unless given)."""
+    return replica_credential(container_token(MESH_SECRET, model), replica_id or model)
 
 
 Sender = Callable[[], Awaitable[tuple[Send, Callable[[], Awaitable[None]]]]]

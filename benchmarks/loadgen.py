@@ -177,12 +177,12 @@ async def closed_loop(send: Send, concurrency: int, duration_s: float,
 class ContainerStream:
     """Queries straight to one container's stream, sent by the frontend's own ReplicaClient."""
 
-    def __init__(self, address: str, token: str, value: np.ndarray, slo_s: float) -> None:
+    def __init__(self, address: str, credential: str, value: np.ndarray, slo_s: float) -> None:
         from services.common import tensors
 
         self.input = tensors.encode(value)
         self.slo_s = slo_s
-        self._client = ReplicaClient(ReplicaRecord("bench", "bench", "1", address), token)
+        self._client = ReplicaClient(ReplicaRecord("bench", "bench", "1", address), credential)
 
     async def __aenter__(self) -> ContainerStream:
         await self._client.start()

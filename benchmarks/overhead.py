@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.harness import TOKENS, frontend_sender, sweep
+from benchmarks.harness import dial_credential, frontend_sender, sweep
 from benchmarks.loadgen import ContainerStream, FrontendUnary, RunResult, closed_loop
 from benchmarks.mesh_latency import start_mesh, stop_mesh
 from benchmarks.models import NoOp
@@ -43,7 +43,9 @@ async def noop_overhead(work: Path, queries_s: float = 3.0) -> dict[str, RunResu
         container = mesh.start_container("benchmarks.models:NoOp", "noop")
         mesh.create_app("noop", ["noop"], slo_ms=1000)
         mesh.wait_connected("noop", 1)
-        async with ContainerStream(container.address, TOKENS["CLIPPER_CONTAINER_TOKEN"],
+        (replica,) = mesh.replicas("noop")
+        async with ContainerStream(container.address,
+                                   dial_credential("noop", replica.replica_id),
                                    value, 1.0) as stream:
             await closed_loop(stream.send, 1, 0.3, 1.0)
             out["container stream"] = await closed_loop(stream.send, 1, queries_s, 1.0)

@@ -8,17 +8,23 @@ CLIPPER_CLI_TLS_CA, CLIPPER_CLI_TLS_CERT, CLIPPER_CLI_TLS_KEY).
   apps list | get NAME | delete NAME
   apps create NAME --input-dtype float32 --input-shape 64 --slo-ms 100
                    [--policy all] [--param k=v] [--model M ...] [--default -1 --default-dtype int64]
+  apps create ... [--api-key-sha256 H ...] [--feedback-key-sha256 H ...]
+  apps keys APP [--api-key-sha256 H ...] [--feedback-key-sha256 H ...] | --none
+                   (replaces both lists)
   apps link APP MODEL | apps unlink APP MODEL
   models list | models set-version MODEL VERSION
   replicas list [--model M]
   predict APP --values 0,1,2,... [--dtype float32] [--shape 64] [--context USER]
   feedback APP --query-id ID --label 3 [--label-dtype int64] [--context USER]
+  (predict and feedback send --api-key, default CLIPPER_API_KEY, when the app has keys)
 
 Local commands (no frontend needed):
 
   deploy-model --image IMG --model REF --name N [--version V] [--replicas R]
                [--max-batch-size ...] [--worker process] [--max-replicas M] | kubectl apply -f -
   settings [--check FILE | --write FILE]   every setting the services read, as Markdown
+  tokens container MODEL | tokens selection   credentials derived from CLIPPER_MESH_SECRET
+  tokens api-key                              a new API key and its SHA-256
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from google.protobuf.message import Message
 
 from services.cli import local
 from services.common import tensors
-from services.common.auth import bearer
+from services.common.auth import api_key, bearer
 from services.common.tls import ClientTLS, sync_channel
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
@@ -74,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--default-dtype", default="int64")
     create.add_argument("--allow-non-finite", action="store_true",
                         help="accept NaN and infinity in inputs (refused by default)")
+    keys = apps.add_parser("keys", help="replace an application's API key hashes")
+    keys.add_argument("name")
+    keys.add_argument("--none", action="store_true", help="remove every key: open the app")
+    for cmd in (create, keys):
+        cmd.add_argument("--api-key-sha256", action="append", default=[], metavar="HEX",
+                         help="SHA-256 of a key queries and feedback need (tokens api-key)")
+        cmd.add_argument("--feedback-key-sha256", action="append", default=[], metavar="HEX",
+                         help="SHA-256 of a key feedback needs (instead of the above)")
     for name in ("link", "unlink"):
         cmd = apps.add_parser(name)
         cmd.add_argument("application")
@@ -94,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--dtype", default="float32")
     predict.add_argument("--shape", default="", help="default: one dimension of len(values)")
     predict.add_argument("--context", default="")
+    predict.add_argument("--api-key", default=os.environ.get("CLIPPER_API_KEY", ""))
 
     feedback = sub.add_parser("feedback")
     feedback.add_argument("application")
@@ -101,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     feedback.add_argument("--label", required=True)
     feedback.add_argument("--label-dtype", default="int64")
     feedback.add_argument("--context", default="")
+    feedback.add_argument("--api-key", default=os.environ.get("CLIPPER_API_KEY", ""))
 
     local.add_commands(sub)
     return p
@@ -122,6 +138,10 @@ def _show(msg: Message) -> dict[str, Any]:
         if isinstance(value, pb.Tensor):
             data[field.name] = tensors.decode(value).tolist()
     return data
+
+
+def _key(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    return api_key(args.api_key) if args.api_key else ()
 
 
 def run(args: argparse.Namespace) -> Any:
@@ -147,10 +167,20 @@ def run(args: argparse.Namespace) -> Any:
             policy_params=dict(kv.split("=", 1) for kv in args.param),
             linked_models=args.model,
             allow_non_finite=args.allow_non_finite,
+            api_key_sha256=args.api_key_sha256,
+            feedback_key_sha256=args.feedback_key_sha256,
         )
         if args.default is not None:
             app.default_output.CopyFrom(_values(args.default, args.default_dtype))
         return _show(mgmt.CreateApplication(pb.ApplicationRequest(application=app), **kw))
+    if group == "apps" and command == "keys":
+        if args.none == bool(args.api_key_sha256 or args.feedback_key_sha256):
+            raise SystemExit("apps keys: give --api-key-sha256 and/or --feedback-key-sha256 "
+                             "(the new lists), or --none to remove every key")
+        app = mgmt.GetApplication(pb.ApplicationName(name=args.name), **kw)
+        app.api_key_sha256[:] = args.api_key_sha256
+        app.feedback_key_sha256[:] = args.feedback_key_sha256
+        return _show(mgmt.UpdateApplication(pb.ApplicationRequest(application=app), **kw))
     if group == "apps" and command in ("link", "unlink"):
         method = mgmt.LinkModel if command == "link" else mgmt.UnlinkModel
         return _show(method(pb.LinkRequest(application=args.application, model=args.model), **kw))
@@ -165,12 +195,12 @@ def run(args: argparse.Namespace) -> Any:
     if group == "predict":
         query = pb.PredictRequest(application=args.application, context_key=args.context,
                                   input=_values(args.values, args.dtype, args.shape))
-        return _show(front.Predict(query, timeout=args.timeout_s))
+        return _show(front.Predict(query, timeout=args.timeout_s, metadata=_key(args)))
     if group == "feedback":
         fb = pb.FeedbackRequest(application=args.application, context_key=args.context,
                                 query_id=args.query_id,
                                 label=_values(args.label, args.label_dtype))
-        return _show(front.Feedback(fb, timeout=args.timeout_s))
+        return _show(front.Feedback(fb, timeout=args.timeout_s, metadata=_key(args)))
     raise SystemExit(f"unknown command {group} {command}")
 
 

@@ -3,8 +3,8 @@
 `python -m services.cli deploy-model ...` prints what `model_manifests` builds, for
 `kubectl apply -f -`. The pod matches the rest of deploy/: the same image user,
 securityContext, gRPC health probes, Prometheus annotations, the `clipper-settings`
-ConfigMap and the `clipper-tokens` Secret, and the labels the production
-NetworkPolicy selects (`app.kubernetes.io/component: model`), so a model deployed
+ConfigMap, the model's own token Secret (`clipper-model-<name>`), and the labels the
+production NetworkPolicy selects (`app.kubernetes.io/component: model`), so a model deployed
 this way is reachable from the frontends only.
 
 YAML is written here (block style; every string that YAML could read as anything
@@ -25,8 +25,13 @@ NAMESPACE = "clipper"
 PART_OF = {"app.kubernetes.io/name": "clipper"}
 SETTINGS_CONFIGMAP = "clipper-settings"
 TOKENS_SECRET = "clipper-tokens"
-CONTAINER_TOKEN_KEY = "container-token"
 MANAGEMENT_TOKEN_KEY = "management-token"
+MESH_SECRET_KEY = "mesh-secret"
+SELECTION_TOKEN_KEY = "selection-token"
+REDIS_PASSWORD_KEY = "redis-password"
+# Each model's token lives in its own Secret (clipper-model-<name>), which only that
+# model's pods mount: `python -m services.cli tokens container NAME` prints the value.
+CONTAINER_TOKEN_KEY = "container-token"
 # Ports inside every pod; services take them from CLIPPER_<SERVICE>_PORT / _METRICS_PORT.
 CONTAINER_PORT = 7000
 METRICS_PORT = 9090
@@ -154,7 +159,8 @@ def _container_env(spec: ModelSpec) -> list[dict[str, Any]]:
         {"name": "CLIPPER_CONTAINER_ADVERTISE_HOST",
          "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "CLIPPER_CONTAINER_TOKEN",
-         "valueFrom": {"secretKeyRef": {"name": TOKENS_SECRET, "key": CONTAINER_TOKEN_KEY}}},
+         "valueFrom": {"secretKeyRef": {"name": model_secret_name(spec.name),
+                                        "key": CONTAINER_TOKEN_KEY}}},
     ]
     if spec.tls_secret:  # the TLS file settings come from the ConfigMap (prod-tls)
         env.append(_env("CLIPPER_CONTAINER_HEALTH_PORT", str(HEALTH_PORT)))
@@ -168,6 +174,11 @@ def _container_env(spec: ModelSpec) -> list[dict[str, Any]]:
             raise ValueError(f"{name} is set from the other options; give it with its own flag")
         env.append(_env(name, value))
     return env
+
+
+def model_secret_name(model: str) -> str:
+    """The Secret holding a model's container token (key `container-token`)."""
+    return f"clipper-model-{model}"
 
 
 def model_labels(spec: ModelSpec) -> dict[str, str]:

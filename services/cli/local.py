@@ -1,4 +1,5 @@
-"""Commands that need no frontend: `deploy-model` (Kubernetes manifests) and `settings`."""
+"""Commands that need no frontend: `deploy-model` (Kubernetes manifests), `settings` and
+`tokens`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from services.cli import k8s
+from services.cli import k8s, tokens
 from services.model_container.batcher import BATCHING_MODES
 from services.model_container.runner import WORKER_KINDS
 
@@ -58,6 +59,7 @@ def add_commands(sub: Any) -> None:
                         "(model-container-tls); probes move to the plaintext health port")
     deploy.add_argument("--output", choices=("yaml", "json"), default="yaml")
 
+    tokens.add_command(sub)
     settings = sub.add_parser(
         "settings", help="every setting the services read, as a Markdown table")
     action = settings.add_mutually_exclusive_group()
@@ -127,4 +129,5 @@ def settings_table(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "deploy-model": deploy_model,
     "settings": settings_table,
+    "tokens": tokens.print_token,
 }

@@ -35,8 +35,15 @@ SERVICES: tuple[tuple[str, str, str], ...] = (
 SHARED_SETTINGS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("CLIPPER_MANAGEMENT_TOKEN", ("frontend",),
      "bearer token that Management calls must carry (required)"),
-    ("CLIPPER_CONTAINER_TOKEN", ("frontend", "container"),
-     "bearer token containers announce themselves with (required, the same in both)"),
+    ("CLIPPER_MESH_SECRET", ("frontend",),
+     "secret (16+ characters, the same on every frontend) from which the container, replica "
+     "and selection credentials are derived with HMAC-SHA256 (required)"),
+    ("CLIPPER_SELECTION_TOKEN", ("selection",),
+     "the only bearer token the selection service accepts: "
+     "`python -m services.cli tokens selection` (required)"),
+    ("CLIPPER_CONTAINER_TOKEN", ("container",),
+     "the token of this container's model: `python -m services.cli tokens container "
+     "MODEL` (required; valid for that model only)"),
 )
 
 

@@ -3,7 +3,8 @@
 Both take numpy arrays in and give numpy arrays out, and raise a `ClientError`
 subclass carrying the gRPC status when a call fails. A call's `timeout_s`
 becomes its gRPC deadline, which the mesh honours when it is tighter than the
-application's SLO.
+application's SLO. `api_key` is sent as metadata `x-api-key` on every call, for
+applications that need one.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 DEFAULT_TARGET = "127.0.0.1:1337"
 DEFAULT_TIMEOUT_S = 10.0
 Metadata = Sequence[tuple[str, str]]
+API_KEY_METADATA = "x-api-key"
+
+
+def _with_key(metadata: Metadata, api_key: str) -> tuple[tuple[str, str], ...]:
+    return (*metadata, (API_KEY_METADATA, api_key)) if api_key else tuple(metadata)
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,6 +100,7 @@ class Client:
         *,
         timeout_s: float | None = DEFAULT_TIMEOUT_S,
         metadata: Metadata = (),
+        api_key: str = "",
         channel: grpc.Channel | None = None,
         options: Sequence[tuple[str, Any]] = (),
         tls: ClientTLS | None = None,
@@ -102,7 +109,7 @@ class Client:
         self._channel = channel or sync_channel(target, tls, options)
         self._stub = pb_grpc.FrontendStub(self._channel)
         self._timeout_s = timeout_s
-        self._metadata = tuple(metadata)
+        self._metadata = _with_key(metadata, api_key)
 
     def _timeout(self, timeout_s: float | None) -> float | None:
         return self._timeout_s if timeout_s is None else timeout_s
@@ -176,6 +183,7 @@ class AsyncClient:
         *,
         timeout_s: float | None = DEFAULT_TIMEOUT_S,
         metadata: Metadata = (),
+        api_key: str = "",
         channel: grpc.aio.Channel | None = None,
         options: Sequence[tuple[str, Any]] = (),
         tls: ClientTLS | None = None,
@@ -184,7 +192,7 @@ class AsyncClient:
         self._channel = channel or aio_channel(target, tls, options)
         self._stub = pb_grpc.FrontendStub(self._channel)
         self._timeout_s = timeout_s
-        self._metadata = tuple(metadata)
+        self._metadata = _with_key(metadata, api_key)
 
     def _timeout(self, timeout_s: float | None) -> float | None:
         return self._timeout_s if timeout_s is None else timeout_s

@@ -9,7 +9,9 @@ KEYS) and reads them with one MGET per batch. Every write publishes the key on
 one pub/sub channel; `changes` follows it, and says "reload everything" (None)
 whenever it (re)subscribes, since notifications sent while it was away are lost.
 
-A Redis that cannot be reached raises `Unavailable` with the reason.
+A Redis that cannot be reached raises `Unavailable` with the reason. The URL may
+carry a user, a password and `rediss://` (services/common/redis_url.py); messages
+show it without the password.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common.errors import Unavailable
 from services.common.kv_store import FEED_LOST, Updater, Value
+from services.common.redis_url import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ T = TypeVar("T")
 
 class RedisStore:
     def __init__(self, url: str, namespace: str = "clipper:") -> None:
-        self.url = url
+        self.url = redact_url(url)  # for messages: never the password
         self.namespace = namespace
         self.channel = namespace + "changes"
         self.client: aioredis.Redis = aioredis.Redis.from_url(

@@ -5,6 +5,16 @@ from __future__ import annotations
 import functools
 
 from services.common.admission import Admission
+from services.common.auth import (
+    MANAGEMENT,
+    Authenticator,
+    AuthInterceptor,
+    api_key_auth,
+    container_auth,
+    rules_for,
+    token_auth,
+)
+from services.common.credentials import selection_token
 from services.common.kv_store import open_store
 from services.common.metrics import serve_metrics
 from services.common.server import announce_ready, run_service, start_server, wait_for_signal
@@ -18,6 +28,7 @@ from services.frontend.registry import Registry
 from services.frontend.replica_table import ReplicaTable
 from services.frontend.selection_client import SelectionClient
 from services.frontend.servicer import FrontendServicer
+from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.generated.inference import grpc_service_pb2_grpc as oip_grpc
 
@@ -27,9 +38,10 @@ async def main(cfg: Config) -> None:
     store = open_store(cfg.state)
     registry = Registry(store, cfg.replica_ttl_s, cfg.limits)
     await registry.start()
-    replicas = ReplicaTable(registry, cfg.container_token,
+    replicas = ReplicaTable(registry, cfg.mesh_secret,
                             tls=cfg.client_tls.with_server_name(cfg.tls_container_name))
-    selection = SelectionClient(cfg.selection, tls=cfg.client_tls)
+    selection = SelectionClient(cfg.selection, selection_token(cfg.mesh_secret),
+                                tls=cfg.client_tls)
     cache = PredictionCache.open(cfg.cache, cfg.cache_size, cfg.cache_ttl_s)
     admission = Admission(cfg.admission)
     query_path = QueryPath(registry, replicas, selection, cache, cfg.limits, admission)
@@ -40,11 +52,10 @@ async def main(cfg: Config) -> None:
             (functools.partial(oip_grpc.add_GRPCInferenceServiceServicer_to_server,
                                InferenceServicer(query_path)), "inference.GRPCInferenceService"),
             (functools.partial(pb_grpc.add_ManagementServicer_to_server,
-                               ManagementServicer(registry, replicas, cfg.management_token)),
+                               ManagementServicer(registry, replicas)),
              "clipper.v1.Management"),
             (functools.partial(pb_grpc.add_RegistryServicer_to_server,
-                               RegistryServicer(registry, replicas, cfg.container_token,
-                                                cfg.heartbeat_ms)),
+                               RegistryServicer(registry, replicas, cfg.heartbeat_ms)),
              "clipper.v1.Registry"),
         ],
         cfg.host,
@@ -53,6 +64,7 @@ async def main(cfg: Config) -> None:
         max_concurrent_rpcs=cfg.max_concurrent_rpcs,
         tls=cfg.tls,
         health_port=cfg.health_port,
+        interceptors=[AuthInterceptor(auth_rules(cfg))],
     )
     await replicas.start()
     await selection.start()
@@ -70,6 +82,19 @@ async def main(cfg: Config) -> None:
         await cache.aclose()
         await registry.aclose()
         await store.aclose()
+
+
+def auth_rules(cfg: Config) -> dict[str, Authenticator]:
+    """Management: the management token; Registry: a model's container token; the
+    query API: an application's API key, when it has some (checked per application)."""
+    services = pb.DESCRIPTOR.services_by_name
+    return {
+        **rules_for(services["Management"],
+                    token_auth(cfg.management_token, MANAGEMENT, "management")),
+        **rules_for(services["Registry"], container_auth(cfg.mesh_secret)),
+        **rules_for(services["Frontend"], api_key_auth),
+        "/inference.GRPCInferenceService/ModelInfer": api_key_auth,
+    }
 
 
 if __name__ == "__main__":

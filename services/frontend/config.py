@@ -1,4 +1,4 @@
-"""Settings of the frontend (flags, with CLIPPER_FRONTEND_* env defaults; tokens are shared)."""
+"""Settings of the frontend (flags, with CLIPPER_FRONTEND_* env defaults; secrets by name)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from services.common.config import (
     require,
     server_tls_from,
 )
+from services.common.credentials import MIN_SECRET_CHARS
 from services.common.limits import Limits, add_limit_flags, limits_from_args
+from services.common.redis_url import CACHE_SCHEMES, redact_url
 from services.common.tls import ClientTLS, ServerTLS
 
 SERVICE = "frontend"
@@ -29,7 +31,7 @@ class Config:
     state: str
     selection: str
     management_token: str
-    container_token: str
+    mesh_secret: str
     heartbeat_ms: int
     replica_ttl_s: float
     max_message_bytes: int
@@ -58,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_listen_flags(p, SERVICE, 1337)
     p.add_argument(
         "--state", default=env("state", ".run/frontend-state.json"),
-        help="state store: an embedded file path, or redis://HOST:PORT/DB shared by "
-        "several frontends (applications, models, versions, replicas)",
+        help="state store: an embedded file path, or redis[s]://[[USER]:PASSWORD@]HOST:PORT/DB "
+        "shared by several frontends (applications, models, versions, replicas)",
     )
     p.add_argument("--selection", default=env("selection", "127.0.0.1:1338"),
                    help="selection service address")
@@ -76,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                    default=env_default(SERVICE, "max_concurrent_rpcs", 10_000, int),
                    help="RPCs served at once before new ones are refused")
     p.add_argument("--cache", default=env("cache", "memory"),
-                   help="prediction cache: memory, none, or redis://HOST:PORT/DB (shared)")
+                   help="prediction cache: memory, none, or "
+                   "redis[s]://[[USER]:PASSWORD@]HOST:PORT/DB (shared)")
     p.add_argument("--cache-size", type=int,
                    default=env_default(SERVICE, "cache_size", 100_000, int),
                    help="most entries of the in-memory prediction cache")
@@ -108,14 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(argv: list[str] | None = None) -> Config:
     args = build_parser().parse_args(argv)
     management_token = os.environ.get("CLIPPER_MANAGEMENT_TOKEN", "")
-    container_token = os.environ.get("CLIPPER_CONTAINER_TOKEN", "")
+    mesh_secret = os.environ.get("CLIPPER_MESH_SECRET", "")
     require(bool(management_token), "CLIPPER_MANAGEMENT_TOKEN must be set")
-    require(bool(container_token), "CLIPPER_CONTAINER_TOKEN must be set")
+    require(len(mesh_secret) >= MIN_SECRET_CHARS,
+            f"CLIPPER_MESH_SECRET must be set, at least {MIN_SECRET_CHARS} characters (it "
+            "replaces CLIPPER_CONTAINER_TOKEN on frontends: containers get their model's "
+            "token from python -m services.cli tokens container MODEL)")
     require(args.heartbeat_ms > 0, f"--heartbeat-ms={args.heartbeat_ms}: must be > 0")
     require(args.replica_ttl_s * 1000 > args.heartbeat_ms,
             f"--replica-ttl-s={args.replica_ttl_s}: must exceed one heartbeat")
-    require(args.cache in ("memory", "none") or args.cache.startswith("redis://"),
-            f"--cache={args.cache}: expected memory, none or redis://HOST:PORT/DB")
+    require(args.cache in ("memory", "none") or args.cache.startswith(CACHE_SCHEMES),
+            f"--cache={redact_url(args.cache)}: expected memory, none or "
+            "redis[s]://[[USER]:PASSWORD@]HOST:PORT/DB")
     require(args.max_inflight > 0, f"--max-inflight={args.max_inflight}: must be > 0")
     require(args.max_inflight_per_app > 0,
             f"--max-inflight-per-app={args.max_inflight_per_app}: must be > 0")
@@ -130,7 +137,7 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         state=args.state,
         selection=args.selection,
         management_token=management_token,
-        container_token=container_token,
+        mesh_secret=mesh_secret,
         heartbeat_ms=args.heartbeat_ms,
         replica_ttl_s=args.replica_ttl_s,
         max_message_bytes=args.max_message_bytes,

@@ -24,6 +24,7 @@ import grpc
 
 from services.common.errors import InvalidInput, NotFound, handle_errors
 from services.common.limits import Limits, short_repr
+from services.frontend import access
 from services.frontend import inference_tensors as oip_tensors
 from services.frontend.query_path import Prediction, QueryPath
 from services.frontend.registry import Application
@@ -107,6 +108,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         limits = self.query_path.limits
         _check_request(request, limits)
         app = self.registry.get_app(request.model_name)
+        access.authorize(app, access.QUERY)  # before any work on the input
         if request.model_version:
             self._check_version(app, request.model_version, self._versions(app))
         if len(request.inputs) != 1:

@@ -1,15 +1,28 @@
-"""Management (applications, links, versions; management token) and the container Registry."""
+"""Management (applications, links, versions) and the container Registry.
+
+Callers are authenticated by the AuthInterceptor (the management token for
+Management, a model's container token for Registry); Registry methods check here
+that the caller's model and replica secret match the replica.
+"""
 
 from __future__ import annotations
 
 import grpc
 
 from services.common import tensors
-from services.common.auth import check_token
+from services.common.auth import current_caller, require_model
+from services.common.credentials import sha256_hex
 from services.common.errors import InvalidInput, handle_errors
 from services.common.limits import DEFAULT_LIMITS, Limits, short_repr
 from services.common.tensors import spec_from_proto, spec_to_proto
-from services.frontend.registry import Application, ModelRecord, Registry, ReplicaRecord
+from services.frontend.access import key_hashes
+from services.frontend.registry import (
+    Application,
+    ModelRecord,
+    Registry,
+    ReplicaRecord,
+    check_owner,
+)
 from services.frontend.replica_table import ReplicaTable
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
@@ -19,19 +32,14 @@ MAX_SLO_MS = 60_000
 
 
 class ManagementServicer(pb_grpc.ManagementServicer):
-    def __init__(self, registry: Registry, replicas: ReplicaTable, token: str) -> None:
+    def __init__(self, registry: Registry, replicas: ReplicaTable) -> None:
         self.registry = registry
         self.replicas = replicas
-        self.token = token
-
-    def _auth(self, context: grpc.aio.ServicerContext) -> None:
-        check_token(context, self.token, "management")
 
     @handle_errors
     async def CreateApplication(
         self, request: pb.ApplicationRequest, context: grpc.aio.ServicerContext
     ) -> pb.Application:
-        self._auth(context)
         app = application_from_proto(request.application, self.registry.limits)
         app = await self.registry.create_app(app)
         return application_to_proto(app)
@@ -40,7 +48,6 @@ class ManagementServicer(pb_grpc.ManagementServicer):
     async def UpdateApplication(
         self, request: pb.ApplicationRequest, context: grpc.aio.ServicerContext
     ) -> pb.Application:
-        self._auth(context)
         app = application_from_proto(request.application, self.registry.limits)
         app = await self.registry.update_app(app)
         return application_to_proto(app)
@@ -49,7 +56,6 @@ class ManagementServicer(pb_grpc.ManagementServicer):
     async def DeleteApplication(
         self, request: pb.ApplicationName, context: grpc.aio.ServicerContext
     ) -> pb.Empty:
-        self._auth(context)
         await self.registry.delete_app(request.name)
         return pb.Empty()
 
@@ -57,14 +63,12 @@ class ManagementServicer(pb_grpc.ManagementServicer):
     async def GetApplication(
         self, request: pb.ApplicationName, context: grpc.aio.ServicerContext
     ) -> pb.Application:
-        self._auth(context)
         return application_to_proto(self.registry.get_app(request.name))
 
     @handle_errors
     async def ListApplications(
         self, request: pb.ListApplicationsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListApplicationsResponse:
-        self._auth(context)
         apps = sorted(self.registry.apps.values(), key=lambda a: a.name)
         return pb.ListApplicationsResponse(applications=[application_to_proto(a) for a in apps])
 
@@ -72,7 +76,6 @@ class ManagementServicer(pb_grpc.ManagementServicer):
     async def LinkModel(
         self, request: pb.LinkRequest, context: grpc.aio.ServicerContext
     ) -> pb.Application:
-        self._auth(context)
         app = await self.registry.link(request.application, request.model)
         return application_to_proto(app)
 
@@ -80,7 +83,6 @@ class ManagementServicer(pb_grpc.ManagementServicer):
     async def UnlinkModel(
         self, request: pb.LinkRequest, context: grpc.aio.ServicerContext
     ) -> pb.Application:
-        self._auth(context)
         app = await self.registry.unlink(request.application, request.model)
         return application_to_proto(app)
 
@@ -88,7 +90,6 @@ class ManagementServicer(pb_grpc.ManagementServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
-        self._auth(context)
         models = sorted(self.registry.models.values(), key=lambda m: m.name)
         return pb.ListModelsResponse(models=[model_to_proto(m) for m in models])
 
@@ -96,14 +97,12 @@ class ManagementServicer(pb_grpc.ManagementServicer):
     async def SetModelVersion(
         self, request: pb.SetModelVersionRequest, context: grpc.aio.ServicerContext
     ) -> pb.Model:
-        self._auth(context)
         return model_to_proto(await self.registry.set_version(request.model, request.version))
 
     @handle_errors
     async def ListReplicas(
         self, request: pb.ListReplicasRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListReplicasResponse:
-        self._auth(context)
         out = []
         for rid, r in sorted(self.registry.replicas.items()):
             if request.model and r.model != request.model:
@@ -120,26 +119,26 @@ class ManagementServicer(pb_grpc.ManagementServicer):
 
 
 class RegistryServicer(pb_grpc.RegistryServicer):
-    """Containers announce themselves here (container token) on a heartbeat."""
+    """Containers announce themselves here (their model's token) on a heartbeat."""
 
-    def __init__(self, registry: Registry, replicas: ReplicaTable, token: str,
-                 heartbeat_ms: int) -> None:
+    def __init__(self, registry: Registry, replicas: ReplicaTable, heartbeat_ms: int) -> None:
         self.registry = registry
         self.replicas = replicas
-        self.token = token
         self.heartbeat_ms = heartbeat_ms
 
     @handle_errors
     async def Announce(
         self, request: pb.AnnounceRequest, context: grpc.aio.ServicerContext
     ) -> pb.AnnounceResponse:
-        check_token(context, self.token, "container")
         for field, value in (("model", request.model), ("version", request.version),
-                             ("address", request.address), ("replica_id", request.replica_id)):
+                             ("address", request.address), ("replica_id", request.replica_id),
+                             ("replica_secret", request.replica_secret)):
             if not value:
                 raise InvalidInput(f"announce needs a {field}")
+        require_model(current_caller(), request.model)
         spec = spec_from_proto(request.input_spec) if request.input_spec.dtype else None
-        record = ReplicaRecord(request.replica_id, request.model, request.version, request.address)
+        record = ReplicaRecord(request.replica_id, request.model, request.version,
+                               request.address, sha256_hex(request.replica_secret))
         is_new = request.replica_id not in self.registry.replicas
         await self.registry.announce(record, spec)
         if is_new:
@@ -150,7 +149,11 @@ class RegistryServicer(pb_grpc.RegistryServicer):
     async def Deregister(
         self, request: pb.DeregisterRequest, context: grpc.aio.ServicerContext
     ) -> pb.Empty:
-        check_token(context, self.token, "container")
+        record = self.registry.replicas.get(request.replica_id)
+        if record is None:
+            return pb.Empty()  # gone already (expired, or deregistered through another frontend)
+        require_model(current_caller(), record.model)
+        check_owner(record, record.model, sha256_hex(request.replica_secret))
         if await self.registry.deregister(request.replica_id):
             await self.replicas.sync()
         return pb.Empty()
@@ -200,6 +203,8 @@ def application_from_proto(msg: pb.Application, limits: Limits = DEFAULT_LIMITS)
         default_output=default,
         confidence_threshold=msg.confidence_threshold,
         allow_non_finite=msg.allow_non_finite,
+        api_key_sha256=key_hashes(list(msg.api_key_sha256), "api_key_sha256"),
+        feedback_key_sha256=key_hashes(list(msg.feedback_key_sha256), "feedback_key_sha256"),
     )
 
 
@@ -213,6 +218,8 @@ def application_to_proto(app: Application) -> pb.Application:
         linked_models=app.linked_models,
         confidence_threshold=app.confidence_threshold,
         allow_non_finite=app.allow_non_finite,
+        api_key_sha256=app.api_key_sha256,
+        feedback_key_sha256=app.feedback_key_sha256,
     )
     if app.default_output is not None:
         msg.default_output.ParseFromString(app.default_output)

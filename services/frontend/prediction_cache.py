@@ -25,7 +25,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiocache import RedisCache, SimpleMemoryCache
 from aiocache.base import BaseCache
@@ -34,6 +33,7 @@ from aiocache.serializers import BaseSerializer
 
 from services.common import clock
 from services.common.errors import ClipperError
+from services.common.redis_url import CACHE_SCHEMES, connection_kwargs, redact_url
 from services.frontend import metrics
 from services.generated.clipper.v1 import clipper_pb2 as pb
 
@@ -111,16 +111,18 @@ class PredictionCache:
                 namespace="clipper",
             )
             return cls(memory if url == "memory" else None, memory, ttl_s)
-        if url.startswith("redis://"):
-            parts = urlsplit(url)
+        if url.startswith(CACHE_SCHEMES):
+            kwargs = connection_kwargs(url)  # user, password and TLS as the URL says
             redis = RedisCache(
-                endpoint=parts.hostname or "127.0.0.1", port=parts.port or 6379,
-                db=int(parts.path.strip("/") or 0), password=parts.password,
+                endpoint=kwargs.pop("host", "127.0.0.1"), port=kwargs.pop("port", 6379),
+                db=kwargs.pop("db", 0), password=kwargs.pop("password", None),
+                connection_pool_kwargs=kwargs,
                 serializer=BytesSerializer(), namespace="clipper",
                 create_connection_timeout=1.0,
             )
             return cls(redis, redis, ttl_s)
-        raise ValueError(f"cache {url!r}: expected memory, none or redis://HOST:PORT/DB")
+        raise ValueError(f"cache {redact_url(url)!r}: expected memory, none or "
+                         "redis[s]://[[USER]:PASSWORD@]HOST:PORT/DB")
 
     async def answer(self, model: str, version: str, value: pb.Tensor, deadline: float,
                      fetch: Fetch) -> tuple[str, pb.Tensor]:
@@ -163,8 +165,10 @@ class PredictionCache:
         task.add_done_callback(self._writes.discard)
 
     async def recall_query(self, query_id: str) -> pb.RecentQuery | None:
+        # Feedback is not latency-bound: give the read a write's time (a new connection,
+        # a TLS handshake to rediss:// say, takes longer than a query's cache read may).
         deadline = clock.now() + WRITE_TIMEOUT_S
-        raw = await self._get(self.queries, f"query:{query_id}", deadline)
+        raw = await self._get(self.queries, f"query:{query_id}", deadline, WRITE_TIMEOUT_S)
         if raw is None:
             return None
         record = pb.RecentQuery()
@@ -190,11 +194,12 @@ class PredictionCache:
         if not future.cancelled():
             future.exception()  # retrieved: nobody may be waiting any more
 
-    async def _get(self, cache: BaseCache, key: str, deadline: float) -> bytes | None:
-        """A read bounded by READ_TIMEOUT_S and the deadline; a slow or absent cache is a
+    async def _get(self, cache: BaseCache, key: str, deadline: float,
+                   timeout_s: float = READ_TIMEOUT_S) -> bytes | None:
+        """A read bounded by `timeout_s` and the deadline; a slow or absent cache is a
         miss, never a failed or late query."""
         try:
-            async with asyncio.timeout_at(min(deadline, clock.now() + READ_TIMEOUT_S)):
+            async with asyncio.timeout_at(min(deadline, clock.now() + timeout_s)):
                 value: bytes | None = await cache.get(key)
                 return value
         except Exception as exc:

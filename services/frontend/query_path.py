@@ -35,7 +35,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.limits import DEFAULT_LIMITS, Limits
-from services.frontend import metrics
+from services.frontend import access, metrics
 from services.frontend.combine import Answer, combine
 from services.frontend.prediction_cache import PredictionCache
 from services.frontend.registry import Application, Registry
@@ -159,6 +159,7 @@ class QueryPath:
         version: str,
     ) -> Prediction:
         app = self._check_request(app_name, context_key, query_id)
+        access.authorize(app, access.QUERY)
         self.validate(app, value)
         deadline = answer_deadline(app.slo_ms, client_remaining_s, clock.now())
         query_id = query_id or uuid.uuid4().hex
@@ -222,6 +223,7 @@ class QueryPath:
         query was made with; with an input, every linked model answers it first.
         """
         app = self._check_request(app_name, context_key, query_id)
+        access.authorize(app, access.FEEDBACK)
         # A label that is not a number would make every reward NaN: never learnt from.
         _require_finite(tensors.decode(label, self.limits), "label")
         weights: dict[str, float] = {}

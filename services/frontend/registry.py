@@ -20,10 +20,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from services.common.credentials import same
 from services.common.errors import (
     AlreadyExists,
     ClipperError,
     NotFound,
+    PermissionDenied,
     Unavailable,
 )
 from services.common.kv_store import (
@@ -58,6 +60,10 @@ class Application:
     confidence_threshold: float = 0.0
     # Whether inputs may hold NaN or infinity (refused by default).
     allow_non_finite: bool = False
+    # SHA-256 of the API keys queries (and feedback) need; of the keys feedback needs
+    # (empty: as queries). See services/frontend/access.py.
+    api_key_sha256: tuple[str, ...] = ()
+    feedback_key_sha256: tuple[str, ...] = ()
 
     def default_tensor(self) -> pb.Tensor:
         if self.default_output is None:
@@ -70,6 +76,8 @@ class Application:
         data = asdict(self)
         data["input_spec"] = {"dtype": self.input_spec.dtype, "shape": list(self.input_spec.shape)}
         data["linked_models"] = list(self.linked_models)
+        data["api_key_sha256"] = list(self.api_key_sha256)
+        data["feedback_key_sha256"] = list(self.feedback_key_sha256)
         data["default_output"] = (
             base64.b64encode(self.default_output).decode() if self.default_output else None
         )
@@ -88,6 +96,8 @@ class Application:
             default_output=base64.b64decode(default) if default else None,
             confidence_threshold=float(data.get("confidence_threshold", 0.0)),
             allow_non_finite=bool(data.get("allow_non_finite", False)),
+            api_key_sha256=tuple(data.get("api_key_sha256", ())),
+            feedback_key_sha256=tuple(data.get("feedback_key_sha256", ())),
         )
 
 
@@ -105,6 +115,22 @@ class ReplicaRecord:
     model: str
     version: str
     address: str
+    # SHA-256 of the secret the replica first announced itself with ("" in records
+    # written before replicas had one: the next announce claims it).
+    secret_sha256: str = ""
+
+
+def check_owner(current: ReplicaRecord | None, model: str, secret_sha256: str) -> None:
+    """The one rule for changing a known replica id: only the container that first
+    announced it (holder of its secret) may, and never to another model."""
+    if current is None:
+        return
+    rid = current.replica_id[:8]
+    if current.secret_sha256 and not same(current.secret_sha256, secret_sha256):
+        raise PermissionDenied(f"replica {rid} belongs to another container: only the "
+                               "holder of its replica secret may re-announce or deregister it")
+    if current.model != model:
+        raise PermissionDenied(f"replica {rid} serves model {current.model!r}, not {model!r}")
 
 
 class Registry:
@@ -318,18 +344,33 @@ class Registry:
         """
         self._check_replica(replica)
         expires_at = time.time() + self.replica_ttl_s
-        if self.replicas.get(replica.replica_id) != replica:
+        previous = self.replicas.get(replica.replica_id)
+        check_owner(previous, replica.model, replica.secret_sha256)
+        if previous != replica:
             logger.info("replica %s of %s:%s at %s joined",
                         replica.replica_id[:8], replica.model, replica.version, replica.address)
         self.replicas[replica.replica_id] = replica
         self._expires[replica.replica_id] = expires_at
         spec = {"dtype": input_spec.dtype, "shape": list(input_spec.shape)} if input_spec else {}
+
+        def claim(current: Value | None) -> Value:
+            # Checked again in the store: another frontend may know the id already.
+            check_owner(_replica_record(current) if current else None,
+                        replica.model, replica.secret_sha256)
+            return {**asdict(replica), "expires_at": expires_at}
+
         try:
             model = self.models.get(replica.model)
             if model is None or replica.version not in model.versions:
                 await self._add_version(replica.model, replica.version, spec)
-            await self.store.put(REPLICA_PREFIX + replica.replica_id,
-                                 {**asdict(replica), "expires_at": expires_at})
+            await self.store.update(REPLICA_PREFIX + replica.replica_id, claim)
+        except PermissionDenied:
+            if previous is None:
+                self.replicas.pop(replica.replica_id, None)
+                self._expires.pop(replica.replica_id, None)
+            else:
+                self.replicas[replica.replica_id] = previous
+            raise
         except Unavailable as exc:
             logger.warning("replica %s kept in memory only: %s", replica.replica_id[:8], exc)
 
@@ -393,7 +434,7 @@ class Registry:
     def _put_replica(self, data: dict[str, Any], expires_at: float) -> None:
         """A replica record from the store; a stored expiry never shortens a later one
         this frontend already knows (its own heartbeats may not be written yet)."""
-        record = ReplicaRecord(**{k: v for k, v in data.items() if k != "expires_at"})
+        record = _replica_record(data)
         self.replicas[record.replica_id] = record
         rid = record.replica_id
         self._expires[rid] = max(expires_at, self._expires.get(rid, 0.0))
@@ -406,6 +447,10 @@ class Registry:
         wanted = version or model.active_version
         return [r for r in self.replicas.values() if r.model == model_name and r.version == wanted]
 
+
+
+def _replica_record(data: Value) -> ReplicaRecord:
+    return ReplicaRecord(**{k: v for k, v in data.items() if k != "expires_at"})
 
 
 def _require_app(current: Value | None, name: str) -> Value:

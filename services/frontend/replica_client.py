@@ -45,14 +45,17 @@ def _request(queries: list[_Outgoing]) -> pb.ContainerRequest:
 class ReplicaClient:
     """Sends queries to one replica over one stream and matches the replies."""
 
-    def __init__(self, record: ReplicaRecord, token: str, tls: ClientTLS | None = None) -> None:
+    def __init__(self, record: ReplicaRecord, credential: str,
+                 tls: ClientTLS | None = None) -> None:
+        """`credential`: the replica credential (services/common/credentials.py)."""
         self.record = record
         # As last reported by the replica with its replies.
         self.queue_depth = 0
         self.est_wait_s = 0.0
         self._stream: StreamClient[_Outgoing, pb.ContainerReply] = StreamClient(
             record.address,
-            lambda channel: pb_grpc.ModelContainerStub(channel).Predict(metadata=bearer(token)),
+            lambda channel: pb_grpc.ModelContainerStub(channel).Predict(
+                metadata=bearer(credential)),
             _request,
             self._unwrap,
             options=[

@@ -14,6 +14,7 @@ import logging
 import random
 
 from services.common import clock
+from services.common.credentials import container_token, replica_credential
 from services.common.errors import ClipperError, Overloaded, Unavailable
 from services.common.tls import ClientTLS
 from services.frontend.registry import Registry
@@ -24,10 +25,10 @@ logger = logging.getLogger(__name__)
 
 
 class ReplicaTable:
-    def __init__(self, registry: Registry, token: str, sync_interval_s: float = 0.25,
+    def __init__(self, registry: Registry, mesh_secret: str, sync_interval_s: float = 0.25,
                  tls: ClientTLS | None = None) -> None:
         self.registry = registry
-        self.token = token
+        self.mesh_secret = mesh_secret
         self.tls = tls  # how replicas are dialled (TLS when enabled)
         self.sync_interval_s = sync_interval_s
         self.clients: dict[str, ReplicaClient] = {}
@@ -64,7 +65,11 @@ class ReplicaTable:
             await self.clients.pop(rid).aclose()
         for rid, record in wanted.items():
             if rid not in self.clients:
-                client = ReplicaClient(record, self.token, self.tls)
+                # Valid for this replica only: whoever listens at the address learns
+                # nothing that would open another replica's stream.
+                credential = replica_credential(
+                    container_token(self.mesh_secret, record.model), rid)
+                client = ReplicaClient(record, credential, self.tls)
                 await client.start()
                 self.clients[rid] = client
 

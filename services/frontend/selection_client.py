@@ -16,6 +16,7 @@ import logging
 from collections import OrderedDict
 
 from services.common import clock
+from services.common.auth import bearer
 from services.common.errors import ClipperError, InvalidInput, Unavailable, error_from_code
 from services.common.stream_client import StreamClient
 from services.common.tls import ClientTLS
@@ -39,13 +40,14 @@ OBSERVE_TIMEOUT_S = 5.0
 
 
 class SelectionClient:
-    def __init__(self, address: str, tls: ClientTLS | None = None) -> None:
+    def __init__(self, address: str, token: str, tls: ClientTLS | None = None) -> None:
+        """`token`: the selection token (derived from the mesh secret)."""
         self.fallbacks = 0
         # The last decision per (application, context key), most recent last.
         self._last: OrderedDict[tuple[str, str], Decision] = OrderedDict()
         self._stream: StreamClient[pb.SelectionRequest, pb.SelectionReply] = StreamClient(
             address,
-            lambda channel: pb_grpc.SelectionStub(channel).Decide(),
+            lambda channel: pb_grpc.SelectionStub(channel).Decide(metadata=bearer(token)),
             lambda requests: pb.DecideRequest(requests=requests),
             lambda response: response.replies,
             tls=tls,

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from services.common.auth import bearer
+from services.common.credentials import container_token, selection_token
 from services.common.processes import ServiceProcess, start_service
 from services.common.telemetry import setup_logging
 from services.common.tensors import encode
@@ -94,7 +95,35 @@ def tls_flags(args: argparse.Namespace, serve: bool, dial: bool) -> list[str]:
     return flags
 
 
-def start_mesh(args: argparse.Namespace, env: dict[str, str],
+def service_env(management_token: str, mesh_secret: str) -> dict[str, dict[str, str]]:
+    """Each service's credentials, all derived from the mesh secret but the management
+    token: the frontend holds the secret, the selection service its own token, and
+    each container the token of its model only."""
+    env = {
+        "services.frontend": {"CLIPPER_MANAGEMENT_TOKEN": management_token,
+                              "CLIPPER_MESH_SECRET": mesh_secret},
+        "services.selection": {"CLIPPER_SELECTION_TOKEN": selection_token(mesh_secret)},
+    }
+    for name in digits.MODEL_NAMES:
+        env[name] = {"CLIPPER_CONTAINER_TOKEN": container_token(mesh_secret, name)}
+    return env
+
+
+def mesh_secret(path: Path) -> str:
+    """CLIPPER_MESH_SECRET, else the one kept in `path` (made once, readable by its owner
+    only), so that tokens of containers started by hand survive a restart of the mesh."""
+    secret = os.environ.get("CLIPPER_MESH_SECRET", "")
+    if secret:
+        return secret
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def start_mesh(args: argparse.Namespace, env: dict[str, dict[str, str]],
                procs: list[ServiceProcess]) -> None:
     """Start every service, appending each to `procs` as soon as it runs (for cleanup)."""
     state = Path(args.state_dir)
@@ -112,14 +141,14 @@ def start_mesh(args: argparse.Namespace, env: dict[str, str],
         "services.selection",
         ["--port", "0", "--state", str(state / "selection-state.json"),
          *tls_flags(args, serve=True, dial=False)],
-        env=env, log_path=logs / "selection.log",
+        env=env["services.selection"], log_path=logs / "selection.log",
     )
     procs.append(selection)
     frontend = start_service(
         "services.frontend",
         ["--port", str(args.port), "--selection", selection.address,
          "--state", str(state / "frontend-state.json"), *tls_flags(args, serve=True, dial=True)],
-        env=env, log_path=logs / "frontend.log",
+        env=env["services.frontend"], log_path=logs / "frontend.log",
     )
     procs.append(frontend)
     containers = [(name, path, i) for name, path in model_paths.items()
@@ -133,7 +162,7 @@ def start_mesh(args: argparse.Namespace, env: dict[str, str],
              "--frontend", frontend.address, "--input-dtype", digits.INPUT_DTYPE,
              "--input-shape", ",".join(map(str, digits.INPUT_SHAPE)),
              *tls_flags(args, serve=True, dial=True)],
-            name=f"{name}-{i}", env=env, log_path=logs / f"{name}-{i}.log",
+            name=f"{name}-{i}", env=env[name], log_path=logs / f"{name}-{i}.log",
         ))
 
     with ThreadPoolExecutor(max_workers=len(containers)) as pool:
@@ -192,12 +221,10 @@ def main() -> int:
     args = parse_args()
     setup_logging("mesh")
     started = time.monotonic()
-    env = {
-        "CLIPPER_MANAGEMENT_TOKEN": os.environ.get("CLIPPER_MANAGEMENT_TOKEN")
-        or secrets.token_urlsafe(16),
-        "CLIPPER_CONTAINER_TOKEN": os.environ.get("CLIPPER_CONTAINER_TOKEN")
-        or secrets.token_urlsafe(16),
-    }
+    management_token = (os.environ.get("CLIPPER_MANAGEMENT_TOKEN")
+                        or secrets.token_urlsafe(16))
+    secret_path = Path(args.state_dir) / "mesh-secret"
+    env = service_env(management_token, mesh_secret(secret_path))
     stop = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -210,15 +237,16 @@ def main() -> int:
         start_mesh(args, env, procs)
         frontend = procs[1]
         models = list(digits.MODEL_NAMES)
-        register_app(frontend.address, env["CLIPPER_MANAGEMENT_TOKEN"], models, args.slo_ms,
+        register_app(frontend.address, management_token, models, args.slo_ms,
                      len(models) * args.replicas, client_tls(args))
         cli, grpcurl, label = query_commands(frontend.address, Path(args.state_dir) / "models",
                                              client_tls(args))
         print(f"\nMesh ready in {time.monotonic() - started:.1f} s: frontend on {frontend.address}"
               f" (selection on {procs[0].address}, {len(procs) - 2} model containers)\n"
               f"Logs and state in {args.state_dir}/. Ctrl-C stops everything.\n\n"
-              f"Management token:  export CLIPPER_MANAGEMENT_TOKEN="
-              f"{env['CLIPPER_MANAGEMENT_TOKEN']}\n\n"
+              f"Management token:  export CLIPPER_MANAGEMENT_TOKEN={management_token}\n"
+              f"Token for a container of your own model NAME:\n  CLIPPER_MESH_SECRET="
+              f"$(cat {secret_path}) {sys.executable} -m services.cli tokens container NAME\n\n"
               f"Query a test digit (true label {label}):\n  {cli}\n\nOr with grpcurl:\n"
               f"  {grpcurl}\n", flush=True)
         while not stop and all(p.proc.poll() is None for p in procs):

@@ -6,9 +6,12 @@ import asyncio
 import functools
 import logging
 import os
+import secrets
 import sys
 import uuid
 
+from services.common.auth import FRONTEND, AuthInterceptor, rules_for, token_auth
+from services.common.credentials import replica_credential
 from services.common.metrics import serve_metrics
 from services.common.server import (
     Server,
@@ -45,7 +48,11 @@ async def main(cfg: Config) -> int:
     await batcher.start()
     watchdog = LoopWatchdog(cfg.batching.batch_timeout_s or LOOP_STALL_S)
     await watchdog.start()
-    servicer = ContainerServicer(batcher, cfg.token, cfg.input_spec)
+    servicer = ContainerServicer(batcher, cfg.input_spec)
+    replica_id = cfg.replica_id or uuid.uuid4().hex
+    # Frontends dial with a credential valid for this replica only.
+    frontends_only = token_auth(replica_credential(cfg.token, replica_id), FRONTEND,
+                                "replica credential")
     server = await start_server(
         [(functools.partial(pb_grpc.add_ModelContainerServicer_to_server, servicer),
           "clipper.v1.ModelContainer")],
@@ -53,12 +60,16 @@ async def main(cfg: Config) -> int:
         cfg.port,
         tls=cfg.tls,
         health_port=cfg.health_port,
+        interceptors=[AuthInterceptor(
+            rules_for(pb.DESCRIPTOR.services_by_name["ModelContainer"], frontends_only))],
     )
     announce = pb.AnnounceRequest(
         model=cfg.name,
         version=cfg.version,
         address=f"{cfg.advertise_host}:{server.port}",
-        replica_id=uuid.uuid4().hex,
+        replica_id=replica_id,
+        # Proves to the frontends that later announces come from this process.
+        replica_secret=secrets.token_urlsafe(32),
     )
     if cfg.input_spec is not None:
         announce.input_spec.CopyFrom(spec_to_proto(cfg.input_spec))
@@ -69,7 +80,8 @@ async def main(cfg: Config) -> int:
         await announcer.registered.wait()
     await server.set_serving(True)
     announce_ready("model_container", server.port)
-    logger.info("serving model %s version %s", cfg.name, cfg.version)
+    logger.info("serving model %s version %s as replica %s", cfg.name, cfg.version,
+                replica_id)
     stop = asyncio.create_task(wait_for_signal())
     unhealthy = asyncio.create_task(batcher.unhealthy.wait())
     try:

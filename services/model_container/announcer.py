@@ -78,7 +78,8 @@ class Announcer:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        request = pb.DeregisterRequest(replica_id=self.announce.replica_id)
+        request = pb.DeregisterRequest(replica_id=self.announce.replica_id,
+                                       replica_secret=self.announce.replica_secret)
         for channel in self._channels:
             try:
                 await pb_grpc.RegistryStub(await channel.get()).Deregister(

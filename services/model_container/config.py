@@ -16,6 +16,7 @@ from services.common.config import (
     require,
     server_tls_from,
 )
+from services.common.credentials import token_model
 from services.common.tensors import TensorSpec
 from services.common.tls import ClientTLS, ServerTLS
 from services.model_container.batcher import BATCHING_MODES, BatchingConfig
@@ -31,6 +32,7 @@ class Config:
     version: str
     frontends: tuple[str, ...]
     token: str
+    replica_id: str
     host: str
     port: int
     advertise_host: str
@@ -74,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--advertise-host", default=env("advertise_host", ""),
         help="host frontends dial (default: --host, or 127.0.0.1 when that is 0.0.0.0)",
     )
+    p.add_argument("--replica-id", default=env("replica_id", ""),
+                   help="this replica's id (default: a random one); the replica secret, "
+                   "not the id, keeps others from taking it over")
     p.add_argument("--input-dtype", default=env("input_dtype", ""), help="e.g. float32")
     p.add_argument("--input-shape", default=env("input_shape", ""), help="e.g. 64 or 8,8")
     p.add_argument("--batching", choices=BATCHING_MODES, default=env("batching", "adaptive"),
@@ -119,7 +124,18 @@ def config_from_args(argv: list[str] | None = None) -> Config:
     token = os.environ.get("CLIPPER_CONTAINER_TOKEN", "")
     require(bool(args.model), "--model (CLIPPER_CONTAINER_MODEL) is required")
     require(bool(args.name), "--name (CLIPPER_CONTAINER_NAME) is required")
-    require(bool(token), "CLIPPER_CONTAINER_TOKEN must be set (the frontend's container token)")
+    require(bool(token), "CLIPPER_CONTAINER_TOKEN must be set: this model's token, printed by "
+            f"python -m services.cli tokens container {args.name or 'MODEL'}")
+    try:
+        token_model_name = token_model(token)
+    except ValueError as exc:
+        raise ConfigError(
+            f"CLIPPER_CONTAINER_TOKEN: {exc}; the shared token of older versions is no "
+            f"longer accepted: python -m services.cli tokens container {args.name} prints "
+            "this model's") from None
+    require(token_model_name == args.name,
+            f"CLIPPER_CONTAINER_TOKEN is the token of model {token_model_name!r}, "
+            f"not of --name {args.name!r}")
     try:
         batching = BatchingConfig(args.batching, args.max_batch_size, args.max_queue,
                                   args.max_delay_ms, args.concurrency, args.batch_timeout_s)
@@ -137,6 +153,7 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         version=args.version,
         frontends=tuple(a.strip() for a in args.frontend.split(",") if a.strip()),
         token=token,
+        replica_id=args.replica_id,
         host=args.host,
         port=args.port,
         advertise_host=advertise,

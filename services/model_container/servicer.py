@@ -10,7 +10,6 @@ from typing import Any
 import grpc
 
 from services.common import clock, tensors
-from services.common.auth import check_token
 from services.common.errors import ClipperError, code_value, handle_stream_errors
 from services.common.streams import answering, replies_until_done
 from services.common.tensors import TensorSpec
@@ -27,12 +26,12 @@ class ContainerServicer(pb_grpc.ModelContainerServicer):
     """Decodes queries, hands them to the batcher and streams replies as they finish.
 
     Every response message carries all the replies that were waiting (a whole batch,
-    typically) and the replica's current load.
+    typically) and the replica's current load. Only frontends reach it: the
+    AuthInterceptor checks their replica credential first (see __main__).
     """
 
-    def __init__(self, batcher: Batcher, token: str, input_spec: TensorSpec | None) -> None:
+    def __init__(self, batcher: Batcher, input_spec: TensorSpec | None) -> None:
         self.batcher = batcher
-        self.token = token
         self.input_spec = input_spec
 
     @handle_stream_errors
@@ -41,7 +40,6 @@ class ContainerServicer(pb_grpc.ModelContainerServicer):
         request_iterator: AsyncIterator[pb.ContainerRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ContainerResponse]:
-        check_token(context, self.token, "container")
         await context.send_initial_metadata(())
         replies: Replies = asyncio.Queue()
         reader = asyncio.create_task(self._read(request_iterator, replies))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 
+from services.common.auth import FRONTEND, AuthInterceptor, rules_for, token_auth
 from services.common.kv_store import open_store, retry_while_unavailable
 from services.common.metrics import serve_metrics
 from services.common.server import announce_ready, run_service, start_server, wait_for_signal
 from services.common.telemetry import setup_logging
+from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.selection.config import Config, config_from_args
 from services.selection.decider import Decider
@@ -25,6 +27,9 @@ async def main(cfg: Config) -> None:
         cfg.port,
         tls=cfg.tls,
         health_port=cfg.health_port,
+        interceptors=[AuthInterceptor(rules_for(  # frontends only
+            pb.DESCRIPTOR.services_by_name["Selection"],
+            token_auth(cfg.token, FRONTEND, "selection")))],
     )
     await retry_while_unavailable(store.ping, "policy state store")  # ready: state loads
     await server.set_serving(True)

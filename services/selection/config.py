@@ -1,8 +1,10 @@
-"""Settings of the selection service (flags, with CLIPPER_SELECTION_* env defaults)."""
+"""Settings of the selection service (flags, with CLIPPER_SELECTION_* env defaults; its
+token from CLIPPER_SELECTION_TOKEN)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 
 from services.common.config import (
@@ -25,6 +27,7 @@ class Config:
     state: str
     context_ttl_s: float
     max_contexts: int
+    token: str
     metrics_port: int
     grace_s: float
     log_level: str
@@ -39,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--state",
         default=env_default(SERVICE, "state", ".run/selection-state.json", str),
-        help="policy state per application and context: an embedded file path, "
-        "or redis://HOST:PORT/DB shared by several selection replicas",
+        help="policy state per application and context: an embedded file path, or "
+        "redis[s]://[[USER]:PASSWORD@]HOST:PORT/DB shared by several selection replicas",
     )
     p.add_argument(
         "--context-ttl-s", type=float,
@@ -64,6 +67,9 @@ def config_from_args(argv: list[str] | None = None) -> Config:
     args = build_parser().parse_args(argv)
     require(args.context_ttl_s >= 0, f"--context-ttl-s={args.context_ttl_s}: must be >= 0")
     require(args.max_contexts > 0, f"--max-contexts={args.max_contexts}: must be > 0")
+    token = os.environ.get("CLIPPER_SELECTION_TOKEN", "")
+    require(bool(token), "CLIPPER_SELECTION_TOKEN must be set: the token frontends call with, "
+            "printed by python -m services.cli tokens selection")
     return Config(args.host, args.port, args.state, args.context_ttl_s, args.max_contexts,
-                  args.metrics_port, args.grace_s, args.log_level, server_tls_from(args),
-                  args.health_port)
+                  token, args.metrics_port, args.grace_s, args.log_level,
+                  server_tls_from(args), args.health_port)

@@ -13,11 +13,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.config import ConfigError
+from services.common.credentials import container_token
 from services.common.server import Server, start_server
 from services.common.tls import ClientTLS, ReloadingChannel, ServerTLS
 from services.frontend.config import config_from_args as frontend_config
 from services.model_container.config import config_from_args as container_config
 from tests.helpers.certs import Pki, make_pki
+from tests.helpers.mesh import MESH_SECRET
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,8 @@ def _replace(source: Path, target: Path) -> None:
 @pytest.fixture
 def tokens(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLIPPER_MANAGEMENT_TOKEN", "m")
-    monkeypatch.setenv("CLIPPER_CONTAINER_TOKEN", "c")
+    monkeypatch.setenv("CLIPPER_MESH_SECRET", MESH_SECRET)
+    monkeypatch.setenv("CLIPPER_CONTAINER_TOKEN", container_token(MESH_SECRET, "m"))
 
 
 @pytest.mark.usefixtures("tokens")

@@ -14,7 +14,8 @@ import pytest
 
 from services.cli import k8s
 from services.cli.settings import SERVICES as SETTING_SERVICES
-from services.cli.settings import env_names, service_settings
+from services.cli.settings import SHARED_SETTINGS, env_names, service_settings
+from services.common.credentials import container_token, selection_token
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.mesh.certs import make_ca, make_leaf
 from tests.deploy.manifests import (
@@ -33,7 +34,8 @@ from tests.deploy.manifests import (
 )
 
 Docs = list[dict[str, Any]]
-REDIS_URL = r"redis://([a-z0-9-]+):(\d+)/(\d+)"
+# With the password of the Secret, expanded by Kubernetes from the pod's REDIS_PASSWORD.
+REDIS_URL = r"redis://:\$\(REDIS_PASSWORD\)@([a-z0-9-]+):(\d+)/(\d+)"
 TLS_MOUNT = "/etc/clipper/tls"
 
 
@@ -142,11 +144,17 @@ def test_every_clipper_variable_is_a_setting_the_code_reads(overlay: tuple[str, 
     for config_map in of_kind(docs, "ConfigMap"):
         for name in config_map["data"]:
             assert name in known, f"ConfigMap {config_map['metadata']['name']}: {name}"
+    shared = {name for name, _, _ in SHARED_SETTINGS}
     for workload in ours(docs):
         service, _ = SERVICES[component(workload)]
-        for name in env_values(main_container(workload)):
+        env = env_values(main_container(workload))
+        for name in env:
+            if not name.startswith("CLIPPER_"):  # only for $(NAME) in the pod's other values
+                assert any(f"$({name})" in str(v) for v in env.values()), (
+                    f"{workload['metadata']['name']}: {name} is used by nothing")
+                continue
             assert name in known, f"{workload['metadata']['name']}: {name} is read by no service"
-            if name not in ("CLIPPER_MANAGEMENT_TOKEN", "CLIPPER_CONTAINER_TOKEN"):
+            if name not in shared:
                 assert name.startswith(f"CLIPPER_{service.upper()}_"), (
                     f"{workload['metadata']['name']} sets {name}, which its service never reads")
 
@@ -171,8 +179,13 @@ def test_services_find_each_other_and_redis(overlay: tuple[str, Docs]) -> None:
                 assert match, f"{name}={env[name]}: the frontends must share Redis"
                 _service_address(docs, f"{match[1]}:{match[2]}")
             assert _service_address(docs, env["CLIPPER_FRONTEND_SELECTION"])[0] == "selection"
-            secret_refs += [env["CLIPPER_MANAGEMENT_TOKEN"], env["CLIPPER_CONTAINER_TOKEN"]]
+            assert "CLIPPER_CONTAINER_TOKEN" not in env, "frontends hold the mesh secret"
+            secret_refs += [(env["CLIPPER_MANAGEMENT_TOKEN"], k8s.MANAGEMENT_TOKEN_KEY),
+                            (env["CLIPPER_MESH_SECRET"], k8s.MESH_SECRET_KEY)]
+        if comp in ("frontend", "selection"):
+            secret_refs.append((env["REDIS_PASSWORD"], k8s.REDIS_PASSWORD_KEY))
         if comp == "selection":
+            secret_refs.append((env["CLIPPER_SELECTION_TOKEN"], k8s.SELECTION_TOKEN_KEY))
             match = re.fullmatch(REDIS_URL, env["CLIPPER_SELECTION_STATE"])
             assert match, "the selection replicas must share Redis"
             _service_address(docs, f"{match[1]}:{match[2]}")
@@ -181,11 +194,13 @@ def test_services_find_each_other_and_redis(overlay: tuple[str, Docs]) -> None:
             assert _service_address(docs, front) == ("frontend", _default("frontend", "--port"))
             assert env["CLIPPER_CONTAINER_ADVERTISE_HOST"] == {
                 "fieldRef": {"fieldPath": "status.podIP"}}
-            secret_refs.append(env["CLIPPER_CONTAINER_TOKEN"])
             assert env["CLIPPER_CONTAINER_MODEL"] and env["CLIPPER_CONTAINER_NAME"]
-    for ref in secret_refs:
-        assert ref["secretKeyRef"]["name"] == k8s.TOKENS_SECRET
-        assert ref["secretKeyRef"]["key"] in (k8s.MANAGEMENT_TOKEN_KEY, k8s.CONTAINER_TOKEN_KEY)
+            # Its own model's token, from that model's own Secret.
+            assert env["CLIPPER_CONTAINER_TOKEN"] == {"secretKeyRef": {
+                "name": k8s.model_secret_name(env["CLIPPER_CONTAINER_NAME"]),
+                "key": k8s.CONTAINER_TOKEN_KEY}}
+    for ref, key in secret_refs:
+        assert ref == {"secretKeyRef": {"name": k8s.TOKENS_SECRET, "key": key}}
 
 
 def test_redis_persists_append_only_on_a_volume(overlay: tuple[str, Docs]) -> None:
@@ -245,10 +260,20 @@ def test_prod_is_highly_available_and_bounded(prod: Docs) -> None:
 
 
 def test_prod_ships_no_placeholder_tokens(prod: Docs, dev: Docs) -> None:
-    assert not of_kind(prod, "Secret"), "prod tokens are created out of band"
-    secret = named(dev, "Secret", k8s.TOKENS_SECRET)
-    assert set(secret["stringData"]) == {k8s.MANAGEMENT_TOKEN_KEY, k8s.CONTAINER_TOKEN_KEY}
-    assert all(v.startswith("replace-me") for v in secret["stringData"].values())
+    assert not of_kind(prod, "Secret"), "prod credentials are created out of band"
+    tokens = named(dev, "Secret", k8s.TOKENS_SECRET)["stringData"]
+    assert set(tokens) == {k8s.MANAGEMENT_TOKEN_KEY, k8s.MESH_SECRET_KEY,
+                           k8s.SELECTION_TOKEN_KEY, k8s.REDIS_PASSWORD_KEY}
+    assert all(tokens[k].startswith("replace-me") for k in (
+        k8s.MANAGEMENT_TOKEN_KEY, k8s.MESH_SECRET_KEY, k8s.REDIS_PASSWORD_KEY))
+    # The derived ones are what the CLI derives from the placeholder mesh secret.
+    secret = tokens[k8s.MESH_SECRET_KEY]
+    assert tokens[k8s.SELECTION_TOKEN_KEY] == selection_token(secret)
+    for workload in of_kind(dev, "Deployment"):
+        if component(workload) == "model":
+            model = env_values(main_container(workload))["CLIPPER_CONTAINER_NAME"]
+            stored = named(dev, "Secret", k8s.model_secret_name(model))["stringData"]
+            assert stored == {k8s.CONTAINER_TOKEN_KEY: container_token(secret, model)}
 
 
 def test_dev_runs_one_of_each(dev: Docs) -> None:
@@ -289,10 +314,11 @@ def test_each_pod_environment_is_a_valid_config(
         for name in [n for n in os.environ if n.startswith("CLIPPER_")]:
             monkeypatch.delenv(name)
         for name, value in env.items():
-            if isinstance(value, dict):  # from the Secret or the downward API
-                value = "10.1.2.3" if "fieldRef" in value else "a-token"
+            if isinstance(value, dict):  # from a Secret or the downward API
+                value = "10.1.2.3" if "fieldRef" in value else _secret_value(docs, value)
             elif value.startswith(TLS_MOUNT + "/"):  # a file of the mounted certificate
                 value = str(tls_files[value.removeprefix(TLS_MOUNT + "/")])
+            value = value.replace("$(REDIS_PASSWORD)", "a-password")
             monkeypatch.setenv(name, value)
         config = importlib.import_module(modules[service]).config_from_args([])
         container = main_container(workload)
@@ -302,3 +328,12 @@ def test_each_pod_environment_is_a_valid_config(
         if service == "container":
             assert config.advertise_host == "10.1.2.3"
             assert config.frontends == ("frontend:1337",)
+
+
+def _secret_value(docs: Docs, ref: dict[str, Any]) -> str:
+    """A stand-in for a Secret's value: derived ones derived from a stand-in secret."""
+    key = ref["secretKeyRef"]["key"]
+    if key == k8s.CONTAINER_TOKEN_KEY:
+        model = ref["secretKeyRef"]["name"].removeprefix("clipper-model-")
+        return container_token("a-mesh-secret-for-tests", model)
+    return "a-mesh-secret-for-tests" if key == k8s.MESH_SECRET_KEY else "a-token"

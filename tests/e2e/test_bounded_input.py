@@ -174,7 +174,8 @@ async def test_announcements_are_checked_before_they_are_recorded(
 
     def announce(model: str, replica_id: str, address: str = "127.0.0.1:9") -> object:
         return registry.Announce(
-            pb.AnnounceRequest(model=model, version="1", address=address, replica_id=replica_id),
+            pb.AnnounceRequest(model=model, version="1", address=address, replica_id=replica_id,
+                               replica_secret=f"secret-of-{replica_id}"),
             metadata=container_metadata(model), timeout=5)
 
     await expect(announce("bad/name", "r1"), grpc.StatusCode.INVALID_ARGUMENT, "model name")
@@ -184,6 +185,7 @@ async def test_announcements_are_checked_before_they_are_recorded(
     await announce("sum", "extra-replica")  # the second of two allowed
     await expect(announce("sum", "third-replica"), grpc.StatusCode.RESOURCE_EXHAUSTED,
                  "--max-replicas")
-    await registry.Deregister(pb.DeregisterRequest(replica_id="extra-replica"),
+    await registry.Deregister(pb.DeregisterRequest(replica_id="extra-replica",
+                                                   replica_secret="secret-of-extra-replica"),
                               metadata=container_metadata("sum"), timeout=5)
     assert [r.replica_id for r in mesh.replicas("sum")] != ["extra-replica"]

@@ -9,12 +9,13 @@ import grpc
 import numpy as np
 
 from services.common import tensors
+from services.common.auth import bearer
 from services.common.processes import start_service
 from services.common.redis_store import RedisStore
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.selection.decider import state_key
-from tests.helpers.mesh import ENV
+from tests.helpers.mesh import ENV, SELECTION_TOKEN
 
 ROUNDS = 60  # per client, two clients per selection replica
 
@@ -29,7 +30,7 @@ def observation(i: int) -> pb.SelectionRequest:
 
 async def send_feedback(address: str) -> None:
     async with grpc.aio.insecure_channel(address) as channel:
-        stream = pb_grpc.SelectionStub(channel).Decide()
+        stream = pb_grpc.SelectionStub(channel).Decide(metadata=bearer(SELECTION_TOKEN))
         for i in range(ROUNDS):
             await stream.write(pb.DecideRequest(requests=[observation(i)]))
             reply = (await stream.read()).replies[0]

@@ -1,5 +1,9 @@
 import asyncio
 
+import pytest
+
+from services.common.credentials import sha256_hex
+from services.common.errors import PermissionDenied
 from services.common.redis_store import RedisStore
 from services.common.tensors import TensorSpec
 from services.frontend.registry import Application, Registry, ReplicaRecord
@@ -26,5 +30,27 @@ async def test_two_frontends_changing_one_record_lose_nothing(redis_url: str) ->
     assert sorted(fresh.apps["app"].linked_models) == sorted(f"m{i}" for i in range(10))
     assert fresh.models["m"].active_version == "2"  # b's announce did not undo it
     assert sorted(fresh.models["m"].versions) == ["1", "2", "3"]
+    for store in (*stores, fresh.store):
+        await store.aclose()
+
+
+async def test_a_frontend_that_does_not_know_a_replica_yet_refuses_its_takeover(
+    redis_url: str,
+) -> None:
+    """Ownership is checked in the store too, not only in the announcing frontend's copy."""
+    stores = [RedisStore(redis_url), RedisStore(redis_url)]
+    a, b = (Registry(store, replica_ttl_s=5.0) for store in stores)
+    owner = ReplicaRecord("r1", "m", "1", "127.0.0.1:1", secret_sha256=sha256_hex("mine"))
+    await a.announce(owner, None)
+    assert "r1" not in b.replicas  # b has not followed the change feed
+    thief = ReplicaRecord("r1", "m", "1", "127.0.0.1:666", secret_sha256=sha256_hex("guess"))
+    with pytest.raises(PermissionDenied):
+        await b.announce(thief, None)
+    assert "r1" not in b.replicas
+    await b.announce(ReplicaRecord("r1", "m", "1", "127.0.0.1:2",
+                                   secret_sha256=sha256_hex("mine")), None)  # the owner moves
+    fresh = Registry(RedisStore(redis_url), replica_ttl_s=5.0)
+    await fresh.load()
+    assert fresh.replicas["r1"].address == "127.0.0.1:2"
     for store in (*stores, fresh.store):
         await store.aclose()

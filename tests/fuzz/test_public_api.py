@@ -299,11 +299,13 @@ addresses = st.one_of(
 def test_announce(campaign: Campaign, model: str, version: str, address: str,
                   replica_id: str, spec_shape: list[int]) -> None:
     request = pb.AnnounceRequest(model=model, version=version, address=address,
-                                 replica_id=replica_id,
+                                 replica_id=replica_id, replica_secret=f"fuzz-{replica_id}",
                                  input_spec=pb.TensorSpec(dtype="float32", shape=spec_shape))
     code = campaign.call(campaign.registry.Announce, request, metadata=container_metadata(model))
     if code == grpc.StatusCode.OK:
-        campaign.call(campaign.registry.Deregister, pb.DeregisterRequest(replica_id=replica_id),
+        campaign.call(campaign.registry.Deregister,
+                      pb.DeregisterRequest(replica_id=replica_id,
+                                           replica_secret=f"fuzz-{replica_id}"),
                       metadata=container_metadata(model))
 
 

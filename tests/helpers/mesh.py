@@ -9,20 +9,29 @@ from pathlib import Path
 from typing import Any
 
 from services.common.auth import bearer
+from services.common.credentials import container_token, selection_token
 from services.common.processes import ServiceProcess, start_service
 from services.common.tls import ClientTLS, sync_channel
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 
 MANAGEMENT_TOKEN = "test-management-token"
-CONTAINER_TOKEN = "test-container-token"
-ENV = {"CLIPPER_MANAGEMENT_TOKEN": MANAGEMENT_TOKEN, "CLIPPER_CONTAINER_TOKEN": CONTAINER_TOKEN}
+MESH_SECRET = "test-mesh-secret-0123456789"
+SELECTION_TOKEN = selection_token(MESH_SECRET)
+# What frontends and the selection service read (and the CLI: the management token).
+ENV = {"CLIPPER_MANAGEMENT_TOKEN": MANAGEMENT_TOKEN, "CLIPPER_MESH_SECRET": MESH_SECRET,
+       "CLIPPER_SELECTION_TOKEN": SELECTION_TOKEN}
 MGMT = bearer(MANAGEMENT_TOKEN)
+
+
+def container_env(model: str) -> dict[str, str]:
+    """A container's environment: the token of its model only."""
+    return {"CLIPPER_CONTAINER_TOKEN": container_token(MESH_SECRET, model)}
 
 
 def container_metadata(model: str) -> tuple[tuple[str, str]]:
     """Call metadata a container of `model` announces itself with."""
-    return bearer(CONTAINER_TOKEN)
+    return bearer(container_token(MESH_SECRET, model))
 
 
 class Mesh:
@@ -43,7 +52,7 @@ class Mesh:
     def _start(self, module: str, args: list[str], name: str,
                env: dict[str, str] | None = None) -> ServiceProcess:
         args = [*args, *self.flags.get(module, ())]
-        proc = start_service(module, args, name=name, env={**ENV, **(env or {})},
+        proc = start_service(module, args, name=name, env=env if env is not None else ENV,
                              log_path=self.workdir / f"{name}.log")
         self.procs.append(proc)
         return proc
@@ -83,7 +92,7 @@ class Mesh:
             "services.model_container",
             ["--model", model, "--name", name, "--version", version,
              "--frontend", self.frontend.address, "--heartbeat-s", "0.2", *extra],
-            f"{name}-{version}-{len(self.procs)}", env=env,
+            f"{name}-{version}-{len(self.procs)}", env={**container_env(name), **(env or {})},
         )
 
     def start_digits_models(self, paths: Mapping[str, Path], names: Sequence[str]) -> None:

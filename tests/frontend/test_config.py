@@ -1,0 +1,34 @@
+"""The frontend starts only with its credentials, and takes Redis URLs with passwords."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.common.config import ConfigError
+from services.frontend.config import config_from_args
+
+
+@pytest.fixture(autouse=True)
+def credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLIPPER_MANAGEMENT_TOKEN", "a-management-token")
+    monkeypatch.setenv("CLIPPER_MESH_SECRET", "a-mesh-secret-of-16+")
+
+
+@pytest.mark.parametrize("secret", ["", "too-short"])
+def test_a_mesh_secret_is_required(monkeypatch: pytest.MonkeyPatch, secret: str) -> None:
+    monkeypatch.setenv("CLIPPER_MESH_SECRET", secret)
+    monkeypatch.setenv("CLIPPER_CONTAINER_TOKEN", "the-shared-token-of-older-versions")
+    with pytest.raises(ConfigError, match=r"CLIPPER_MESH_SECRET .* replaces CLIPPER_CONTAINER"):
+        config_from_args([])
+
+
+@pytest.mark.parametrize("cache", ["redis://:pw@h:6379/2", "redis://user:pw@h/2",
+                                   "rediss://user:pw@h:6380/2?ssl_ca_certs=/ca.pem"])
+def test_cache_urls_may_carry_credentials_and_tls(cache: str) -> None:
+    assert config_from_args(["--cache", cache]).cache == cache
+
+
+def test_a_bad_cache_url_is_refused_without_its_password() -> None:
+    with pytest.raises(ConfigError) as err:
+        config_from_args(["--cache", "memcached://user:hunter2@h"])
+    assert "hunter2" not in str(err.value) and "***" in str(err.value)
