@@ -7,7 +7,13 @@ Two signals decide, both cheap to read:
   message and every query waits behind that much work, so when it passes
   `max_backlog_s`, or half the time a query has left, the query is refused;
 - the work in flight: at most `max_inflight` queries at once in this process, and
-  `max_inflight_per_key` per key (the application).
+  per key (the application) at most its adaptive limit, never above
+  `max_inflight_per_key`. The limit follows the outcomes of admitted queries, as
+  TCP's window follows losses: one more for each window of queries that met their
+  deadline (the backlog before the handler counted), and, when one missed it, a tenth
+  less than what was in flight then (at most once per window). Past
+  capacity, queries then wait in no queue long enough to be late: the excess is
+  refused at once, and what is admitted is answered in time.
 
 A refused query gets Overloaded (RESOURCE_EXHAUSTED) with `retry_after_ms`, which
 the servicers send as the `grpc-retry-pushback-ms` trailer: when to try again.
@@ -61,6 +67,15 @@ class AdmissionLimits:
     max_inflight: int = 1024
     max_inflight_per_key: int = 512
     max_backlog_s: float = 0.05
+    min_inflight_per_key: int = 2
+
+
+@dataclass
+class _KeyState:
+    inflight: int = 0
+    limit: float = 512.0
+    # Completions left before the limit may shrink again (one cut per window).
+    cooldown: int = 0
 
 
 class Admission:
@@ -70,22 +85,40 @@ class Admission:
         self.limits = limits
         self.lag = lag or LoopLag()
         self.inflight = 0
-        self._per_key: dict[str, int] = {}
+        self._keys: dict[str, _KeyState] = {}
+
+    def limit(self, key: str) -> float:
+        """The adaptive limit of queries of `key` in flight."""
+        state = self._keys.get(key)
+        return state.limit if state else float(self.limits.max_inflight_per_key)
 
     @contextmanager
     def hold(self, key: str) -> Iterator[None]:
         """Count one query of `key` in flight while the block runs (after `check`)."""
+        state = self._keys.get(key)
+        if state is None:
+            state = self._keys[key] = _KeyState(limit=float(self.limits.max_inflight_per_key))
         self.inflight += 1
-        self._per_key[key] = self._per_key.get(key, 0) + 1
+        state.inflight += 1
         try:
             yield
         finally:
             self.inflight -= 1
-            left = self._per_key[key] - 1
-            if left:
-                self._per_key[key] = left
-            else:
-                del self._per_key[key]
+            state.inflight -= 1
+
+    def observe(self, key: str, in_time: bool) -> None:
+        """An admitted query of `key` was answered in time, or not: adapt its limit."""
+        state = self._keys.get(key)
+        if state is None:
+            return
+        limits = self.limits
+        state.cooldown = max(state.cooldown - 1, 0)
+        if in_time:
+            state.limit = min(state.limit + 1 / state.limit, float(limits.max_inflight_per_key))
+        elif state.cooldown == 0:  # cut from what is really in flight, once per window
+            state.limit = max(min(state.limit, state.inflight + 1.0) * 0.9,
+                              float(limits.min_inflight_per_key))
+            state.cooldown = state.inflight + 1
 
     def check(self, key: str, remaining_s: float) -> None:
         """Raise Overloaded, with a pushback, unless a query of `key` with `remaining_s`
@@ -97,9 +130,12 @@ class Admission:
         if self.inflight >= limits.max_inflight:
             raise _shed(f"{self.inflight} queries in flight, the limit (--max-inflight)",
                         backlog_s)
-        if self._per_key.get(key, 0) >= limits.max_inflight_per_key:
-            raise _shed(f"{self._per_key[key]} queries of {key!r} in flight, the limit "
-                        "(--max-inflight-per-app)", backlog_s)
+        state = self._keys.get(key)
+        if state is not None and state.inflight >= min(state.limit,
+                                                       limits.max_inflight_per_key):
+            raise _shed(f"{state.inflight} queries of {key!r} in flight, its limit now "
+                        f"(adaptive, at most --max-inflight-per-app={limits.max_inflight_per_key})",
+                        backlog_s)
 
 
 def _shed(reason: str, backlog_s: float) -> Overloaded:

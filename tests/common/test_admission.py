@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from services.common.admission import Admission, AdmissionLimits
@@ -32,3 +34,21 @@ def test_a_backlog_longer_than_the_limit_or_half_the_time_left_sheds() -> None:
     admission.lag.lag_s = 0.06
     with pytest.raises(Overloaded):
         admission.check("a", 10.0)
+
+
+def test_the_limit_per_key_adapts_to_queries_late_and_in_time() -> None:
+    admission = Admission(AdmissionLimits(max_inflight_per_key=100, min_inflight_per_key=2))
+    with contextlib.ExitStack() as stack:
+        for _ in range(20):
+            stack.enter_context(admission.hold("a"))
+        admission.observe("a", in_time=False)  # late with 20 in flight: cut below 20
+        assert admission.limit("a") == pytest.approx(18.9)
+        admission.observe("a", in_time=False)  # same window: no second cut
+        assert admission.limit("a") == pytest.approx(18.9)
+    for _ in range(30):
+        admission.observe("a", in_time=True)  # one more per window of answers in time
+    assert 19.9 < admission.limit("a") < 21
+    for _ in range(200):
+        admission.observe("a", in_time=False)
+    assert admission.limit("a") == 2  # never under the floor
+    admission.check("a", 1.0)

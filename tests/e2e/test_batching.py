@@ -71,7 +71,9 @@ async def test_a_burst_is_shed_promptly_and_the_queue_stays_bounded(
     for i, (reply, _) in enumerate(results):
         if not reply.default_used:
             assert tensors.decode(reply.output).item() == i  # answers reach their callers
-    assert all("queue full" in r.default_reason or "estimated wait" in r.default_reason
+    # Shed by the container (its queue or estimated wait) or by the frontend's admission.
+    assert all(any(why in r.default_reason for why in ("queue full", "estimated wait",
+                                                        "overloaded"))
                for r, _ in shed)
     assert max(s for _, s in shed) < 1.0  # shed at once, not after the 2 s SLO
     assert depths and max(depths) <= MAX_QUEUE
