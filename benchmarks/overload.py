@@ -5,7 +5,7 @@ ghz drives the frontend open loop with distinct inputs (thousands of test digits
 made distinct, served round robin: no query is a cache hit), through an application
 without a default, so that a late answer is a failure. Goodput is answers within the
 20 ms SLO per second. Shedding off is the frontend with admission limits out of reach:
-what it did before it shed.
+what it did before it shed (`--admission off`).
 """
 
 from __future__ import annotations
@@ -28,9 +28,7 @@ SLO_S = 0.020
 CAPACITY_RATES = (50, 100, 150, 200, 250, 300, 400)
 MULTIPLES = (1, 2, 4)
 RUN_S = 4
-SHEDDING_OFF = {"CLIPPER_FRONTEND_MAX_BACKLOG_MS": "1000000",
-                "CLIPPER_FRONTEND_MAX_INFLIGHT": "1000000",
-                "CLIPPER_FRONTEND_MAX_INFLIGHT_PER_APP": "1000000"}
+SHEDDING_OFF = {"CLIPPER_FRONTEND_ADMISSION": "off"}
 
 
 @dataclass

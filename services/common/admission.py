@@ -68,6 +68,9 @@ class AdmissionLimits:
     max_inflight_per_key: int = 512
     max_backlog_s: float = 0.05
     min_inflight_per_key: int = 2
+    # adaptive: the per-key limit follows deadline outcomes; fixed: it stays at the
+    # maximum; off: nothing is refused here (a baseline for benchmarks).
+    mode: str = "adaptive"
 
 
 @dataclass
@@ -76,6 +79,9 @@ class _KeyState:
     limit: float = 512.0
     # Completions left before the limit may shrink again (one cut per window).
     cooldown: int = 0
+
+
+ADMISSION_MODES = ("adaptive", "fixed", "off")
 
 
 class Admission:
@@ -109,7 +115,7 @@ class Admission:
     def observe(self, key: str, in_time: bool) -> None:
         """An admitted query of `key` was answered in time, or not: adapt its limit."""
         state = self._keys.get(key)
-        if state is None:
+        if state is None or self.limits.mode != "adaptive":
             return
         limits = self.limits
         state.cooldown = max(state.cooldown - 1, 0)
@@ -124,6 +130,8 @@ class Admission:
         """Raise Overloaded, with a pushback, unless a query of `key` with `remaining_s`
         left can be taken now."""
         limits, backlog_s = self.limits, self.lag.lag_s
+        if limits.mode == "off":
+            return
         if backlog_s > limits.max_backlog_s or backlog_s > remaining_s / 2:
             raise _shed(f"backlog of {backlog_s * 1000:.0f} ms: a query with "
                         f"{remaining_s * 1000:.0f} ms left would be late", backlog_s)

@@ -6,7 +6,7 @@ import argparse
 import os
 from dataclasses import dataclass, field
 
-from services.common.admission import AdmissionLimits
+from services.common.admission import ADMISSION_MODES, AdmissionLimits
 from services.common.config import (
     add_lifecycle_flags,
     add_listen_flags,
@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-inflight-per-app", type=int,
                    default=env_default(SERVICE, "max_inflight_per_app", 512, int),
                    help="queries of one application in flight at once")
+    p.add_argument("--admission", choices=ADMISSION_MODES,
+                   default=env("admission", "adaptive"),
+                   help="adaptive: each application's in-flight limit follows whether its "
+                   "queries meet their deadlines; fixed: --max-inflight-per-app only; off: "
+                   "shed nothing (a baseline)")
     p.add_argument("--max-backlog-ms", type=float,
                    default=env_default(SERVICE, "max_backlog_ms", 50.0, float),
                    help="shed queries while the frontend's own backlog (event loop lag) is "
@@ -150,7 +155,7 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         log_level=args.log_level,
         limits=limits_from_args(args),
         admission=AdmissionLimits(args.max_inflight, args.max_inflight_per_app,
-                                  args.max_backlog_ms / 1000),
+                                  args.max_backlog_ms / 1000, mode=args.admission),
         tls=server_tls_from(args),
         client_tls=client_tls_from(args),
         health_port=args.health_port,

@@ -52,3 +52,14 @@ def test_the_limit_per_key_adapts_to_queries_late_and_in_time() -> None:
         admission.observe("a", in_time=False)
     assert admission.limit("a") == 2  # never under the floor
     admission.check("a", 1.0)
+
+
+def test_fixed_keeps_the_limit_and_off_sheds_nothing() -> None:
+    fixed = Admission(AdmissionLimits(max_inflight_per_key=3, mode="fixed"))
+    with fixed.hold("a"):
+        fixed.observe("a", in_time=False)
+        assert fixed.limit("a") == 3
+    off = Admission(AdmissionLimits(max_inflight=1, mode="off"))
+    off.lag.lag_s = 10.0
+    with off.hold("a"):
+        off.check("a", 0.001)
