@@ -21,12 +21,14 @@ the servicers send as the `grpc-retry-pushback-ms` trailer: when to try again.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from services.common.config import env_default, require
 from services.common.errors import Overloaded
 
 # Longest a refused client is asked to wait before trying again.
@@ -75,8 +77,8 @@ class AdmissionLimits:
 
 @dataclass
 class _KeyState:
+    limit: float
     inflight: int = 0
-    limit: float = 512.0
     # Completions left before the limit may shrink again (one cut per window).
     cooldown: int = 0
 
@@ -151,3 +153,32 @@ def _shed(reason: str, backlog_s: float) -> Overloaded:
     pushback_ms = int(min(max(2000 * backlog_s, MIN_PUSHBACK_MS), MAX_PUSHBACK_MS))
     return Overloaded(f"overloaded, retry in {pushback_ms} ms: {reason}",
                       retry_after_ms=pushback_ms)
+
+
+def add_admission_flags(p: argparse.ArgumentParser, service: str) -> None:
+    """--max-inflight, --max-inflight-per-app, --admission and --max-backlog-ms."""
+    p.add_argument("--max-inflight", type=int,
+                   default=env_default(service, "max_inflight", 1024, int),
+                   help="queries in flight at once; past it a query is shed at once "
+                   "(RESOURCE_EXHAUSTED with grpc-retry-pushback-ms, or the flagged default)")
+    p.add_argument("--max-inflight-per-app", type=int,
+                   default=env_default(service, "max_inflight_per_app", 512, int),
+                   help="queries of one application in flight at once")
+    p.add_argument("--admission", choices=ADMISSION_MODES,
+                   default=env_default(service, "admission", "adaptive", str),
+                   help="adaptive: each application's in-flight limit follows whether its "
+                   "queries meet their deadlines; fixed: --max-inflight-per-app only; off: "
+                   "shed nothing (a baseline)")
+    p.add_argument("--max-backlog-ms", type=float,
+                   default=env_default(service, "max_backlog_ms", 50.0, float),
+                   help="shed queries while the frontend's own backlog (event loop lag) is "
+                   "longer than this, or than half the time a query has left")
+
+
+def admission_from_args(args: argparse.Namespace) -> AdmissionLimits:
+    require(args.max_inflight > 0, f"--max-inflight={args.max_inflight}: must be > 0")
+    require(args.max_inflight_per_app > 0,
+            f"--max-inflight-per-app={args.max_inflight_per_app}: must be > 0")
+    require(args.max_backlog_ms > 0, f"--max-backlog-ms={args.max_backlog_ms}: must be > 0")
+    return AdmissionLimits(args.max_inflight, args.max_inflight_per_app,
+                           args.max_backlog_ms / 1000, mode=args.admission)

@@ -50,10 +50,9 @@ class Limits:
         if len(shape) > self.rank:
             raise InvalidInput(f"{what} of rank {len(shape)} exceeds the limit of {self.rank} "
                                "dimensions (--max-rank)")
+        if any(size < 0 for size in shape):
+            raise InvalidInput(f"bad shape {list(shape)}: sizes must be >= 0")
         count = 1
-        for size in shape:
-            if size < 0:
-                raise InvalidInput(f"bad shape {list(shape)}: sizes must be >= 0")
         for size in shape:
             count *= size
             if count > self.elements:

@@ -6,7 +6,7 @@ import argparse
 import os
 from dataclasses import dataclass, field
 
-from services.common.admission import ADMISSION_MODES, AdmissionLimits
+from services.common.admission import AdmissionLimits, add_admission_flags, admission_from_args
 from services.common.config import (
     add_lifecycle_flags,
     add_listen_flags,
@@ -87,22 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                    default=env_default(SERVICE, "cache_ttl_s", 600.0, float),
                    help="how long answers (and predictions for feedback) are kept")
     add_limit_flags(p, SERVICE)
-    p.add_argument("--max-inflight", type=int,
-                   default=env_default(SERVICE, "max_inflight", 1024, int),
-                   help="queries in flight at once; past it a query is shed at once "
-                   "(RESOURCE_EXHAUSTED with grpc-retry-pushback-ms, or the flagged default)")
-    p.add_argument("--max-inflight-per-app", type=int,
-                   default=env_default(SERVICE, "max_inflight_per_app", 512, int),
-                   help="queries of one application in flight at once")
-    p.add_argument("--admission", choices=ADMISSION_MODES,
-                   default=env("admission", "adaptive"),
-                   help="adaptive: each application's in-flight limit follows whether its "
-                   "queries meet their deadlines; fixed: --max-inflight-per-app only; off: "
-                   "shed nothing (a baseline)")
-    p.add_argument("--max-backlog-ms", type=float,
-                   default=env_default(SERVICE, "max_backlog_ms", 50.0, float),
-                   help="shed queries while the frontend's own backlog (event loop lag) is "
-                   "longer than this, or than half the time a query has left")
+    add_admission_flags(p, SERVICE)
     add_lifecycle_flags(p, SERVICE)
     add_tls_flags(p, SERVICE)
     p.add_argument(
@@ -128,10 +113,6 @@ def config_from_args(argv: list[str] | None = None) -> Config:
     require(args.cache in ("memory", "none") or args.cache.startswith(CACHE_SCHEMES),
             f"--cache={redact_url(args.cache)}: expected memory, none or "
             "redis[s]://[[USER]:PASSWORD@]HOST:PORT/DB")
-    require(args.max_inflight > 0, f"--max-inflight={args.max_inflight}: must be > 0")
-    require(args.max_inflight_per_app > 0,
-            f"--max-inflight-per-app={args.max_inflight_per_app}: must be > 0")
-    require(args.max_backlog_ms > 0, f"--max-backlog-ms={args.max_backlog_ms}: must be > 0")
     require(args.cache_size > 0, f"--cache-size={args.cache_size}: must be > 0")
     require(args.cache_ttl_s > 0, f"--cache-ttl-s={args.cache_ttl_s}: must be > 0")
     require(args.max_message_bytes >= 1024,
@@ -154,8 +135,7 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         grace_s=args.grace_s,
         log_level=args.log_level,
         limits=limits_from_args(args),
-        admission=AdmissionLimits(args.max_inflight, args.max_inflight_per_app,
-                                  args.max_backlog_ms / 1000, mode=args.admission),
+        admission=admission_from_args(args),
         tls=server_tls_from(args),
         client_tls=client_tls_from(args),
         health_port=args.health_port,

@@ -47,9 +47,6 @@ logger = logging.getLogger(__name__)
 
 # Time kept back from the SLO to send the answer back.
 REPLY_MARGIN_S = 0.002
-# Share of its budget an admitted query must have left when answered to count as in time
-# for the adaptive admission limit (0: just in time; adaptive batching spends the slack).
-HEADROOM_SHARE = 0.0
 # Share of a client's remaining time kept back when its own deadline is the tighter one.
 CLIENT_MARGIN_SHARE = 0.1
 
@@ -110,7 +107,8 @@ class QueryPath:
         array = tensors.decode(value, self.limits)
         app.input_spec.check(array)
         if not app.allow_non_finite:
-            _require_finite(array, "input")
+            _require_finite(array, "input", "; the application does not allow them "
+                                           "(allow_non_finite)")
 
     def _check_request(self, app_name: str, context_key: str, query_id: str) -> Application:
         """The application, once the request's strings are within their limits."""
@@ -171,9 +169,7 @@ class QueryPath:
         except Overloaded as exc:
             if app.default_output is None:
                 raise
-            return Prediction(query_id=query_id, output=app.default_tensor(), default_used=True,
-                              default_reason=exc.message, default_cause="overload")
-        admitted_at = clock.now()
+            return _default(app, query_id, exc.message, "overload")
         with self.admission.hold(app.name):
             try:
                 prediction = await self._answer(app, value, context_key, query_id, deadline,
@@ -181,14 +177,11 @@ class QueryPath:
             except DeadlineExpired:
                 self.admission.observe(app.name, in_time=False)
                 raise
-            # In time with a quarter of its budget to spare: the limit keeps headroom for
-            # the stalls of a busy machine instead of settling at the edge of the SLO.
-            # The backlog before the handler ran (the loop's lag) counts too: the client
-            # waited through it.
-            left = deadline - clock.now() - self.admission.lag.lag_s
-            spare = left >= (deadline - admitted_at) * HEADROOM_SHARE
-            late = prediction.default_cause == "deadline" or bool(prediction.missing_models)
-            self.admission.observe(app.name, in_time=spare and not late)
+            # In time counts the backlog before the handler ran (the loop's lag) too: the
+            # client waited through it.
+            late = (prediction.default_cause == "deadline" or bool(prediction.missing_models)
+                    or clock.now() + self.admission.lag.lag_s > deadline)
+            self.admission.observe(app.name, in_time=not late)
             return prediction
 
     async def _answer(
@@ -326,19 +319,17 @@ class QueryPath:
             reason = error.message
         if app.default_output is None:
             raise error
-        return Prediction(
-            query_id=query_id,
-            output=app.default_tensor(),
-            default_used=True,
-            default_reason=reason,
-            default_cause=cause,
-            missing_models=fan.missing,
-        )
+        return _default(app, query_id, reason, cause, fan.missing)
 
 
-def _require_finite(array: np.ndarray, what: str) -> None:
+def _default(app: Application, query_id: str, reason: str, cause: str,
+             missing: list[str] | None = None) -> Prediction:
+    """The application's default output, flagged with why it went out."""
+    return Prediction(query_id=query_id, output=app.default_tensor(), default_used=True,
+                      default_reason=reason, default_cause=cause, missing_models=missing or [])
+
+
+def _require_finite(array: np.ndarray, what: str, why: str = "") -> None:
     """Raise InvalidInput when a floating-point `array` holds NaN or infinity."""
     if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise InvalidInput(
-            f"{what} holds NaN or infinity; the application does not allow them "
-            "(allow_non_finite)" if what == "input" else f"{what} holds NaN or infinity")
+        raise InvalidInput(f"{what} holds NaN or infinity{why}")

@@ -385,9 +385,7 @@ class Batcher:
         try:
             outputs = await self._attempt(batch)
         except (ModelHung, WorkerDied) as exc:
-            _fail(batch, exc)
-            if self.runner.stuck:
-                self._turn_unhealthy(exc.message)
+            self._worker_failed(batch, exc)
             return
         except Exception as exc:
             logger.warning("model raised on a batch of %d: %r; running it by halves",
@@ -425,11 +423,16 @@ class Batcher:
             try:
                 _answer(half, await self._attempt(half))
             except (ModelHung, WorkerDied) as exc:
-                _fail(half, exc)
-                if self.runner.stuck:
-                    self._turn_unhealthy(exc.message)
+                self._worker_failed(half, exc)
             except Exception as exc:
                 await self._by_halves(half, exc)
+
+    def _worker_failed(self, batch: list[_Pending], exc: ModelHung | WorkerDied) -> None:
+        """Fail the batch (the frontend retries elsewhere); a stuck worker thread makes
+        the replica unhealthy."""
+        _fail(batch, exc)
+        if self.runner.stuck:
+            self._turn_unhealthy(exc.message)
 
     def _turn_unhealthy(self, reason: str) -> None:
         """A worker is stuck for good: answer every queued query now (Unavailable, so the

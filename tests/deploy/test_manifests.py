@@ -36,7 +36,7 @@ from tests.deploy.manifests import (
 Docs = list[dict[str, Any]]
 # With the password of the Secret, expanded by Kubernetes from the pod's REDIS_PASSWORD.
 REDIS_URL = r"redis://:\$\(REDIS_PASSWORD\)@([a-z0-9-]+):(\d+)/(\d+)"
-TLS_MOUNT = "/etc/clipper/tls"
+TLS_MOUNT = k8s.TLS_MOUNT
 
 
 def _default(service: str, flag: str) -> Any:
