@@ -1,7 +1,9 @@
-"""The one way to build a grpc.aio server: health, reflection, message limits, graceful stop."""
+"""The one way to build a grpc.aio server: health, reflection, message limits, keepalive,
+graceful stop."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
 import logging
@@ -17,6 +19,8 @@ from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.channels import DEFAULT_MAX_MESSAGE_BYTES, server_options
+from services.common.config import env_default
 from services.common.interceptors import RejectUndecodable
 from services.common.tls import ServerTLS, server_credentials
 
@@ -84,11 +88,26 @@ class Server:
             await self.health_server.stop(None)
 
 
+# The smallest --max-message-bytes: a message must hold a query and its framing.
+MIN_MESSAGE_BYTES = 4096
+
+
+def add_message_size_flag(p: argparse.ArgumentParser, service: str) -> None:
+    """--max-message-bytes: what `start_server(max_message_bytes=...)` receives and sends.
+
+    A container or selection service states it to the frontends that open streams to it,
+    and they pack their messages to fit (services/common/channels.py)."""
+    p.add_argument("--max-message-bytes", type=int,
+                   default=env_default(service, "max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES,
+                                       int),
+                   help="largest gRPC message received or sent")
+
+
 async def start_server(
     add_servicers: Iterable[tuple[Callable[[grpc.aio.Server], None], str]],
     host: str,
     port: int,
-    max_message_bytes: int = 4 * 1024 * 1024,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     max_concurrent_rpcs: int | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     tls: ServerTLS | None = None,
@@ -103,11 +122,7 @@ async def start_server(
     """
     server = grpc.aio.server(
         interceptors=[RejectUndecodable(), *interceptors],
-        options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=server_options(max_message_bytes, [("grpc.so_reuseport", 0)]),
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
     names: list[str] = []
@@ -129,7 +144,8 @@ async def start_server(
         raise OSError(f"could not bind {host}:{port}")
     health_server, health_bound = None, -1
     if health_port >= 0:
-        health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_server = grpc.aio.server(
+            options=server_options(DEFAULT_MAX_MESSAGE_BYTES, [("grpc.so_reuseport", 0)]))
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
         health_bound = health_server.add_insecure_port(f"{host}:{health_port}")
         if health_bound == 0:

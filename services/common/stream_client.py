@@ -2,11 +2,14 @@
 
 The frontend keeps one to each container replica and one to the selection
 service. A caller sends an item carrying a fresh id and awaits the reply with
-the same id. The one writer task sends whatever is waiting as one message;
-one reader resolves the replies. When the stream breaks, every waiting caller
-fails at once with Unavailable and the client reconnects with backoff (the
-longest after the server refused our token) until it is closed. With TLS, each
-reconnect uses the certificate files as they are then (rotated ones included).
+the same id. The one writer task sends whatever is waiting, as few messages as
+fit the limit the server stated when it accepted the stream (its initial
+metadata; services/common/channels.py); an item too large for any message fails
+alone, at once, with INVALID_ARGUMENT. One reader resolves the replies. When the
+stream breaks, every waiting caller fails at once with Unavailable and the
+client reconnects with backoff (the longest after the server refused our token)
+until it is closed. With TLS, each reconnect uses the certificate files as they
+are then (rotated ones included).
 """
 
 from __future__ import annotations
@@ -14,20 +17,29 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 
-from services.common.errors import Unavailable
-from services.common.streams import pump
+from services.common import clock
+from services.common.channels import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    limit_metadata,
+    stated_limit,
+)
+from services.common.errors import InvalidInput, Unavailable
+from services.common.streams import MessagePacker, item_budget, pump
 from services.common.tls import ClientTLS, ReloadingChannel
 
 logger = logging.getLogger(__name__)
 
+# Longest a connection and the server's acceptance of the stream may take.
 CONNECT_TIMEOUT_S = 2.0
 MIN_BACKOFF_S = 0.05
 MAX_BACKOFF_S = 2.0
+
+Metadata = tuple[tuple[str, str], ...]
 
 
 class _HasId(Protocol):
@@ -40,24 +52,41 @@ Reply = TypeVar("Reply", bound=_HasId)
 
 
 class StreamClient(Generic[Item, Reply]):
-    """`open_call(channel)` starts the stream; `wrap(items)` builds one request message;
-    `unwrap(response)` yields the replies a response message carries."""
+    """`open_call(channel, metadata)` starts the stream, with `metadata` added to the
+    call's own; `wrap(items)` builds one request message; `unwrap(response)` yields the
+    replies a response message carries; `measure(item)` is an item's encoded size.
+
+    `receive_limit_bytes`: the largest response message accepted, stated to the server.
+    `kind` names an item in errors ("query").
+    """
 
     def __init__(
         self,
         address: str,
-        open_call: Callable[[grpc.aio.Channel], Any],
+        open_call: Callable[[grpc.aio.Channel, Metadata], Any],
         wrap: Callable[[list[Item]], Any],
         unwrap: Callable[[Any], Iterable[Reply]],
-        options: Sequence[tuple[str, Any]] = (),
+        measure: Callable[[Item], int],
+        receive_limit_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         tls: ClientTLS | None = None,
+        kind: str = "request",
     ) -> None:
         self.address = address
+        self.kind = kind
+        # The largest message the server receives, as it stated on accepting the stream.
+        self.send_limit_bytes = DEFAULT_MAX_MESSAGE_BYTES
+        # When the current stream was accepted (clock.now(); 0 before the first).
+        self.connected_at = 0.0
+        # When a response last came (clock.now()).
+        self.last_heard = 0.0
         self._connected = asyncio.Event()
         self._open_call = open_call
         self._wrap = wrap
         self._unwrap = unwrap
-        self._channels = ReloadingChannel(address, tls, options)
+        self._measure = measure
+        self._metadata = limit_metadata(receive_limit_bytes)
+        self._channels = ReloadingChannel(
+            address, tls, [("grpc.max_receive_message_length", receive_limit_bytes)])
         self._pending: dict[int, asyncio.Future[Reply]] = {}
         self._ids = itertools.count(1)
         self._outbox: asyncio.Queue[Item] = asyncio.Queue()
@@ -91,9 +120,17 @@ class StreamClient(Generic[Item, Reply]):
         return next(self._ids)
 
     async def request(self, request_id: int, item: Item, timeout_at: float | None = None) -> Reply:
-        """Send `item` (which carries `request_id`) and return the reply with that id."""
+        """Send `item` (which carries `request_id`) and return the reply with that id.
+
+        Raises InvalidInput when `item` is larger than any message the server receives."""
         if not self.connected:
             raise Unavailable(f"{self.address} is not connected")
+        size, budget = self._measure(item), item_budget(self.send_limit_bytes)
+        if size > budget:
+            raise InvalidInput(
+                f"{self.kind} of {size} bytes does not fit the {self.send_limit_bytes}-byte "
+                f"messages {self.address} receives ({budget} bytes at most for one "
+                f"{self.kind}; that service's --max-message-bytes)")
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         self._outbox.put_nowait(item)
@@ -131,22 +168,32 @@ class StreamClient(Generic[Item, Reply]):
         channel = await self._channels.get()
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
             await channel.channel_ready()
-        self._outbox = asyncio.Queue()
-        call = self._open_call(channel)
-        writer = asyncio.create_task(pump(self._outbox, call, self._wrap))
+        call = self._open_call(channel, self._metadata)
+        writer: asyncio.Task[None] | None = None
         try:
-            await call.initial_metadata()  # the server accepted the stream (and our token)
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                # The server accepted the stream (and our token), and said what it receives.
+                metadata = await call.initial_metadata()
+            self.send_limit_bytes = stated_limit(metadata)
+            self._outbox = asyncio.Queue()
+            writer = asyncio.create_task(pump(
+                MessagePacker(self._outbox, self._measure, self.send_limit_bytes),
+                call, self._wrap))
+            self.connected_at = self.last_heard = clock.now()
             self._connected.set()
-            logger.info("connected to %s", self.address)
+            logger.info("connected to %s (messages up to %d bytes)", self.address,
+                        self.send_limit_bytes)
             async for response in call:
+                self.last_heard = clock.now()
                 for reply in self._unwrap(response):
                     future = self._pending.get(reply.id)
                     if future is not None and not future.done():
                         future.set_result(reply)  # else the caller gave up before it came
         finally:
-            writer.cancel()
             call.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
+            if writer is not None:
+                writer.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
 
     def _fail_pending(self, message: str) -> None:
         for future in self._pending.values():

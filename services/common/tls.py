@@ -24,9 +24,10 @@ from typing import Any
 
 import grpc
 
+from services.common.channels import Options, client_options
+
 logger = logging.getLogger(__name__)
 
-Options = Sequence[tuple[str, Any]]
 # What a file looked like when last read: (inode, mtime ns, size), None when missing.
 Signature = tuple[tuple[int, int, int] | None, ...]
 
@@ -164,7 +165,9 @@ def channel_options(tls: ClientTLS | None, options: Options = ()) -> list[tuple[
 
 
 def aio_channel(target: str, tls: ClientTLS | None, options: Options = ()) -> grpc.aio.Channel:
-    """A grpc.aio channel to `target`: TLS when `tls` is enabled, else plaintext."""
+    """A grpc.aio channel to `target`: TLS when `tls` is enabled, else plaintext; with
+    the mesh's keepalive (services/common/channels.py) unless `options` say otherwise."""
+    options = client_options(options)
     if tls is None or not tls.enabled:
         return grpc.aio.insecure_channel(target, options=list(options))
     return grpc.aio.secure_channel(target, channel_credentials(tls),
@@ -172,7 +175,8 @@ def aio_channel(target: str, tls: ClientTLS | None, options: Options = ()) -> gr
 
 
 def sync_channel(target: str, tls: ClientTLS | None, options: Options = ()) -> grpc.Channel:
-    """A blocking channel to `target`: TLS when `tls` is enabled, else plaintext."""
+    """A blocking channel to `target`, as `aio_channel` builds them."""
+    options = client_options(options)
     if tls is None or not tls.enabled:
         return grpc.insecure_channel(target, options=list(options))
     return grpc.secure_channel(target, channel_credentials(tls),

@@ -19,6 +19,7 @@ from services.common.config import (
 from services.common.credentials import MIN_SECRET_CHARS
 from services.common.limits import Limits, add_limit_flags, limits_from_args
 from services.common.redis_url import CACHE_SCHEMES, redact_url
+from services.common.server import MIN_MESSAGE_BYTES, add_message_size_flag
 from services.common.tls import ClientTLS, ServerTLS
 
 SERVICE = "frontend"
@@ -71,9 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replica-ttl-s", type=float,
                    default=env_default(SERVICE, "replica_ttl_s", 3.0, float),
                    help="drop a replica after this long without a heartbeat")
-    p.add_argument("--max-message-bytes", type=int,
-                   default=env_default(SERVICE, "max_message_bytes", 4 * 1024 * 1024, int),
-                   help="largest gRPC message received or sent")
+    add_message_size_flag(p, SERVICE)
     p.add_argument("--max-concurrent-rpcs", type=int,
                    default=env_default(SERVICE, "max_concurrent_rpcs", 10_000, int),
                    help="RPCs served at once before new ones are refused")
@@ -115,8 +114,8 @@ def config_from_args(argv: list[str] | None = None) -> Config:
             "redis[s]://[[USER]:PASSWORD@]HOST:PORT/DB")
     require(args.cache_size > 0, f"--cache-size={args.cache_size}: must be > 0")
     require(args.cache_ttl_s > 0, f"--cache-ttl-s={args.cache_ttl_s}: must be > 0")
-    require(args.max_message_bytes >= 1024,
-            f"--max-message-bytes={args.max_message_bytes}: must be >= 1024")
+    require(args.max_message_bytes >= MIN_MESSAGE_BYTES,
+            f"--max-message-bytes={args.max_message_bytes}: must be >= {MIN_MESSAGE_BYTES}")
     return Config(
         host=args.host,
         port=args.port,

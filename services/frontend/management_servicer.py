@@ -7,9 +7,11 @@ that the caller's model and replica secret match the replica.
 
 from __future__ import annotations
 
+import math
+
 import grpc
 
-from services.common import tensors
+from services.common import clock, tensors
 from services.common.auth import current_caller, require_model
 from services.common.credentials import sha256_hex
 from services.common.errors import InvalidInput, handle_errors
@@ -103,7 +105,7 @@ class ManagementServicer(pb_grpc.ManagementServicer):
     async def ListReplicas(
         self, request: pb.ListReplicasRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListReplicasResponse:
-        out = []
+        out, now = [], clock.now()
         for rid, r in sorted(self.registry.replicas.items()):
             if request.model and r.model != request.model:
                 continue
@@ -114,6 +116,7 @@ class ManagementServicer(pb_grpc.ManagementServicer):
                 outstanding=client.outstanding if client else 0,
                 queue_depth=client.queue_depth if client else 0,
                 est_wait_us=int(client.est_wait_s * 1e6) if client else 0,
+                ejected_ms=math.ceil(client.ejected_for(now) * 1000) if client else 0,
             ))
         return pb.ListReplicasResponse(replicas=out)
 

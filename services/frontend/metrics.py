@@ -25,3 +25,6 @@ cache_hits = _meter.create_counter(
 cache_coalesced = _meter.create_counter(
     "clipper.cache.coalesced", description="Queries that waited for an identical query "
     "already in flight instead of asking the model, by model")
+replica_ejections = _meter.create_counter(
+    "clipper.replica.ejections", description="Replicas set aside for a back-off after "
+    "repeated failures (outlier ejection), by model")

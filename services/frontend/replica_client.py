@@ -1,26 +1,35 @@
 """One long-lived stream from this frontend to one container replica.
 
-Queries are multiplexed by id on a StreamClient (which reconnects and fails
-waiting queries at once when the stream breaks, so the caller may retry on
-another replica). Every response also carries the replica's load.
+Queries are multiplexed by id on a StreamClient (which packs them into messages
+the replica accepts, reconnects, and fails waiting queries at once when the stream
+breaks, so the caller may retry on another replica). Every response also carries
+the replica's load. The replica's health, as its queries went, is kept beside it
+for outlier ejection (services/frontend/outliers.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
 
 from services.common import clock
 from services.common.auth import bearer
 from services.common.errors import DeadlineExpired, error_from_code
-from services.common.stream_client import StreamClient
+from services.common.stream_client import Metadata, StreamClient
 from services.common.tls import ClientTLS
+from services.frontend.outliers import ReplicaHealth
 from services.frontend.registry import ReplicaRecord
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 
+# The largest reply message accepted (a container packs its replies to fit).
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # Kept back from the budget a container is given: the reply's way back and combining.
 REPLY_RESERVE_S = 0.002
+# A query's fields besides its input, at most: id and budget (varints) and their tags.
+_QUERY_FIELDS_BYTES = 24
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,12 @@ class _Outgoing:
     input: pb.Tensor
     deadline: float
     trace: dict[str, str]
+    size: int = field(init=False)  # encoded, as a ContainerQuery (at most)
+
+    def __post_init__(self) -> None:
+        trace_bytes = sum(len(k) + len(v) + 12 for k, v in self.trace.items())
+        object.__setattr__(self, "size",
+                           self.input.ByteSize() + 6 + trace_bytes + _QUERY_FIELDS_BYTES)
 
 
 def _request(queries: list[_Outgoing]) -> pb.ContainerRequest:
@@ -40,6 +55,10 @@ def _request(queries: list[_Outgoing]) -> pb.ContainerRequest:
                           budget_us=max(int((q.deadline - now - REPLY_RESERVE_S) * 1e6), 0))
         for q in queries
     ])
+
+
+def _size(query: _Outgoing) -> int:
+    return query.size
 
 
 class ReplicaClient:
@@ -52,18 +71,15 @@ class ReplicaClient:
         # As last reported by the replica with its replies.
         self.queue_depth = 0
         self.est_wait_s = 0.0
+        self.health = ReplicaHealth()
+
+        def open_call(channel: grpc.aio.Channel, metadata: Metadata) -> Any:
+            return pb_grpc.ModelContainerStub(channel).Predict(
+                metadata=(*bearer(credential), *metadata))
+
         self._stream: StreamClient[_Outgoing, pb.ContainerReply] = StreamClient(
-            record.address,
-            lambda channel: pb_grpc.ModelContainerStub(channel).Predict(
-                metadata=bearer(credential)),
-            _request,
-            self._unwrap,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-            tls=tls,
-        )
+            record.address, open_call, _request, self._unwrap, _size,
+            receive_limit_bytes=MAX_MESSAGE_BYTES, tls=tls, kind="query")
 
     @property
     def connected(self) -> bool:
@@ -71,6 +87,18 @@ class ReplicaClient:
 
     async def wait_connected(self) -> None:
         await self._stream.wait_connected()
+
+    def ejected_for(self, now: float) -> float:
+        """Seconds left of the replica's ejection (0 when it is not ejected)."""
+        return self.health.ejected_for(now, self._stream.connected_at)
+
+    def record_failure(self, sent_at: float) -> bool:
+        """Count a failure (services/frontend/outliers.py); True when it should be ejected."""
+        return self.health.record_failure(sent_at, self._stream.connected_at)
+
+    def silent_since(self, moment: float) -> bool:
+        """Whether nothing has come from the replica since `moment` (clock.now() time)."""
+        return self._stream.last_heard < moment
 
     @property
     def outstanding(self) -> int:

@@ -3,25 +3,57 @@
 `sync` opens a ReplicaClient for each new replica and closes those that left.
 `query` sends to a connected replica of the model's active version, the
 less loaded of two picked at random (power of two choices, on queries ahead
-and reported wait), and retries another replica when the first one's stream
-breaks or it rejects the query as overloaded, while the deadline allows.
+and reported wait), leaving out replicas ejected as outliers
+(services/frontend/outliers.py). It asks another replica, while the deadline
+allows, when the first one fails (its stream breaks, it is unavailable or
+overloaded, or it says the query cannot make its deadline there), and also
+when the first has not answered by HEDGE_AFTER_SHARE of the time the query had:
+the first answer wins and the other attempt is cancelled. Hedges are budgeted
+(HedgeBudget) so that they never add more than a tenth to the replicas' load.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 
 from services.common import clock
 from services.common.credentials import container_token, replica_credential
-from services.common.errors import ClipperError, Overloaded, Unavailable
+from services.common.errors import ClipperError, DeadlineExpired, Overloaded, Unavailable
 from services.common.tls import ClientTLS
+from services.frontend import metrics
 from services.frontend.registry import Registry
 from services.frontend.replica_client import ReplicaClient
 from services.generated.clipper.v1 import clipper_pb2 as pb
 
 logger = logging.getLogger(__name__)
+
+# Share of a query's time after which, with no answer yet, another replica is asked too.
+HEDGE_AFTER_SHARE = 0.5
+# Hedges earned per query, and the most saved up.
+HEDGE_RATIO = 0.1
+HEDGE_BURST = 10.0
+# Errors after which another replica may answer in time.
+RETRYABLE = (Unavailable, Overloaded, DeadlineExpired)
+
+
+class HedgeBudget:
+    """A token bucket: each query earns HEDGE_RATIO of a hedge, up to HEDGE_BURST saved;
+    a hedge spends one. When every replica is slow, hedging cannot double the load."""
+
+    def __init__(self) -> None:
+        self.tokens = HEDGE_BURST
+
+    def earn(self) -> None:
+        self.tokens = min(self.tokens + HEDGE_RATIO, HEDGE_BURST)
+
+    def spend(self) -> bool:
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
 
 
 class ReplicaTable:
@@ -32,6 +64,7 @@ class ReplicaTable:
         self.tls = tls  # how replicas are dialled (TLS when enabled)
         self.sync_interval_s = sync_interval_s
         self.clients: dict[str, ReplicaClient] = {}
+        self.hedges = HedgeBudget()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -88,26 +121,98 @@ class ReplicaTable:
         """Answer from one replica of `model` (active version, or `version`).
 
         Returns ("name:version", output)."""
+        self.hedges.earn()
         tried: set[str] = set()
+        attempts: dict[asyncio.Task[pb.Tensor], ReplicaClient] = {}
         last_error: ClipperError | None = None
-        while True:
-            replicas = [c for c in self.candidates(model, version)
-                        if c.record.replica_id not in tried]
-            if not replicas:
-                if tried and last_error is not None:
-                    raise last_error
-                pinned = f" version {version!r}" if version else ""
-                raise Unavailable(f"no live replica of model {model!r}{pinned}")
-            client = choose(replicas)
+        hedge_at, hedged = math.inf, False  # one hedge at most
+
+        def attempt(client: ReplicaClient) -> None:
             tried.add(client.record.replica_id)
-            try:
-                output = await client.query(value, deadline, trace)
-            except (Unavailable, Overloaded) as exc:
-                if clock.now() >= deadline:
-                    raise
-                last_error = exc
-                continue  # broken stream or full queue: try another replica
-            return f"{model}:{client.record.version}", output
+            task = asyncio.create_task(self._attempt(client, value, deadline, trace))
+            attempts[task] = client
+
+        try:
+            while True:
+                now = clock.now()
+                if not attempts:
+                    client = self._pick(model, version, tried, allow_ejected=True)
+                    if client is None:
+                        if last_error is not None:
+                            raise last_error
+                        pinned = f" version {version!r}" if version else ""
+                        raise Unavailable(f"no live replica of model {model!r}{pinned}")
+                    attempt(client)
+                    if not hedged:
+                        hedge_at = now + HEDGE_AFTER_SHARE * (deadline - now)
+                elif now >= hedge_at:
+                    hedge_at, hedged = math.inf, True
+                    other = self._pick(model, version, tried, allow_ejected=False)
+                    if other is not None and self.hedges.spend():
+                        attempt(other)
+                timeout = None if hedge_at == math.inf else max(hedge_at - now, 0.0)
+                done, _ = await asyncio.wait(attempts, timeout=timeout,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    client = attempts.pop(task)
+                    try:
+                        output = task.result()
+                    except RETRYABLE as exc:
+                        if clock.now() >= deadline:
+                            raise
+                        last_error = exc  # another replica may answer in time
+                        continue
+                    return f"{model}:{client.record.version}", output
+        finally:
+            for task in attempts:
+                task.cancel()  # the other attempt lost the race, or the caller gave up
+
+    def _pick(self, model: str, version: str, tried: set[str],
+              allow_ejected: bool) -> ReplicaClient | None:
+        """A replica not tried yet; an ejected one only when no other is left and
+        `allow_ejected` (a degraded replica is better than none)."""
+        now = clock.now()
+        fresh = [c for c in self.candidates(model, version)
+                 if c.record.replica_id not in tried]
+        serving = [c for c in fresh if not c.ejected_for(now)]
+        pool = serving or (fresh if allow_ejected else [])
+        return choose(pool) if pool else None
+
+    async def _attempt(self, client: ReplicaClient, value: pb.Tensor, deadline: float,
+                       trace: dict[str, str]) -> pb.Tensor:
+        """Ask one replica, and keep its record: an answer, or a failure (see outliers.py)."""
+        sent_at = clock.now()
+        patience_end = sent_at + HEDGE_AFTER_SHARE * (deadline - sent_at)
+        try:
+            output = await client.query(value, deadline, trace)
+        except Unavailable:
+            self._failed(client, sent_at)
+            raise
+        except (DeadlineExpired, asyncio.CancelledError):
+            # Unanswered past our patience, and not a word from it since: a failure.
+            if clock.now() >= patience_end and client.silent_since(sent_at):
+                self._failed(client, sent_at)
+            raise
+        client.health.record_success()
+        return output
+
+    def _failed(self, client: ReplicaClient, sent_at: float) -> None:
+        """Count a failure; eject the replica when it has failed too often, unless that
+        would leave fewer than half of its model's connected replicas serving."""
+        if not client.record_failure(sent_at):
+            return
+        now = clock.now()
+        record = client.record
+        peers = self.candidates(record.model, record.version)
+        ejected = sum(1 for c in peers if c is not client and c.ejected_for(now))
+        if ejected + 1 > len(peers) // 2:
+            return
+        backoff_s = client.health.eject(now)
+        metrics.replica_ejections.add(1, {"model": record.model})
+        logger.warning("replica %s of %s:%s at %s ejected for %.1f s (failed %s)",
+                       record.replica_id, record.model, record.version, record.address,
+                       backoff_s, "again on probation" if client.health.ejections > 1
+                       else "repeatedly")
 
 
 def choose(replicas: list[ReplicaClient]) -> ReplicaClient:

@@ -19,6 +19,7 @@ from services.common import clock
 from services.common.auth import bearer
 from services.common.errors import ClipperError, InvalidInput, Unavailable, error_from_code
 from services.common.stream_client import StreamClient
+from services.common.streams import encoded_size
 from services.common.tls import ClientTLS
 from services.frontend import metrics
 from services.frontend.registry import Application
@@ -47,9 +48,11 @@ class SelectionClient:
         self._last: OrderedDict[tuple[str, str], Decision] = OrderedDict()
         self._stream: StreamClient[pb.SelectionRequest, pb.SelectionReply] = StreamClient(
             address,
-            lambda channel: pb_grpc.SelectionStub(channel).Decide(metadata=bearer(token)),
+            lambda channel, metadata: pb_grpc.SelectionStub(channel).Decide(
+                metadata=(*bearer(token), *metadata)),
             lambda requests: pb.DecideRequest(requests=requests),
             lambda response: response.replies,
+            encoded_size,
             tls=tls,
         )
 

@@ -14,7 +14,7 @@ from services.common.errors import (
     handle_errors,
     handle_stream_errors,
 )
-from services.common.streams import answering, replies_until_done
+from services.common.streams import MessagePacker, answering, replies_until_done
 from services.frontend.query_path import Prediction, QueryPath
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
@@ -52,7 +52,7 @@ class FrontendServicer(pb_grpc.FrontendServicer):
         out: asyncio.Queue[pb.PredictStreamResponse | None] = asyncio.Queue()
         window = asyncio.Semaphore(STREAM_WINDOW)
         reader = asyncio.create_task(self._read_stream(request_iterator, context, out, window))
-        async for responses in replies_until_done(out, reader):
+        async for responses in replies_until_done(MessagePacker(out), reader):
             for response in responses:
                 yield response
 

@@ -48,7 +48,7 @@ async def main(cfg: Config) -> int:
     await batcher.start()
     watchdog = LoopWatchdog(cfg.batching.batch_timeout_s or LOOP_STALL_S)
     await watchdog.start()
-    servicer = ContainerServicer(batcher, cfg.input_spec)
+    servicer = ContainerServicer(batcher, cfg.input_spec, cfg.max_message_bytes)
     replica_id = cfg.replica_id or uuid.uuid4().hex
     # Frontends dial with a credential valid for this replica only.
     frontends_only = token_auth(replica_credential(cfg.token, replica_id), FRONTEND,
@@ -58,6 +58,7 @@ async def main(cfg: Config) -> int:
           "clipper.v1.ModelContainer")],
         cfg.host,
         cfg.port,
+        max_message_bytes=cfg.max_message_bytes,
         tls=cfg.tls,
         health_port=cfg.health_port,
         interceptors=[AuthInterceptor(

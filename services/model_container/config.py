@@ -17,6 +17,7 @@ from services.common.config import (
     server_tls_from,
 )
 from services.common.credentials import token_model
+from services.common.server import MIN_MESSAGE_BYTES, add_message_size_flag
 from services.common.tensors import TensorSpec
 from services.common.tls import ClientTLS, ServerTLS
 from services.model_container.batcher import BATCHING_MODES, BatchingConfig
@@ -41,6 +42,7 @@ class Config:
     worker: str
     native_threads: int
     heartbeat_s: float
+    max_message_bytes: int
     metrics_port: int
     grace_s: float
     log_level: str
@@ -111,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="announce interval until a frontend answers with its own (--heartbeat-ms), "
         "and between retries",
     )
+    add_message_size_flag(p, SERVICE)
     add_lifecycle_flags(p, SERVICE)
     add_tls_flags(p, SERVICE)
     p.add_argument("--tls-server-name", default=env("tls_server_name", ""),
@@ -143,6 +146,8 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         raise ConfigError(str(exc)) from exc
     require(args.native_threads >= 0, f"--native-threads={args.native_threads}: must be >= 0")
     require(args.heartbeat_s > 0, f"--heartbeat-s={args.heartbeat_s}: must be > 0")
+    require(args.max_message_bytes >= MIN_MESSAGE_BYTES,
+            f"--max-message-bytes={args.max_message_bytes}: must be >= {MIN_MESSAGE_BYTES}")
     spec = None
     if args.input_dtype:
         spec = TensorSpec(args.input_dtype, parse_shape(args.input_shape))
@@ -162,6 +167,7 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         worker=args.worker,
         native_threads=args.native_threads,
         heartbeat_s=args.heartbeat_s,
+        max_message_bytes=args.max_message_bytes,
         metrics_port=args.metrics_port,
         grace_s=args.grace_s,
         log_level=args.log_level,

@@ -10,8 +10,16 @@ from typing import Any
 import grpc
 
 from services.common import clock, tensors
-from services.common.errors import ClipperError, code_value, handle_stream_errors
-from services.common.streams import answering, replies_until_done
+from services.common.channels import DEFAULT_MAX_MESSAGE_BYTES
+from services.common.errors import ClipperError, InvalidInput, code_value, handle_stream_errors
+from services.common.streams import (
+    MessagePacker,
+    accept_stream,
+    answering,
+    encoded_size,
+    item_budget,
+    replies_until_done,
+)
 from services.common.tensors import TensorSpec
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
@@ -25,14 +33,19 @@ Replies = asyncio.Queue[pb.ContainerReply | None]
 class ContainerServicer(pb_grpc.ModelContainerServicer):
     """Decodes queries, hands them to the batcher and streams replies as they finish.
 
-    Every response message carries all the replies that were waiting (a whole batch,
-    typically) and the replica's current load. Only frontends reach it: the
+    Every response message carries the replies that were waiting (a whole batch,
+    typically), as many as fit the message limit, and the replica's current load.
+    The stream's initial metadata states the largest message the container receives,
+    so that frontends pack their queries to fit. Only frontends reach it: the
     AuthInterceptor checks their replica credential first (see __main__).
     """
 
-    def __init__(self, batcher: Batcher, input_spec: TensorSpec | None) -> None:
+    def __init__(self, batcher: Batcher, input_spec: TensorSpec | None,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        """`max_message_bytes`: the server's receive and send limit, stated to frontends."""
         self.batcher = batcher
         self.input_spec = input_spec
+        self.max_message_bytes = max_message_bytes
 
     @handle_stream_errors
     async def Predict(
@@ -40,14 +53,15 @@ class ContainerServicer(pb_grpc.ModelContainerServicer):
         request_iterator: AsyncIterator[pb.ContainerRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ContainerResponse]:
-        await context.send_initial_metadata(())
+        send_limit = await accept_stream(context, self.max_message_bytes)
         replies: Replies = asyncio.Queue()
-        reader = asyncio.create_task(self._read(request_iterator, replies))
-        async for batch in replies_until_done(replies, reader):
+        reader = asyncio.create_task(self._read(request_iterator, replies, send_limit))
+        packer = MessagePacker(replies, encoded_size, send_limit)
+        async for batch in replies_until_done(packer, reader):
             yield self._response(batch)
 
     async def _read(self, request_iterator: AsyncIterator[pb.ContainerRequest],
-                    replies: Replies) -> None:
+                    replies: Replies, send_limit: int) -> None:
         """Read queries until the stream ends, then wait for their answers and close."""
         async with answering(replies) as in_flight:
             async for message in request_iterator:
@@ -62,7 +76,8 @@ class ContainerServicer(pb_grpc.ModelContainerServicer):
                         replies.put_nowait(_error_reply(query.id, exc))
                         continue
                     in_flight.add(future)
-                    future.add_done_callback(_reply_when_done(query.id, replies, in_flight))
+                    future.add_done_callback(
+                        _reply_when_done(query.id, replies, in_flight, send_limit))
 
     def _response(self, replies: list[pb.ContainerReply]) -> pb.ContainerResponse:
         load = self.batcher.load()
@@ -74,8 +89,10 @@ class ContainerServicer(pb_grpc.ModelContainerServicer):
 
 
 def _reply_when_done(
-    query_id: int, replies: Replies, in_flight: set[asyncio.Future[Any]]
+    query_id: int, replies: Replies, in_flight: set[asyncio.Future[Any]], send_limit: int,
 ) -> Callable[[asyncio.Future[Any]], None]:
+    """A done-callback that queues the reply to a query; an answer too large for any
+    message the frontend accepts is replaced by an error saying so."""
     def done(future: asyncio.Future[Any]) -> None:
         in_flight.discard(future)
         if future.cancelled():
@@ -90,6 +107,11 @@ def _reply_when_done(
                 reply = pb.ContainerReply(id=query_id, output=tensors.encode(future.result()))
             except Exception as err:
                 reply = _error_reply(query_id, ClipperError(f"cannot encode model output: {err}"))
+            if (size := reply.ByteSize()) > item_budget(send_limit):
+                reply = _error_reply(query_id, InvalidInput(
+                    f"the model's answer of {size} bytes exceeds the {send_limit}-byte limit "
+                    "of a message on this stream (--max-message-bytes of the container, or "
+                    "the frontend's receive limit)"))
         replies.put_nowait(reply)
 
     return done

@@ -1,7 +1,9 @@
 """The selection service's gRPC edge: one multiplexed Decide stream per frontend.
 
 Requests on a stream are handled concurrently, so a decision never waits behind
-a feedback that is writing its state; every reply waiting goes out in one message.
+a feedback that is writing its state; the replies waiting go out together, as many
+as fit a message. The stream's initial metadata states the largest message the
+service receives, so that frontends pack their requests to fit.
 """
 
 from __future__ import annotations
@@ -12,8 +14,15 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from services.common.channels import DEFAULT_MAX_MESSAGE_BYTES
 from services.common.errors import ClipperError, InvalidInput, code_value, handle_stream_errors
-from services.common.streams import answering, replies_until_done
+from services.common.streams import (
+    MessagePacker,
+    accept_stream,
+    answering,
+    encoded_size,
+    replies_until_done,
+)
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.selection.decider import Decider
@@ -24,8 +33,11 @@ logger = logging.getLogger(__name__)
 
 
 class SelectionServicer(pb_grpc.SelectionServicer):
-    def __init__(self, decider: Decider) -> None:
+    def __init__(self, decider: Decider,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        """`max_message_bytes`: the server's receive and send limit, stated to frontends."""
         self.decider = decider
+        self.max_message_bytes = max_message_bytes
 
     @handle_stream_errors
     async def Decide(
@@ -33,10 +45,11 @@ class SelectionServicer(pb_grpc.SelectionServicer):
         request_iterator: AsyncIterator[pb.DecideRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.DecideResponse]:
-        await context.send_initial_metadata(())  # the stream is accepted
+        send_limit = await accept_stream(context, self.max_message_bytes)
         replies: asyncio.Queue[pb.SelectionReply | None] = asyncio.Queue()
         reader = asyncio.create_task(self._read(request_iterator, replies))
-        async for batch in replies_until_done(replies, reader):
+        packer = MessagePacker(replies, encoded_size, send_limit)
+        async for batch in replies_until_done(packer, reader):
             yield pb.DecideResponse(replies=batch)
 
     async def _read(self, request_iterator: AsyncIterator[pb.DecideRequest],
