@@ -105,3 +105,17 @@ class CrashesOnNegative:
         if any(float(x.reshape(-1)[0]) < 0 for x in inputs):
             os._exit(3)
         return [np.float64(x.sum()) for x in inputs]
+
+
+class Twice:
+    """Returns each input repeated twice (an answer twice the size of its query)."""
+
+    def predict_batch(self, inputs: list[np.ndarray]) -> Sequence[Any]:
+        return [np.concatenate([x.reshape(-1), x.reshape(-1)]) for x in inputs]
+
+
+class SumAndPid:
+    """Returns [sum of the input, this process's pid]: shows which replica answered."""
+
+    def predict_batch(self, inputs: list[np.ndarray]) -> Sequence[Any]:
+        return [np.array([x.sum(), os.getpid()], dtype=np.float64) for x in inputs]
