@@ -151,7 +151,8 @@ class StreamClient(Generic[Item, Reply]):
                     logger.error("%s refused us: %s", self.address, exc.details())
                     backoff_s = MAX_BACKOFF_S
                 elif self.connected:
-                    logger.warning("stream to %s broke: %s", self.address, exc.code().name)
+                    logger.warning("stream to %s broke: %s %s", self.address, exc.code().name,
+                                   exc.details())
                     backoff_s = MIN_BACKOFF_S
             except TimeoutError:
                 pass  # not reachable yet (or the TLS handshake fails)
