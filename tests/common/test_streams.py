@@ -1,0 +1,81 @@
+"""Packing stream messages to fit the receiver, and the limits and keepalive peers agree on."""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.common import channels
+from services.common.streams import (
+    ITEM_FRAMING_BYTES,
+    MAX_ITEMS_PER_MESSAGE,
+    MESSAGE_RESERVE_BYTES,
+    MessagePacker,
+    item_budget,
+)
+
+
+async def take_all(packer: MessagePacker[bytes], count: int) -> list[list[bytes]]:
+    messages: list[list[bytes]] = []
+    while sum(map(len, messages)) < count:
+        messages.append(await asyncio.wait_for(packer.take(), 1))
+    return messages
+
+
+async def test_items_are_packed_in_order_into_messages_within_the_limit() -> None:
+    limit = 8192
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    items = [bytes([i]) * (500 + 97 * i) for i in range(40)]  # 500 B to 4.3 KB, distinct
+    for item in items:
+        queue.put_nowait(item)
+    messages = await take_all(MessagePacker(queue, len, limit), len(items))
+
+    assert [item for message in messages for item in message] == items
+    budget = limit - MESSAGE_RESERVE_BYTES
+    for message in messages:
+        assert sum(len(i) + ITEM_FRAMING_BYTES for i in message) <= budget
+    # Full: each message took items until the next one did not fit.
+    for message, following in zip(messages, messages[1:], strict=False):
+        size = sum(len(i) + ITEM_FRAMING_BYTES for i in message)
+        assert size + len(following[0]) + ITEM_FRAMING_BYTES > budget
+
+
+async def test_an_item_larger_than_the_limit_goes_alone_and_item_budget_says_so() -> None:
+    limit = 4096
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for item in (b"a" * 10, b"b" * 5000, b"c" * 10):
+        queue.put_nowait(item)
+    messages = await take_all(MessagePacker(queue, len, limit), 3)
+    assert messages == [[b"a" * 10], [b"b" * 5000], [b"c" * 10]]
+    assert item_budget(limit) < 5000
+    assert item_budget(limit) + ITEM_FRAMING_BYTES + MESSAGE_RESERVE_BYTES == limit
+
+
+async def test_a_message_carries_at_most_max_items_and_without_measure_only_counts() -> None:
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for _ in range(MAX_ITEMS_PER_MESSAGE + 1):
+        queue.put_nowait(b"x" * 100_000)
+    packer = MessagePacker(queue)
+    assert len(await packer.take()) == MAX_ITEMS_PER_MESSAGE
+    assert len(await packer.take()) == 1
+
+
+def test_a_stated_limit_is_read_and_anything_else_means_grpcs_default() -> None:
+    assert channels.stated_limit(channels.limit_metadata(262144)) == 262144
+    assert channels.stated_limit([("other", "1"), (channels.LIMIT_KEY, "5000")]) == 5000
+    for metadata in (None, [], [(channels.LIMIT_KEY, "lots")], [(channels.LIMIT_KEY, "0")]):
+        assert channels.stated_limit(metadata) == channels.DEFAULT_MAX_MESSAGE_BYTES
+
+
+def test_client_and_server_keepalive_agree() -> None:
+    client = dict(channels.client_options())
+    server = dict(channels.server_options(1 << 20))
+    # A client's pings are never too frequent for a server (no GOAWAY "too_many_pings").
+    assert (client["grpc.keepalive_time_ms"]
+            >= server["grpc.http2.min_recv_ping_interval_without_data_ms"])
+    for options in (client, server):  # an unanswered ping drops the connection in time
+        assert options["grpc.http2.ping_timeout_ms"] == options["grpc.keepalive_timeout_ms"]
+        assert options["grpc.keepalive_permit_without_calls"] == 1
+    assert server["grpc.max_receive_message_length"] == 1 << 20
+    # Options given win over the defaults.
+    assert dict(channels.client_options([("grpc.keepalive_time_ms", 60_000)]))[
+        "grpc.keepalive_time_ms"] == 60_000
