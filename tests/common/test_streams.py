@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 from services.common import channels
 from services.common.streams import (
@@ -34,7 +35,7 @@ async def test_items_are_packed_in_order_into_messages_within_the_limit() -> Non
     for message in messages:
         assert sum(len(i) + ITEM_FRAMING_BYTES for i in message) <= budget
     # Full: each message took items until the next one did not fit.
-    for message, following in zip(messages, messages[1:], strict=False):
+    for message, following in itertools.pairwise(messages):
         size = sum(len(i) + ITEM_FRAMING_BYTES for i in message)
         assert size + len(following[0]) + ITEM_FRAMING_BYTES > budget
 
