@@ -28,3 +28,6 @@ cache_coalesced = _meter.create_counter(
 replica_ejections = _meter.create_counter(
     "clipper.replica.ejections", description="Replicas set aside for a back-off after "
     "repeated failures (outlier ejection), by model")
+hedges = _meter.create_counter(
+    "clipper.hedges", description="Queries also asked of a second replica because the "
+    "first had not answered after half their time, by model")

@@ -150,6 +150,7 @@ class ReplicaTable:
                     other = self._pick(model, version, tried, allow_ejected=False)
                     if other is not None and self.hedges.spend():
                         attempt(other)
+                        metrics.hedges.add(1, {"model": model})
                 timeout = None if hedge_at == math.inf else max(hedge_at - now, 0.0)
                 done, _ = await asyncio.wait(attempts, timeout=timeout,
                                              return_when=asyncio.FIRST_COMPLETED)
