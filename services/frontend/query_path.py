@@ -26,18 +26,21 @@ import numpy as np
 
 from services.common import clock, tensors
 from services.common.admission import Admission, AdmissionLimits
+from services.common.auth import current_caller
 from services.common.errors import (
     ClipperError,
     DeadlineExpired,
     InvalidInput,
     NotFound,
     Overloaded,
+    QuotaExceeded,
     Unavailable,
 )
 from services.common.limits import DEFAULT_LIMITS, Limits
 from services.frontend import access, metrics
 from services.frontend.combine import Answer, combine
 from services.frontend.prediction_cache import PredictionCache
+from services.frontend.quotas import QuotaLimits, Quotas
 from services.frontend.registry import Application, Registry
 from services.frontend.replica_table import ReplicaTable
 from services.frontend.selection_client import SelectionClient
@@ -92,6 +95,7 @@ class QueryPath:
         cache: PredictionCache,
         limits: Limits = DEFAULT_LIMITS,
         admission: Admission | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         self.registry = registry
         self.replicas = replicas
@@ -99,6 +103,7 @@ class QueryPath:
         self.cache = cache
         self.limits = limits
         self.admission = admission or Admission(AdmissionLimits())
+        self.quotas = quotas or Quotas(QuotaLimits())
 
     def validate(self, app: Application, value: pb.Tensor) -> None:
         """Raise InvalidInput unless `value` is a tensor the application takes."""
@@ -138,7 +143,8 @@ class QueryPath:
                 app_name, value, context_key, query_id, client_remaining_s, version
             )
         except ClipperError as exc:
-            outcome = "shed" if isinstance(exc, Overloaded) else "error"
+            outcome = ("quota" if isinstance(exc, QuotaExceeded)
+                       else "shed" if isinstance(exc, Overloaded) else "error")
             metrics.queries.add(1, {**attrs, "outcome": outcome})
             raise
         metrics.queries.add(1, {**attrs, "outcome": "default" if prediction.default_used
@@ -160,7 +166,9 @@ class QueryPath:
         version: str,
     ) -> Prediction:
         app = self._check_request(app_name, context_key, query_id)
-        access.authorize(app, access.QUERY)
+        caller = current_caller()
+        access.authorize(app, access.QUERY, caller)
+        self.quotas.take(app, caller)
         self.validate(app, value)
         deadline = answer_deadline(app.slo_ms, client_remaining_s, clock.now())
         query_id = query_id or uuid.uuid4().hex

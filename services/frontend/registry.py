@@ -64,6 +64,10 @@ class Application:
     # (empty: as queries). See services/frontend/access.py.
     api_key_sha256: tuple[str, ...] = ()
     feedback_key_sha256: tuple[str, ...] = ()
+    # Queries per second per client (0: the frontend's default) and burst (0: one
+    # second's worth). See services/frontend/quotas.py.
+    client_quota_qps: float = 0.0
+    client_quota_burst: int = 0
 
     def default_tensor(self) -> pb.Tensor:
         if self.default_output is None:
@@ -98,6 +102,8 @@ class Application:
             allow_non_finite=bool(data.get("allow_non_finite", False)),
             api_key_sha256=tuple(data.get("api_key_sha256", ())),
             feedback_key_sha256=tuple(data.get("feedback_key_sha256", ())),
+            client_quota_qps=float(data.get("client_quota_qps", 0.0)),
+            client_quota_burst=int(data.get("client_quota_burst", 0)),
         )
 
 
