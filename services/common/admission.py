@@ -100,19 +100,26 @@ class Admission:
         state = self._keys.get(key)
         return state.limit if state else float(self.limits.max_inflight_per_key)
 
-    @contextmanager
-    def hold(self, key: str) -> Iterator[None]:
-        """Count one query of `key` in flight while the block runs (after `check`)."""
+    def enter(self, key: str) -> None:
+        """Count one query of `key` in flight (after `check`), until `leave`."""
         state = self._keys.get(key)
         if state is None:
             state = self._keys[key] = _KeyState(limit=float(self.limits.max_inflight_per_key))
         self.inflight += 1
         state.inflight += 1
+
+    def leave(self, key: str) -> None:
+        self.inflight -= 1
+        self._keys[key].inflight -= 1
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        """Count one query of `key` in flight while the block runs (after `check`)."""
+        self.enter(key)
         try:
             yield
         finally:
-            self.inflight -= 1
-            state.inflight -= 1
+            self.leave(key)
 
     def observe(self, key: str, in_time: bool) -> None:
         """An admitted query of `key` was answered in time, or not: adapt its limit."""

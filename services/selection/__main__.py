@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+from services.common.admission import Admission
 from services.common.auth import FRONTEND, AuthInterceptor, rules_for, token_auth
 from services.common.kv_store import open_store, retry_while_unavailable
 from services.common.metrics import serve_metrics
@@ -19,7 +20,8 @@ from services.selection.servicer import SelectionServicer
 async def main(cfg: Config) -> None:
     serve_metrics("selection", cfg.host, cfg.metrics_port)
     store = open_store(cfg.state, cfg.max_contexts)
-    servicer = SelectionServicer(Decider(store, cfg.context_ttl_s))
+    admission = Admission(cfg.admission)
+    servicer = SelectionServicer(Decider(store, cfg.context_ttl_s), admission)
     server = await start_server(
         [(functools.partial(pb_grpc.add_SelectionServicer_to_server, servicer),
           "clipper.v1.Selection")],
@@ -32,6 +34,7 @@ async def main(cfg: Config) -> None:
             token_auth(cfg.token, FRONTEND, "selection")))],
     )
     await retry_while_unavailable(store.ping, "policy state store")  # ready: state loads
+    await admission.lag.start()
     await server.set_serving(True)
     announce_ready("selection", server.port)
     try:
@@ -39,6 +42,7 @@ async def main(cfg: Config) -> None:
     finally:
         await server.set_serving(False)  # not ready: load balancers stop sending
         await server.stop(cfg.grace_s)  # refuses new calls; in-flight ones may finish
+        await admission.lag.aclose()
         await store.aclose()
 
 
