@@ -13,7 +13,8 @@ registration is lost.
 
 A frontend never replaces what it knows with a store that lost its data: a
 generation marker (services/common/generation.py) tells a lost store from an
-empty one, and a lost store is rewritten from memory (`restore`) before it is
+empty one, or from one restarted from an older copy (it counts management
+writes), and such a store is rewritten from memory (`restore`) before it is
 read. Every application and model record carries a revision `rev`, raised by
 each write, so that when several frontends rewrite one record the newest copy
 wins. A model's active version is set by its first version and then only by
@@ -297,6 +298,7 @@ class Registry:
         if not await self.store.delete(APP_PREFIX + name):
             raise NotFound(f"unknown application {short_repr(name)}")
         self.apps.pop(name, None)
+        await self.generation.count_write()
 
     async def link(self, app_name: str, model: str) -> Application:
         self.limits.check_name("model", model)
@@ -325,9 +327,12 @@ class Registry:
 
     async def _change(self, key: str, fn: Updater) -> Value:
         """A management change: checked against a lost store first, so that it applies
-        to what every frontend knows, not to an empty store."""
+        to what every frontend knows, not to an empty store; then counted, so that a
+        store that comes back without it is noticed."""
         await self.generation.ensure()
-        return await self.store.update(key, fn)
+        new = await self.store.update(key, fn)
+        await self.generation.count_write()
+        return new
 
     def _remember_app(self, data: Value) -> Application:
         app = Application.from_json(data)

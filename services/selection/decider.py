@@ -17,7 +17,9 @@ tells a lost store from an empty one (services/common/generation.py), checked
 every second and by a feedback that finds its application-wide state missing;
 a state already rewritten by another replica is kept when it has seen as many
 rounds. Until then, decisions take a missing application-wide state (which
-is never expired) from memory.
+is never expired) from memory. A store restarted from an older copy (its last
+writes lost) shows states with fewer rounds than this replica saw: the next
+observation of such a state starts from this replica's copy.
 """
 
 from __future__ import annotations
@@ -69,10 +71,10 @@ class Decider:
     async def observe(self, policy_name: str, ctx: SelectContext, obs: Observation) -> None:
         policy = get_policy(policy_name)
 
-        def updater(start_from: State) -> Callable[[Value | None], Value]:
+        def updater(key: str, start_from: State) -> Callable[[Value | None], Value]:
             def apply(current: Value | None) -> Value:
-                state = current if current is not None else copy.deepcopy(start_from)
-                return policy.observe(ctx, state, obs)
+                app_wide = key == app_key
+                return policy.observe(ctx, self._base(key, current, start_from, app_wide), obs)
 
             return apply
 
@@ -84,12 +86,24 @@ class Decider:
             ttl_s = ctx.float_param("context_ttl_s", self.context_ttl_s, 0.0, MAX_CONTEXT_TTL_S)
             # A new context starts from the application-wide state as it is now.
             key = state_key(ctx.application, ctx.context_key)
-            state = await self.store.update(key, updater(app_state or {}), ttl_s=ttl_s or None)
+            state = await self.store.update(key, updater(key, app_state or {}),
+                                            ttl_s=ttl_s or None)
             self.memory.remember_context(key, state, ttl_s or None)
-        # Never expired nor evicted: missing only if new, or lost (then as remembered).
-        start_from = self.memory.recall(app_key) or {}
         self.memory.remember_app_wide(app_key, await self.store.update(app_key,
-                                                                      updater(start_from)))
+                                                                      updater(app_key, {})))
+
+    def _base(self, key: str, current: Value | None, start_from: State,
+              app_wide: bool) -> State:
+        """The state an observation applies to: the stored one, unless it has seen fewer
+        rounds than this replica's copy (the store rolled back to an older copy); an
+        application-wide state (never expired nor evicted) missing from the store was
+        lost with it: this replica's copy if it has one. A new context: `start_from`."""
+        if current is None:
+            remembered = self.memory.recall(key) if app_wide else None
+            return remembered or copy.deepcopy(start_from)
+        if int(current.get("rounds", 0)) < self.memory.rounds(key):
+            return self.memory.recall(key) or current
+        return current
 
     async def load(self, application: str, context_key: str) -> State:
         """The context's own state, else the application-wide one, else empty."""

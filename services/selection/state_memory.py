@@ -42,6 +42,15 @@ class StateMemory:
                 return None
         return copy.deepcopy(state)
 
+    def rounds(self, key: str) -> int:
+        """How many rounds the state last seen for `key` had (0: unknown or expired)."""
+        state = self._app_wide.get(key)
+        if state is None:
+            state, expires = self._contexts.get(key, (None, None))
+            if state is None or (expires is not None and expires <= clock.now()):
+                return 0
+        return int(state.get("rounds", 0))
+
     def entries(self) -> list[tuple[str, State, float | None]]:
         """(key, state, seconds left to live or None) of every state still remembered."""
         now = clock.now()

@@ -1,5 +1,6 @@
 import asyncio
 import time
+from dataclasses import asdict
 
 import pytest
 
@@ -195,3 +196,30 @@ async def test_a_replica_heartbeating_only_elsewhere_stays_and_one_that_stops_go
         await b.aclose()
         for store in stores:
             await store.aclose()
+
+
+async def test_a_store_restarted_from_an_older_copy_gets_the_lost_writes_back(
+    redis_url: str,
+) -> None:
+    """As a Redis with `appendfsync everysec` killed and restarted: its last writes gone,
+    the marker's write count with them."""
+    store = RedisStore(redis_url)
+    a = Registry(store, replica_ttl_s=5.0)
+    await a.load()
+    await known_setup(a)
+    marker = await store.get("generation/registry")
+    assert marker is not None and marker["writes"] == a.generation.writes == 2
+    await a.update_app(Application("app", SPEC, slo_ms=250, linked_models=("m",)))
+    await a.set_version("m", "1")
+    # The last two writes were lost:
+    await store.put("generation/registry", marker)
+    await store.put("app/app", {**a.apps["app"].to_json(), "slo_ms": 100, "rev": 1})
+    await store.put("model/m", {**asdict(a.models["m"]), "active_version": "2",
+                                "rev": a.models["m"].rev - 1})
+    assert await a.generation.ensure()
+    fresh = Registry(RedisStore(redis_url), replica_ttl_s=5.0)
+    await fresh.load()
+    assert fresh.apps["app"].slo_ms == 250 and fresh.models["m"].active_version == "1"
+    assert not await a.generation.ensure()  # repaired once
+    for s in (store, fresh.store):
+        await s.aclose()

@@ -56,3 +56,27 @@ async def test_the_replica_that_saw_more_rounds_wins_the_rewrite(redis_url: str)
             await decider.aclose()
         for store in stores:
             await store.aclose()
+
+
+async def test_a_state_rolled_back_by_the_store_continues_from_this_replicas_copy(
+    redis_url: str,
+) -> None:
+    """As a Redis restarted from an older copy: states with fewer rounds than seen here."""
+    store = RedisStore(redis_url)
+    decider = Decider(store, context_ttl_s=3600)
+    await decider.start()
+    try:
+        await feed(decider, ALICE, 2)
+        older_app = await store.get(state_key("app", ""))
+        older_alice = await store.get(state_key("app", "alice"))
+        await feed(decider, ALICE, 3)
+        assert older_app is not None and older_alice is not None
+        await store.put(state_key("app", ""), older_app)
+        await store.put(state_key("app", "alice"), older_alice)
+        await feed(decider, ALICE, 1)
+        for context in ("", "alice"):
+            state = await store.get(state_key("app", context))
+            assert state is not None and state["rounds"] == 6
+    finally:
+        await decider.aclose()
+        await store.aclose()
