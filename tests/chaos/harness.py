@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import signal
 import time
 from collections import Counter
@@ -104,7 +103,8 @@ class ChaosMesh:
         self.containers = [self.start_container() for _ in range(self.replica_count)]
         with grpc.insecure_channel(self.frontends[0].address) as channel:
             app = pb.Application(name=APP, input_spec=pb.TensorSpec(dtype="float32", shape=[4]),
-                                 slo_ms=self.slo_ms, linked_models=[MODEL], default_output=DEFAULT)
+                                 slo_ms=self.slo_ms, linked_models=[MODEL], default_output=DEFAULT,
+                                 policy="exp3")
             pb_grpc.ManagementStub(channel).CreateApplication(
                 pb.ApplicationRequest(application=app), metadata=MGMT, timeout=5)
 
@@ -194,8 +194,7 @@ class ChaosMesh:
     async def wipe_redis(self) -> None:
         """Redis restarted without its data (a pod without its volume)."""
         await asyncio.to_thread(self.redis.stop)
-        for path in self.redis.workdir.glob("appendonly*"):
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        self.redis.wipe()
         await asyncio.to_thread(self.redis.start)
 
     def faults(self) -> dict[str, Callable[[], Awaitable[None]]]:

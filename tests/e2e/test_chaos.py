@@ -15,7 +15,7 @@ from tests.chaos.harness import ChaosMesh, soak
 RECOVER_S = 15.0
 # Share of queries allowed past the SLO + 10 ms: processes restarting on two shared
 # cores take CPU from the rest for a moment (`make chaos` prints the exact counts).
-LATE_SHARE = 0.02
+LATE_SHARE = 0.05
 
 
 @pytest.mark.timeout(420)
