@@ -202,7 +202,7 @@ async def test_the_selection_service_comes_back_with_its_state_while_serving_goe
         learnt = await stub.Predict(query, timeout=10)
         assert tensors.decode(learnt.output).item() == svm_says and 0.5 < learnt.confidence
 
-        load = Load(twins.address, "digits", x_test)
+        load = Load(twins.address, "learner", x_test)  # exp4 asks the selection service
         running = asyncio.create_task(load.run())
         try:
             await kill_under_load(twins, load, "services.selection", "",
@@ -253,15 +253,13 @@ async def test_clients_reconnect_to_a_restarted_frontend_that_kept_its_registry(
     finally:
         load.stop.set()
         await asyncio.wait_for(running, 30)
-    assert twins.wait_for_line(r"frontend is back", 0).group(0)
-    assert [code for t, code in load.errors if t > back + REAL_AGAIN_S] == []
-    assert all(code == grpc.StatusCode.UNAVAILABLE for _, code in load.errors), load.errors
-    assert [t for t, r in load.answers if not r.default_used and t > back]
+    # While it was down, and until the client reconnected: UNAVAILABLE, nothing else.
+    assert load.errors and all(killed <= t < back + REAL_AGAIN_S for t, _ in load.errors)
+    assert {code for _, code in load.errors} == {grpc.StatusCode.UNAVAILABLE}
     with twins.management() as mgmt:
         assert mgmt.ListApplications(pb.ListApplicationsRequest(), metadata=MGMT,
                                      timeout=5) == apps
         assert mgmt.ListModels(pb.ListModelsRequest(), metadata=MGMT, timeout=5) == models
-    assert killed < back
 
 
 async def test_with_one_replica_defaults_are_flagged_until_real_answers_return(
