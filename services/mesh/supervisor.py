@@ -169,17 +169,16 @@ class Supervisor:
             assert child.process is not None
             if child.process.proc.poll() is None:
                 child.process.proc.terminate()
-        clean = True
+        clean, terminated = True, time.monotonic()
         for child in children:
             assert child.process is not None
-            proc = child.process.proc
-            try:
-                proc.wait(child.spec.grace_s + STOP_MARGIN_S)
+            proc, allowed_s = child.process.proc, child.spec.grace_s + STOP_MARGIN_S
+            try:  # the stage stops side by side: each wait ends at its own deadline
+                proc.wait(max(0.0, terminated + allowed_s - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-                self._report(child, f"did not stop within {child.spec.grace_s + STOP_MARGIN_S:g} s"
-                             " of SIGTERM: killed")
+                self._report(child, f"did not stop within {allowed_s:g} s of SIGTERM: killed")
                 clean = False
                 continue
             if proc.returncode != 0:
@@ -231,7 +230,7 @@ class Supervisor:
         future, child.starting = child.starting, None
         try:
             process = future.result()
-        except RuntimeError as exc:  # did not become ready: counts as a quick exit
+        except (RuntimeError, OSError) as exc:  # never served: counts as a quick exit
             child.spawned = None
             child.started_at = now
             self._exited(child, f"failed to start ({str(exc).splitlines()[0]})", now)
