@@ -33,9 +33,10 @@ $(GEN)/.stamp: $(PROTO_SRC) $(STAMP)
 
 proto: $(GEN)/.stamp
 
-## The whole mesh on 127.0.0.1:1337 with the digits example; Ctrl-C stops it.
+## The whole mesh on 127.0.0.1:1337 with the digits example, restarting what exits;
+## Ctrl-C stops it. ARGS="--replicas 2 --slo-ms 50" go to the launcher (--help lists them).
 run: proto
-	$(PY) -m services.mesh
+	$(PY) -m services.mesh $(ARGS)
 
 ## Tools the tests drive from outside Python (each installs once, then is a no-op).
 deps: proto
