@@ -76,6 +76,9 @@ class Prediction:
     ensemble_output: pb.Tensor | None = None
     # For metrics: deadline, low_confidence, error or overload.
     default_cause: str = ""
+    # For admission: a model was still unanswered at the deadline or refused for load
+    # (a model merely absent, with no replica, says nothing of the load).
+    congested: bool = False
 
 
 @dataclass
@@ -84,6 +87,11 @@ class _FanOut:
     missing: list[str]
     errors: list[ClipperError]
     timed_out: bool
+
+    @property
+    def congested(self) -> bool:
+        return self.timed_out or any(isinstance(e, (Overloaded, DeadlineExpired))
+                                     for e in self.errors)
 
 
 class QueryPath:
@@ -187,7 +195,7 @@ class QueryPath:
                 raise
             # In time counts the backlog before the handler ran (the loop's lag) too: the
             # client waited through it.
-            late = (prediction.default_cause == "deadline" or bool(prediction.missing_models)
+            late = (prediction.default_cause == "deadline" or prediction.congested
                     or clock.now() + self.admission.lag.lag_s > deadline)
             self.admission.observe(app.name, in_time=not late)
             return prediction
@@ -215,6 +223,7 @@ class QueryPath:
             models=[a.served_by for a in fan.answers],
             missing_models=fan.missing,
             confidence=combined.confidence,
+            congested=fan.congested,
         )
         if combined.confidence < app.confidence_threshold and app.default_output is not None:
             prediction.ensemble_output = prediction.output
@@ -327,7 +336,9 @@ class QueryPath:
             reason = error.message
         if app.default_output is None:
             raise error
-        return _default(app, query_id, reason, cause, fan.missing)
+        prediction = _default(app, query_id, reason, cause, fan.missing)
+        prediction.congested = fan.congested
+        return prediction
 
 
 def _default(app: Application, query_id: str, reason: str, cause: str,

@@ -116,3 +116,28 @@ async def test_the_selection_service_bounds_its_work_in_flight_too(tmp_path: Pat
             await stream.done_writing()
     finally:
         selection.stop()
+
+
+async def test_a_model_without_replicas_does_not_lower_the_limit(tmp_path: Path) -> None:
+    """An ensemble with one model down (no replica: it fails at once) is answered by the
+    others, flagged missing; that says nothing of load, so admission keeps admitting."""
+    mesh = Mesh(tmp_path)
+    try:
+        mesh.start_selection()
+        mesh.start_frontend("--cache", "none")
+        mesh.start_container("tests.helpers.models:SumModel", "sum")
+        ghost = mesh.start_container("tests.helpers.models:SumModel", "ghost")
+        mesh.create_app("partial", ["sum", "ghost"], slo_ms=2000, policy="all")
+        mesh.wait_connected("ghost", 1)
+        ghost.kill()
+        await asyncio.to_thread(mesh.wait_connected, "ghost", 0)
+        async with grpc.aio.insecure_channel(mesh.address) as channel:
+            stub = pb_grpc.FrontendStub(channel)
+            for round_ in range(20):
+                replies = await asyncio.gather(*(
+                    stub.Predict(query("partial", 16 * round_ + i), timeout=10)
+                    for i in range(16)))
+                assert all(list(r.missing_models) == ["ghost"] and not r.default_used
+                           for r in replies)
+    finally:
+        mesh.close()
