@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := $(shell find protos -name '*.proto')
 GEN := services/generated
 
-.PHONY: run test proto deps lint bench clean tritonclient ghz kustomize loadtest fuzz
+.PHONY: run test proto deps lint bench clean tritonclient ghz kustomize loadtest fuzz chaos
 
 # Outside tools, each installed once into the repository (gitignored).
 TOOLS := .tools/bin
@@ -33,9 +33,10 @@ $(GEN)/.stamp: $(PROTO_SRC) $(STAMP)
 
 proto: $(GEN)/.stamp
 
-## The whole mesh on 127.0.0.1:1337 with the digits example; Ctrl-C stops it.
+## The whole mesh on 127.0.0.1:1337 with the digits example, restarting what exits;
+## Ctrl-C stops it. ARGS="--replicas 2 --slo-ms 50" go to the launcher (--help lists them).
 run: proto
-	$(PY) -m services.mesh
+	$(PY) -m services.mesh $(ARGS)
 
 ## Tools the tests drive from outside Python (each installs once, then is a no-op).
 deps: proto
@@ -80,6 +81,11 @@ test: proto deps
 FUZZ_PROFILE ?= fuzz
 fuzz: proto
 	CLIPPER_FUZZ_PROFILE=$(FUZZ_PROFILE) $(PY) -m pytest -q -s --timeout 1800 tests/fuzz
+
+## A bounded soak (a few minutes): faults in random order under load, a report per fault.
+## CHAOS_ARGS="--rounds 5 --rate 60 --seed 7" go to python -m tests.chaos.
+chaos: proto
+	$(PY) -m tests.chaos $(CHAOS_ARGS)
 
 lint: proto
 	$(VENV)/bin/ruff check services tests benchmarks loadtest

@@ -11,6 +11,8 @@ CLIPPER_CLI_TLS_CA, CLIPPER_CLI_TLS_CERT, CLIPPER_CLI_TLS_KEY).
   apps create ... [--api-key-sha256 H ...] [--feedback-key-sha256 H ...]
   apps keys APP [--api-key-sha256 H ...] [--feedback-key-sha256 H ...] | --none
                    (replaces both lists)
+  apps create ... [--client-quota-qps Q [--client-quota-burst B]]
+  apps quota APP --client-quota-qps Q [--client-quota-burst B]   (0: the frontend's default)
   apps link APP MODEL | apps unlink APP MODEL
   models list | models set-version MODEL VERSION
   replicas list [--model M]
@@ -83,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     keys = apps.add_parser("keys", help="replace an application's API key hashes")
     keys.add_argument("name")
     keys.add_argument("--none", action="store_true", help="remove every key: open the app")
+    quota = apps.add_parser("quota", help="set an application's per-client quota")
+    quota.add_argument("name")
+    for cmd in (create, quota):
+        cmd.add_argument("--client-quota-qps", type=float, default=0.0, required=cmd is quota,
+                         help="queries per second each client (API key, else address) may "
+                         "send; 0: the frontend's --client-quota-qps")
+        cmd.add_argument("--client-quota-burst", type=int, default=0,
+                         help="queries a client may send at once above the rate; 0: one "
+                         "second's worth")
     for cmd in (create, keys):
         cmd.add_argument("--api-key-sha256", action="append", default=[], metavar="HEX",
                          help="SHA-256 of a key queries and feedback need (tokens api-key)")
@@ -169,6 +180,8 @@ def run(args: argparse.Namespace) -> Any:
             allow_non_finite=args.allow_non_finite,
             api_key_sha256=args.api_key_sha256,
             feedback_key_sha256=args.feedback_key_sha256,
+            client_quota_qps=args.client_quota_qps,
+            client_quota_burst=args.client_quota_burst,
         )
         if args.default is not None:
             app.default_output.CopyFrom(_values(args.default, args.default_dtype))
@@ -180,6 +193,11 @@ def run(args: argparse.Namespace) -> Any:
         app = mgmt.GetApplication(pb.ApplicationName(name=args.name), **kw)
         app.api_key_sha256[:] = args.api_key_sha256
         app.feedback_key_sha256[:] = args.feedback_key_sha256
+        return _show(mgmt.UpdateApplication(pb.ApplicationRequest(application=app), **kw))
+    if group == "apps" and command == "quota":
+        app = mgmt.GetApplication(pb.ApplicationName(name=args.name), **kw)
+        app.client_quota_qps = args.client_quota_qps
+        app.client_quota_burst = args.client_quota_burst
         return _show(mgmt.UpdateApplication(pb.ApplicationRequest(application=app), **kw))
     if group == "apps" and command in ("link", "unlink"):
         method = mgmt.LinkModel if command == "link" else mgmt.UnlinkModel

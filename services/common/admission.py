@@ -4,8 +4,9 @@ of queueing it behind others that will all be late.
 Two signals decide, both cheap to read:
 
 - the backlog: how late the event loop runs its callbacks (`LoopLag`). Every
-  message and every query waits behind that much work, so when it passes
-  `max_backlog_s`, or half the time a query has left, the query is refused;
+  message and every query waits behind that much work, so when it passes half the
+  time a query has left, the query is refused; and while it stays over `max_backlog_s`
+  on average (one stall, a process starting beside us, does not count), every query is;
 - the work in flight: at most `max_inflight` queries at once in this process, and
   per key (the application) at most its adaptive limit, never above
   `max_inflight_per_key`. The limit follows the outcomes of admitted queries, as
@@ -40,12 +41,14 @@ class LoopLag:
     """How late this event loop runs a timer: the wait every callback has ahead of it.
 
     Sampled every `period_s`; `lag_s` follows a rise at once and decays by half each
-    sample, so that one stall does not shed for long.
+    sample, so that one stall does not shed for long; `mean_s` is its moving average
+    (a fifth of each sample), which only a backlog that lasts moves.
     """
 
     def __init__(self, period_s: float = 0.005) -> None:
         self.period_s = period_s
         self.lag_s = 0.0
+        self.mean_s = 0.0
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -62,6 +65,7 @@ class LoopLag:
             await asyncio.sleep(self.period_s)
             late = max(time.monotonic() - due, 0.0)
             self.lag_s = max(late, self.lag_s / 2)
+            self.mean_s += (late - self.mean_s) / 5
 
 
 @dataclass(frozen=True)
@@ -100,19 +104,26 @@ class Admission:
         state = self._keys.get(key)
         return state.limit if state else float(self.limits.max_inflight_per_key)
 
-    @contextmanager
-    def hold(self, key: str) -> Iterator[None]:
-        """Count one query of `key` in flight while the block runs (after `check`)."""
+    def enter(self, key: str) -> None:
+        """Count one query of `key` in flight (after `check`), until `leave`."""
         state = self._keys.get(key)
         if state is None:
             state = self._keys[key] = _KeyState(limit=float(self.limits.max_inflight_per_key))
         self.inflight += 1
         state.inflight += 1
+
+    def leave(self, key: str) -> None:
+        self.inflight -= 1
+        self._keys[key].inflight -= 1
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        """Count one query of `key` in flight while the block runs (after `check`)."""
+        self.enter(key)
         try:
             yield
         finally:
-            self.inflight -= 1
-            state.inflight -= 1
+            self.leave(key)
 
     def observe(self, key: str, in_time: bool) -> None:
         """An admitted query of `key` was answered in time, or not: adapt its limit."""
@@ -134,9 +145,12 @@ class Admission:
         limits, backlog_s = self.limits, self.lag.lag_s
         if limits.mode == "off":
             return
-        if backlog_s > limits.max_backlog_s or backlog_s > remaining_s / 2:
+        if backlog_s > remaining_s / 2:
             raise _shed(f"backlog of {backlog_s * 1000:.0f} ms: a query with "
                         f"{remaining_s * 1000:.0f} ms left would be late", backlog_s)
+        if self.lag.mean_s > limits.max_backlog_s:
+            raise _shed(f"backlog of {self.lag.mean_s * 1000:.0f} ms on average, over "
+                        f"--max-backlog-ms={limits.max_backlog_s * 1000:g}", backlog_s)
         if self.inflight >= limits.max_inflight:
             raise _shed(f"{self.inflight} queries in flight, the limit (--max-inflight)",
                         backlog_s)
@@ -171,8 +185,9 @@ def add_admission_flags(p: argparse.ArgumentParser, service: str) -> None:
                    "shed nothing (a baseline)")
     p.add_argument("--max-backlog-ms", type=float,
                    default=env_default(service, "max_backlog_ms", 50.0, float),
-                   help="shed queries while the frontend's own backlog (event loop lag) is "
-                   "longer than this, or than half the time a query has left")
+                   help="shed queries while the service's own backlog (event loop lag) is "
+                   "longer than this on average (and any query with less than twice the "
+                   "backlog left)")
 
 
 def admission_from_args(args: argparse.Namespace) -> AdmissionLimits:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -46,6 +46,7 @@ class Caller:
     role: str = ANONYMOUS
     model: str = ""  # a container's model
     api_key_sha256: str = ""  # a client's API key, hashed ("" when it sent none)
+    peer: str = ""  # a client's host, as the server saw it ("" for other roles)
 
 
 _NOBODY = Caller()
@@ -152,6 +153,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return _as_caller(handler, caller)
 
 
+def peer_host(peer: str) -> str:
+    """The host of a gRPC peer ("ipv4:127.0.0.1:5000" -> "127.0.0.1", "ipv6:[::1]:5000"
+    -> "[::1]"); other peers (unix sockets) whole."""
+    kind, _, address = peer.partition(":")
+    return address.rsplit(":", 1)[0] if kind in ("ipv4", "ipv6") else peer
+
+
+def _for_call(caller: Caller, context: grpc.aio.ServicerContext) -> Caller:
+    """The caller, with its host when it is a client (quotas tell clients apart by it)."""
+    if caller.role != CLIENT:
+        return caller
+    return replace(caller, peer=peer_host(context.peer()))
+
+
 def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode,
              message: str) -> grpc.RpcMethodHandler:
     """A handler of the same kind that ends the call with `code`, reading nothing."""
@@ -178,7 +193,7 @@ def _as_caller(handler: grpc.RpcMethodHandler, caller: Caller) -> grpc.RpcMethod
         inner_unary = handler.unary_unary or handler.stream_unary
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            _caller.set(caller)
+            _caller.set(_for_call(caller, context))
             return await inner_unary(request, context)
 
         field = "unary_unary" if handler.unary_unary is not None else "stream_unary"
@@ -186,7 +201,7 @@ def _as_caller(handler: grpc.RpcMethodHandler, caller: Caller) -> grpc.RpcMethod
     inner_stream = handler.unary_stream or handler.stream_stream
 
     async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        _caller.set(caller)
+        _caller.set(_for_call(caller, context))
         async for item in inner_stream(request, context):
             yield item
 

@@ -66,6 +66,10 @@ class Overloaded(ClipperError):
         self.retry_after_ms = retry_after_ms
 
 
+class QuotaExceeded(Overloaded):
+    """A client past its quota for an application (RESOURCE_EXHAUSTED, with pushback)."""
+
+
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 

@@ -12,7 +12,7 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,8 +67,12 @@ def start_service(
     env: Mapping[str, str] | None = None,
     timeout_s: float = 60.0,
     log_path: Path | None = None,
+    on_spawn: Callable[[subprocess.Popen[str]], None] | None = None,
 ) -> ServiceProcess:
-    """Run `python -m module args...` and return once it prints its ready line."""
+    """Run `python -m module args...` and return once it prints its ready line.
+
+    `on_spawn` gets the process as soon as it exists: ending it ends the wait.
+    """
     child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     stderr = open(log_path, "a") if log_path else None
     proc = subprocess.Popen(
@@ -82,6 +86,8 @@ def start_service(
     )
     if stderr is not None:
         stderr.close()
+    if on_spawn is not None:
+        on_spawn(proc)
     assert proc.stdout is not None
     lines: list[str] = []
     found: list[int] = []

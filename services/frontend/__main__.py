@@ -24,6 +24,7 @@ from services.frontend.inference_servicer import InferenceServicer
 from services.frontend.management_servicer import ManagementServicer, RegistryServicer
 from services.frontend.prediction_cache import PredictionCache
 from services.frontend.query_path import QueryPath
+from services.frontend.quotas import Quotas
 from services.frontend.registry import Registry
 from services.frontend.replica_table import ReplicaTable
 from services.frontend.selection_client import SelectionClient
@@ -44,7 +45,8 @@ async def main(cfg: Config) -> None:
                                 tls=cfg.client_tls)
     cache = PredictionCache.open(cfg.cache, cfg.cache_size, cfg.cache_ttl_s)
     admission = Admission(cfg.admission)
-    query_path = QueryPath(registry, replicas, selection, cache, cfg.limits, admission)
+    query_path = QueryPath(registry, replicas, selection, cache, cfg.limits, admission,
+                           Quotas(cfg.quotas))
     server = await start_server(
         [
             (functools.partial(pb_grpc.add_FrontendServicer_to_server,

@@ -21,6 +21,7 @@ from services.common.limits import Limits, add_limit_flags, limits_from_args
 from services.common.redis_url import CACHE_SCHEMES, redact_url
 from services.common.server import MIN_MESSAGE_BYTES, add_message_size_flag
 from services.common.tls import ClientTLS, ServerTLS
+from services.frontend.quotas import QuotaLimits, add_quota_flags, quotas_from_args
 
 SERVICE = "frontend"
 
@@ -45,6 +46,7 @@ class Config:
     log_level: str
     limits: Limits
     admission: AdmissionLimits
+    quotas: QuotaLimits
     # TLS: served when set; used to dial the selection service and containers when enabled.
     tls: ServerTLS | None = None
     client_tls: ClientTLS = field(default_factory=ClientTLS)
@@ -87,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long answers (and predictions for feedback) are kept")
     add_limit_flags(p, SERVICE)
     add_admission_flags(p, SERVICE)
+    add_quota_flags(p, SERVICE)
     add_lifecycle_flags(p, SERVICE)
     add_tls_flags(p, SERVICE)
     p.add_argument(
@@ -135,6 +138,7 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         log_level=args.log_level,
         limits=limits_from_args(args),
         admission=admission_from_args(args),
+        quotas=quotas_from_args(args),
         tls=server_tls_from(args),
         client_tls=client_tls_from(args),
         health_port=args.health_port,

@@ -190,6 +190,9 @@ def application_from_proto(msg: pb.Application, limits: Limits = DEFAULT_LIMITS)
         raise InvalidInput(
             f"confidence_threshold must be in [0, 1], got {msg.confidence_threshold}"
         )
+    if not (0.0 <= msg.client_quota_qps < math.inf):
+        raise InvalidInput(f"client_quota_qps must be >= 0 (0: the frontend's default), "
+                           f"got {msg.client_quota_qps}")
     if msg.confidence_threshold > 0 and not msg.HasField("default_output"):
         raise InvalidInput("a confidence_threshold needs a default_output to serve below it")
     default = None
@@ -208,6 +211,8 @@ def application_from_proto(msg: pb.Application, limits: Limits = DEFAULT_LIMITS)
         allow_non_finite=msg.allow_non_finite,
         api_key_sha256=key_hashes(list(msg.api_key_sha256), "api_key_sha256"),
         feedback_key_sha256=key_hashes(list(msg.feedback_key_sha256), "feedback_key_sha256"),
+        client_quota_qps=msg.client_quota_qps,
+        client_quota_burst=msg.client_quota_burst,
     )
 
 
@@ -223,6 +228,8 @@ def application_to_proto(app: Application) -> pb.Application:
         allow_non_finite=app.allow_non_finite,
         api_key_sha256=app.api_key_sha256,
         feedback_key_sha256=app.feedback_key_sha256,
+        client_quota_qps=app.client_quota_qps,
+        client_quota_burst=app.client_quota_burst,
     )
     if app.default_output is not None:
         msg.default_output.ParseFromString(app.default_output)

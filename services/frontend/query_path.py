@@ -26,18 +26,21 @@ import numpy as np
 
 from services.common import clock, tensors
 from services.common.admission import Admission, AdmissionLimits
+from services.common.auth import current_caller
 from services.common.errors import (
     ClipperError,
     DeadlineExpired,
     InvalidInput,
     NotFound,
     Overloaded,
+    QuotaExceeded,
     Unavailable,
 )
 from services.common.limits import DEFAULT_LIMITS, Limits
 from services.frontend import access, metrics
 from services.frontend.combine import Answer, combine
 from services.frontend.prediction_cache import PredictionCache
+from services.frontend.quotas import QuotaLimits, Quotas
 from services.frontend.registry import Application, Registry
 from services.frontend.replica_table import ReplicaTable
 from services.frontend.selection_client import SelectionClient
@@ -73,6 +76,9 @@ class Prediction:
     ensemble_output: pb.Tensor | None = None
     # For metrics: deadline, low_confidence, error or overload.
     default_cause: str = ""
+    # For admission: a model was still unanswered at the deadline or refused for load
+    # (a model merely absent, with no replica, says nothing of the load).
+    congested: bool = False
 
 
 @dataclass
@@ -81,6 +87,11 @@ class _FanOut:
     missing: list[str]
     errors: list[ClipperError]
     timed_out: bool
+
+    @property
+    def congested(self) -> bool:
+        return self.timed_out or any(isinstance(e, (Overloaded, DeadlineExpired))
+                                     for e in self.errors)
 
 
 class QueryPath:
@@ -92,6 +103,7 @@ class QueryPath:
         cache: PredictionCache,
         limits: Limits = DEFAULT_LIMITS,
         admission: Admission | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         self.registry = registry
         self.replicas = replicas
@@ -99,6 +111,7 @@ class QueryPath:
         self.cache = cache
         self.limits = limits
         self.admission = admission or Admission(AdmissionLimits())
+        self.quotas = quotas or Quotas(QuotaLimits())
 
     def validate(self, app: Application, value: pb.Tensor) -> None:
         """Raise InvalidInput unless `value` is a tensor the application takes."""
@@ -138,7 +151,8 @@ class QueryPath:
                 app_name, value, context_key, query_id, client_remaining_s, version
             )
         except ClipperError as exc:
-            outcome = "shed" if isinstance(exc, Overloaded) else "error"
+            outcome = ("quota" if isinstance(exc, QuotaExceeded)
+                       else "shed" if isinstance(exc, Overloaded) else "error")
             metrics.queries.add(1, {**attrs, "outcome": outcome})
             raise
         metrics.queries.add(1, {**attrs, "outcome": "default" if prediction.default_used
@@ -160,7 +174,9 @@ class QueryPath:
         version: str,
     ) -> Prediction:
         app = self._check_request(app_name, context_key, query_id)
-        access.authorize(app, access.QUERY)
+        caller = current_caller()
+        access.authorize(app, access.QUERY, caller)
+        self.quotas.take(app, caller)
         self.validate(app, value)
         deadline = answer_deadline(app.slo_ms, client_remaining_s, clock.now())
         query_id = query_id or uuid.uuid4().hex
@@ -179,7 +195,7 @@ class QueryPath:
                 raise
             # In time counts the backlog before the handler ran (the loop's lag) too: the
             # client waited through it.
-            late = (prediction.default_cause == "deadline" or bool(prediction.missing_models)
+            late = (prediction.default_cause == "deadline" or prediction.congested
                     or clock.now() + self.admission.lag.lag_s > deadline)
             self.admission.observe(app.name, in_time=not late)
             return prediction
@@ -207,6 +223,7 @@ class QueryPath:
             models=[a.served_by for a in fan.answers],
             missing_models=fan.missing,
             confidence=combined.confidence,
+            congested=fan.congested,
         )
         if combined.confidence < app.confidence_threshold and app.default_output is not None:
             prediction.ensemble_output = prediction.output
@@ -319,7 +336,9 @@ class QueryPath:
             reason = error.message
         if app.default_output is None:
             raise error
-        return _default(app, query_id, reason, cause, fan.missing)
+        prediction = _default(app, query_id, reason, cause, fan.missing)
+        prediction.congested = fan.congested
+        return prediction
 
 
 def _default(app: Application, query_id: str, reason: str, cause: str,

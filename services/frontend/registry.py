@@ -5,19 +5,29 @@ Each frontend serves from its copy in memory. Its own changes are written
 through; changes made by other frontends arrive through the store's change
 feed (`watch`) and are read back key by key, or all at once after the feed was
 interrupted. Replicas announce themselves on a heartbeat to any frontend; each
-heartbeat writes the replica's record with its expiry time (wall clock, so that
-every frontend agrees), and every frontend drops a replica whose expiry has
-passed. When the store is unreachable, heartbeats still keep replicas alive in
-memory and are written again once it is back: no registration is lost.
+heartbeat writes a new token into the replica's record, and every frontend
+drops a replica whose token has not changed for a TTL by its own monotonic
+clock (liveness.py). When the store is unreachable, heartbeats still keep
+replicas alive in memory and are written again once it is back: no
+registration is lost.
+
+A frontend never replaces what it knows with a store that lost its data: a
+generation marker (services/common/generation.py) tells a lost store from an
+empty one, or from one restarted from an older copy (it counts management
+writes), and such a store is rewritten from memory (`restore`) before it is
+read. Every application and model record carries a revision `rev`, raised by
+each write, so that when several frontends rewrite one record the newest copy
+wins. A model's active version is set by its first version and then only by
+`set_version`: announcing replicas never change it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from services.common.credentials import same
@@ -28,15 +38,18 @@ from services.common.errors import (
     PermissionDenied,
     Unavailable,
 )
+from services.common.generation import GenerationGuard
 from services.common.kv_store import (
     FEED_LOST,
     RESYNC,
     KeyValueStore,
+    Updater,
     Value,
     retry_while_unavailable,
 )
 from services.common.limits import DEFAULT_LIMITS, Limits, short_repr
 from services.common.tensors import TensorSpec
+from services.frontend.liveness import Liveness, beat_of, new_beat
 from services.generated.clipper.v1 import clipper_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -64,6 +77,12 @@ class Application:
     # (empty: as queries). See services/frontend/access.py.
     api_key_sha256: tuple[str, ...] = ()
     feedback_key_sha256: tuple[str, ...] = ()
+    # Queries per second per client (0: the frontend's default) and burst (0: one
+    # second's worth). See services/frontend/quotas.py.
+    client_quota_qps: float = 0.0
+    client_quota_burst: int = 0
+    # How many times the stored record was written (see the module docstring).
+    rev: int = 0
 
     def default_tensor(self) -> pb.Tensor:
         if self.default_output is None:
@@ -98,6 +117,9 @@ class Application:
             allow_non_finite=bool(data.get("allow_non_finite", False)),
             api_key_sha256=tuple(data.get("api_key_sha256", ())),
             feedback_key_sha256=tuple(data.get("feedback_key_sha256", ())),
+            client_quota_qps=float(data.get("client_quota_qps", 0.0)),
+            client_quota_burst=int(data.get("client_quota_burst", 0)),
+            rev=int(data.get("rev", 0)),
         )
 
 
@@ -107,6 +129,8 @@ class ModelRecord:
     active_version: str
     # version -> input spec as {"dtype", "shape"} (empty dict when undeclared)
     versions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # How many times the stored record was written (see the module docstring).
+    rev: int = 0
 
 
 @dataclass(frozen=True)
@@ -144,51 +168,65 @@ class Registry:
         self.apps: dict[str, Application] = {}
         self.models: dict[str, ModelRecord] = {}
         self.replicas: dict[str, ReplicaRecord] = {}
-        # replica id -> expiry time (time.time()), as last written by any frontend
-        self._expires: dict[str, float] = {}
+        self.liveness = Liveness(replica_ttl_s)
+        self.generation = GenerationGuard(store, "registry", self.restore)
         self._watcher: asyncio.Task[None] | None = None
         # False while the change feed is down: replicas are not expired then, since
         # heartbeats other frontends receive do not reach this one.
         self._in_sync = True
 
     async def load(self) -> None:
-        """Read everything from the store; stored replicas get at least one TTL to heartbeat."""
+        """Read everything from the store (rewritten from memory first if it was lost);
+        stored replicas new to this frontend get a TTL to heartbeat."""
+        await self.generation.ensure()
         apps = {
             app.name: app
             for app in map(Application.from_json, (await self.store.scan(APP_PREFIX)).values())
         }
         models = {
-            m.name: m for m in (ModelRecord(**d) for d in
-                                (await self.store.scan(MODEL_PREFIX)).values())
+            m.name: m for m in map(_model_record, (await self.store.scan(MODEL_PREFIX)).values())
         }
         replicas = await self.store.scan(REPLICA_PREFIX)
         # Replicas that heartbeat here while the store was away are kept (and written
         # back): a resync after an outage must not drop live replicas.
-        now = time.time()
-        held = {rid: (r, at) for rid, r in self.replicas.items()
-                if (at := self._expires.get(rid, 0.0)) > now
-                and REPLICA_PREFIX + rid not in replicas}
+        held = {rid: r for rid, r in self.replicas.items()
+                if self.liveness.alive(rid) and REPLICA_PREFIX + rid not in replicas}
         self.apps, self.models = apps, models
-        self.replicas = {rid: replica for rid, (replica, _) in held.items()}
-        grace = now + self.replica_ttl_s
+        self.replicas = dict(held)
         for data in replicas.values():
-            self._put_replica(data, max(float(data.get("expires_at", 0.0)), grace))
-        self._expires = {rid: self._expires[rid] for rid in self.replicas}  # the gone ones out
-        for rid, (replica, expires_at) in held.items():
-            await self.store.put(REPLICA_PREFIX + rid,
-                                 {**asdict(replica), "expires_at": expires_at})
+            self._put_replica(data)
+        self.liveness.keep_only(set(self.replicas))  # the gone ones out
+        for rid in held:
+            await self._restore_replica(rid)
         logger.info(
             "loaded %d applications, %d models, %d replicas",
             len(self.apps), len(self.models), len(self.replicas),
         )
+
+    async def restore(self) -> None:
+        """Rewrite what this frontend knows into a store that lost it (the generation
+        guard calls this). A record already there wins if it is newer (another frontend
+        rewrote it, or changed it since); a model keeps the versions of both copies."""
+        for app in list(self.apps.values()):
+            self._remember_app(await self.store.update(
+                APP_PREFIX + app.name, functools.partial(_newer, app.to_json())))
+        for model in list(self.models.values()):
+            self._remember_model(await self.store.update(
+                MODEL_PREFIX + model.name, functools.partial(_merge_model, asdict(model))))
+        for rid in [rid for rid in self.replicas if self.liveness.alive(rid)]:
+            await self._restore_replica(rid)
+        logger.info("rewrote %d applications, %d models and the live replicas into the store",
+                    len(self.apps), len(self.models))
 
     async def start(self) -> None:
         """Load, retrying while the store is unreachable, then follow its changes."""
         await retry_while_unavailable(self.load, "state store")
         self._watcher = asyncio.create_task(self.watch(), name="registry-watch")
         self._watcher.add_done_callback(_log_if_failed)
+        await self.generation.start()
 
     async def aclose(self) -> None:
+        await self.generation.aclose()
         if self._watcher is not None:
             self._watcher.cancel()
             try:
@@ -226,14 +264,14 @@ class Registry:
             if data is None:
                 self.models.pop(name, None)
             else:
-                self.models[name] = ModelRecord(**data)
+                self.models[name] = _model_record(data)
         elif key.startswith(REPLICA_PREFIX):
             replica_id = key[len(REPLICA_PREFIX):]
             if data is None:
                 self.replicas.pop(replica_id, None)
-                self._expires.pop(replica_id, None)
+                self.liveness.forget(replica_id)
             else:
-                self._put_replica(data, float(data.get("expires_at", 0.0)))
+                self._put_replica(data)
 
     # ------------------------------------------------------------ applications
 
@@ -250,21 +288,23 @@ class Registry:
         def create(current: Value | None) -> Value:
             if current is not None:
                 raise AlreadyExists(f"application {short_repr(app.name)} already exists")
-            return app.to_json()
+            return _revised(app.to_json(), None)
 
-        return self._remember_app(await self.store.update(APP_PREFIX + app.name, create))
+        return self._remember_app(await self._change(APP_PREFIX + app.name, create))
 
     async def update_app(self, app: Application) -> Application:
         def overwrite(current: Value | None) -> Value:
             _require_app(current, app.name)
-            return app.to_json()
+            return _revised(app.to_json(), current)
 
-        return self._remember_app(await self.store.update(APP_PREFIX + app.name, overwrite))
+        return self._remember_app(await self._change(APP_PREFIX + app.name, overwrite))
 
     async def delete_app(self, name: str) -> None:
+        await self.generation.ensure()
         if not await self.store.delete(APP_PREFIX + name):
             raise NotFound(f"unknown application {short_repr(name)}")
         self.apps.pop(name, None)
+        await self.generation.count_write()
 
     async def link(self, app_name: str, model: str) -> Application:
         self.limits.check_name("model", model)
@@ -276,9 +316,9 @@ class Registry:
                 self.limits.check_count(f"models linked to {short_repr(app_name)}",
                                         len(app["linked_models"]), limit, "--max-linked-models")
                 app["linked_models"] = [*app["linked_models"], model]
-            return app
+            return _revised(app, current)
 
-        return self._remember_app(await self.store.update(APP_PREFIX + app_name, add))
+        return self._remember_app(await self._change(APP_PREFIX + app_name, add))
 
     async def unlink(self, app_name: str, model: str) -> Application:
         def remove(current: Value | None) -> Value:
@@ -287,9 +327,18 @@ class Registry:
                 raise NotFound(f"model {short_repr(model)} is not linked to application "
                                f"{short_repr(app_name)}")
             app["linked_models"] = [m for m in app["linked_models"] if m != model]
-            return app
+            return _revised(app, current)
 
-        return self._remember_app(await self.store.update(APP_PREFIX + app_name, remove))
+        return self._remember_app(await self._change(APP_PREFIX + app_name, remove))
+
+    async def _change(self, key: str, fn: Updater) -> Value:
+        """A management change: checked against a lost store first, so that it applies
+        to what every frontend knows, not to an empty store; then counted, so that a
+        store that comes back without it is noticed."""
+        await self.generation.ensure()
+        new = await self.store.update(key, fn)
+        await self.generation.count_write()
+        return new
 
     def _remember_app(self, data: Value) -> Application:
         app = Application.from_json(data)
@@ -306,6 +355,7 @@ class Registry:
         return model
 
     async def set_version(self, name: str, version: str) -> ModelRecord:
+        """The one way to change a model's active version."""
         def activate(current: Value | None) -> Value:
             if current is None:
                 raise NotFound(
@@ -315,22 +365,28 @@ class Registry:
                 raise NotFound(f"model {short_repr(name)} has no version {short_repr(version)}; "
                                f"known: {known}")
             current["active_version"] = version
-            return current
+            return _revised(current, current)
 
-        return self._remember_model(await self.store.update(MODEL_PREFIX + name, activate))
+        return self._remember_model(await self._change(MODEL_PREFIX + name, activate))
 
     async def _add_version(self, name: str, version: str, spec: dict[str, Any]) -> None:
-        """Record a model's new version; the first version of a model becomes active."""
+        """Record a model's new version, never changing its active one; the first version
+        of a model becomes active. A record missing from the store but known here (the
+        store was lost, and not yet rewritten) is added to, not started again."""
+        known = self.models.get(name)
+
         def add(current: Value | None) -> Value:
+            if current is None and known is not None:
+                current = asdict(known)
             if current is None:
-                return asdict(ModelRecord(name, version, {version: spec}))
+                return asdict(ModelRecord(name, version, {version: spec}, rev=1))
             current["versions"].setdefault(version, spec)
-            return current
+            return _revised(current, current)
 
         self._remember_model(await self.store.update(MODEL_PREFIX + name, add))
 
     def _remember_model(self, data: Value) -> ModelRecord:
-        model = ModelRecord(**data)
+        model = _model_record(data)
         self.models[model.name] = model
         return model
 
@@ -343,21 +399,20 @@ class Registry:
         here and the next heartbeat writes it again.
         """
         self._check_replica(replica)
-        expires_at = time.time() + self.replica_ttl_s
         previous = self.replicas.get(replica.replica_id)
         check_owner(previous, replica.model, replica.secret_sha256)
         if previous != replica:
             logger.info("replica %s of %s:%s at %s joined",
                         replica.replica_id[:8], replica.model, replica.version, replica.address)
         self.replicas[replica.replica_id] = replica
-        self._expires[replica.replica_id] = expires_at
+        beat = new_beat()
         spec = {"dtype": input_spec.dtype, "shape": list(input_spec.shape)} if input_spec else {}
 
         def claim(current: Value | None) -> Value:
             # Checked again in the store: another frontend may know the id already.
             check_owner(_replica_record(current) if current else None,
                         replica.model, replica.secret_sha256)
-            return {**asdict(replica), "expires_at": expires_at}
+            return {**asdict(replica), "beat": beat}
 
         try:
             model = self.models.get(replica.model)
@@ -367,12 +422,12 @@ class Registry:
         except PermissionDenied:
             if previous is None:
                 self.replicas.pop(replica.replica_id, None)
-                self._expires.pop(replica.replica_id, None)
             else:
                 self.replicas[replica.replica_id] = previous
             raise
         except Unavailable as exc:
             logger.warning("replica %s kept in memory only: %s", replica.replica_id[:8], exc)
+        self.liveness.saw(replica.replica_id, beat)
 
     def _check_replica(self, replica: ReplicaRecord) -> None:
         """Names and counts of an announcing replica within the limits."""
@@ -396,7 +451,7 @@ class Registry:
     async def deregister(self, replica_id: str) -> bool:
         """Drop a replica here and from the store (other frontends expire it if the store
         is away)."""
-        self._expires.pop(replica_id, None)
+        self.liveness.forget(replica_id)
         replica = self.replicas.pop(replica_id, None)
         try:
             await self.store.delete(REPLICA_PREFIX + replica_id)
@@ -408,36 +463,40 @@ class Registry:
         return True
 
     async def expire_replicas(self) -> list[str]:
-        """Drop replicas whose heartbeat is overdue (here and in the store); return their ids.
+        """Drop replicas whose heartbeat token has not changed for a TTL (here and in the
+        store); return their ids.
 
         The store is asked first: another frontend may have had a heartbeat whose
         change notice has not arrived here yet.
         """
-        now = time.time()
         dropped: list[str] = []
         if not self._in_sync:
             return dropped
-        for rid in [rid for rid, at in self._expires.items() if at <= now]:
+        for rid in self.liveness.overdue(self.replicas):
             try:
                 stored = await self.store.get(REPLICA_PREFIX + rid)
             except Unavailable:
                 # The store is away, and with it other frontends' heartbeats: keep what
                 # is known (a dead replica's stream breaks, which takes it out of use).
                 continue
-            if stored is not None and float(stored.get("expires_at", 0.0)) > now:
-                self._put_replica(stored, float(stored["expires_at"]))
+            if stored is not None and beat_of(stored) != self.liveness.beat(rid):
+                self._put_replica(stored)
                 continue
             await self.deregister(rid)
             dropped.append(rid)
         return dropped
 
-    def _put_replica(self, data: dict[str, Any], expires_at: float) -> None:
-        """A replica record from the store; a stored expiry never shortens a later one
-        this frontend already knows (its own heartbeats may not be written yet)."""
+    def _put_replica(self, data: Value) -> None:
+        """A replica record from the store; its heartbeat token, if new here, counts as
+        a heartbeat now."""
         record = _replica_record(data)
         self.replicas[record.replica_id] = record
-        rid = record.replica_id
-        self._expires[rid] = max(expires_at, self._expires.get(rid, 0.0))
+        self.liveness.saw(record.replica_id, beat_of(data))
+
+    async def _restore_replica(self, replica_id: str) -> None:
+        """Write a replica known here back into a store that lacks it (kept if there)."""
+        mine = {**asdict(self.replicas[replica_id]), "beat": self.liveness.beat(replica_id)}
+        await self.store.update(REPLICA_PREFIX + replica_id, functools.partial(_keep, mine))
 
     def replicas_of(self, model_name: str, version: str = "") -> list[ReplicaRecord]:
         """Live replicas of the model's active version, or of `version` when given."""
@@ -448,9 +507,42 @@ class Registry:
         return [r for r in self.replicas.values() if r.model == model_name and r.version == wanted]
 
 
+_REPLICA_FIELDS = frozenset(f.name for f in fields(ReplicaRecord))
+_MODEL_FIELDS = frozenset(f.name for f in fields(ModelRecord))
+
 
 def _replica_record(data: Value) -> ReplicaRecord:
-    return ReplicaRecord(**{k: v for k, v in data.items() if k != "expires_at"})
+    return ReplicaRecord(**{k: v for k, v in data.items() if k in _REPLICA_FIELDS})
+
+
+def _model_record(data: Value) -> ModelRecord:
+    return ModelRecord(**{k: v for k, v in data.items() if k in _MODEL_FIELDS})
+
+
+def _revised(new: Value, current: Value | None) -> Value:
+    """`new` as the next revision of `current` (`new` may be `current`, changed)."""
+    new["rev"] = int((current or {}).get("rev", 0)) + 1
+    return new
+
+
+def _newer(mine: Value, current: Value | None) -> Value:
+    """The stored record if it is newer than this frontend's copy, else this copy."""
+    if current is not None and int(current.get("rev", 0)) > int(mine.get("rev", 0)):
+        return current
+    return mine
+
+
+def _merge_model(mine: Value, current: Value | None) -> Value:
+    """The newer of two copies of a model record (this frontend's on a tie: a record
+    started again by an announce after the loss is not newer), with both's versions."""
+    newer = _newer(mine, current)
+    older = mine if newer is current else current
+    versions = {**(older or {}).get("versions", {}), **newer["versions"]}
+    return {**newer, "versions": versions}
+
+
+def _keep(mine: Value, current: Value | None) -> Value:
+    return current if current is not None else mine
 
 
 def _require_app(current: Value | None, name: str) -> Value:

@@ -1,8 +1,11 @@
-"""`make run`: the whole mesh as local processes with embedded state, until Ctrl-C.
+"""`make run`: the whole mesh as local processes with embedded state, kept running.
 
-Starts the selection service, the frontend on 127.0.0.1:1337 and one container
-per example digits model, registers the application `digits` (all models,
-majority vote), checks one query end to end, and prints how to query it.
+Starts the selection service, the frontend on 127.0.0.1:1337 and `--replicas`
+containers per example digits model, registers the application `digits` (all
+models, majority vote), and prints how to query it. A process that exits is
+restarted (services/mesh/supervisor.py); Ctrl-C or SIGTERM drains the mesh in order
+(frontend, containers, selection service). The launcher exits 1 when the mesh did
+not start, or when a service did not drain cleanly; a second Ctrl-C kills everything.
 
 Plaintext by default. `--tls-ca/--tls-cert/--tls-key` run every channel over TLS
 with those files (the one certificate, which must name 127.0.0.1 and allow both
@@ -13,40 +16,50 @@ in `<state-dir>/tls/` first; `--mtls` also requires client certificates.
 from __future__ import annotations
 
 import argparse
-import base64
-import json
 import logging
 import os
 import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import FrameType
 
-import numpy as np
+import grpc
 
-from services.common.auth import bearer
-from services.common.credentials import container_token, selection_token
-from services.common.processes import ServiceProcess, start_service
 from services.common.telemetry import setup_logging
-from services.common.tensors import encode
-from services.common.tls import ClientTLS, sync_channel
-from services.generated.clipper.v1 import clipper_pb2 as pb
-from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.mesh import digits
+from services.mesh.application import query_commands, register_app
+from services.mesh.specs import (
+    SELECTION,
+    client_tls,
+    container_specs,
+    frontend_spec,
+    mesh_secret,
+    selection_spec,
+)
+from services.mesh.supervisor import RestartPolicy, Supervisor
 
 logger = logging.getLogger("mesh")
-APP = "digits"
+CHECK_INTERVAL_S = 0.1
 
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m services.mesh", description=__doc__)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m services.mesh", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--port", type=int, default=1337, help="frontend port (0: any free port)")
     p.add_argument("--state-dir", default=".run", help="state files, trained models and logs")
-    p.add_argument("--replicas", type=int, default=1, help="replicas per model")
-    p.add_argument("--slo-ms", type=int, default=100)
+    p.add_argument("--replicas", type=int, default=1, help="containers per model")
+    p.add_argument("--slo-ms", type=int, default=100, help="SLO of the application digits")
+    p.add_argument("--grace-s", type=float, default=10.0,
+                   help="each service's grace period when the mesh stops (past it plus 5 s, "
+                   "a service is killed)")
+    p.add_argument("--max-restarts-per-min", type=int, default=5,
+                   help="a service that exits more often is left down")
+    p.add_argument("--max-backoff-s", type=float, default=30.0,
+                   help="longest wait before a restart (from 0.5 s, doubling per quick exit)")
     p.add_argument("--tls-ca", default="", help="TLS on every channel: the CA file")
     p.add_argument("--tls-cert", default="", help="certificate every service serves and "
                    "presents (names 127.0.0.1, server and client use)")
@@ -54,7 +67,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--tls-throwaway", action="store_true",
                    help="make a throwaway CA and certificate in <state-dir>/tls/ and use them")
     p.add_argument("--mtls", action="store_true", help="with TLS: require client certificates")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    for flag, ok in (("--port", 0 <= args.port <= 65535), ("--replicas", args.replicas >= 1),
+                     ("--slo-ms", args.slo_ms > 0), ("--grace-s", args.grace_s >= 0),
+                     ("--max-restarts-per-min", args.max_restarts_per_min >= 0),
+                     ("--max-backoff-s", args.max_backoff_s >= 0)):
+        if not ok:
+            p.error(f"{flag}={getattr(args, flag[2:].replace('-', '_'))}: out of range")
     if args.tls_throwaway:
         from services.mesh.certs import make_ca, make_leaf
 
@@ -72,63 +91,11 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def client_tls(args: argparse.Namespace) -> ClientTLS:
-    """How the launcher (and the printed commands) dial the frontend."""
-    if not args.tls_ca:
-        return ClientTLS()
-    return ClientTLS(args.tls_ca, args.tls_cert, args.tls_key) if args.mtls else ClientTLS(
-        args.tls_ca)
-
-
-def tls_flags(args: argparse.Namespace, serve: bool, dial: bool) -> list[str]:
-    """The TLS flags of one service: serving, dialling, or both; none for plaintext."""
-    if not args.tls_ca:
-        return []
-    flags = []
-    if serve:
-        flags += ["--tls-cert", args.tls_cert, "--tls-key", args.tls_key]
-        flags += ["--tls-client-ca", args.tls_ca] if args.mtls else []
-    if dial:
-        flags += ["--tls-ca", args.tls_ca]
-        flags += ["--tls-client-cert", args.tls_cert, "--tls-client-key", args.tls_key
-                  ] if args.mtls else []
-    return flags
-
-
-def service_env(management_token: str, mesh_secret: str) -> dict[str, dict[str, str]]:
-    """Each service's credentials, all derived from the mesh secret but the management
-    token: the frontend holds the secret, the selection service its own token, and
-    each container the token of its model only."""
-    env = {
-        "services.frontend": {"CLIPPER_MANAGEMENT_TOKEN": management_token,
-                              "CLIPPER_MESH_SECRET": mesh_secret},
-        "services.selection": {"CLIPPER_SELECTION_TOKEN": selection_token(mesh_secret)},
-    }
-    for name in digits.MODEL_NAMES:
-        env[name] = {"CLIPPER_CONTAINER_TOKEN": container_token(mesh_secret, name)}
-    return env
-
-
-def mesh_secret(path: Path) -> str:
-    """CLIPPER_MESH_SECRET, else the one kept in `path` (made once, readable by its owner
-    only), so that tokens of containers started by hand survive a restart of the mesh."""
-    secret = os.environ.get("CLIPPER_MESH_SECRET", "")
-    if secret:
-        return secret
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32))
-    return path.read_text().strip()
-
-
-def start_mesh(args: argparse.Namespace, env: dict[str, dict[str, str]],
-               procs: list[ServiceProcess]) -> None:
-    """Start every service, appending each to `procs` as soon as it runs (for cleanup)."""
+def start_mesh(args: argparse.Namespace, supervisor: Supervisor, management_token: str,
+               secret: str) -> str:
+    """Train the example models if needed and start every service; the frontend address."""
     state = Path(args.state_dir)
-    logs = state / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    (state / "logs").mkdir(parents=True, exist_ok=True)
     model_dir = state / "models"
     model_paths = digits.model_paths(model_dir)
     if not all(p.exists() for p in model_paths.values()) or not digits.sample_path(
@@ -137,130 +104,75 @@ def start_mesh(args: argparse.Namespace, env: dict[str, dict[str, str]],
         logger.info("training the example digits models into %s", model_dir)
         subprocess.run([sys.executable, "-m", "services.mesh.digits", str(model_dir)],
                        check=True)
-    selection = start_service(
-        "services.selection",
-        ["--port", "0", "--state", str(state / "selection-state.json"),
-         *tls_flags(args, serve=True, dial=False)],
-        env=env["services.selection"], log_path=logs / "selection.log",
-    )
-    procs.append(selection)
-    frontend = start_service(
-        "services.frontend",
-        ["--port", str(args.port), "--selection", selection.address,
-         "--state", str(state / "frontend-state.json"), *tls_flags(args, serve=True, dial=True)],
-        env=env["services.frontend"], log_path=logs / "frontend.log",
-    )
-    procs.append(frontend)
-    containers = [(name, path, i) for name, path in model_paths.items()
-                  for i in range(args.replicas)]
-
-    def start_container(spec: tuple[str, Path, int]) -> None:
-        name, path, i = spec
-        procs.append(start_service(
-            "services.model_container",
-            ["--model", str(path), "--name", name, "--version", "1",
-             "--frontend", frontend.address, "--input-dtype", digits.INPUT_DTYPE,
-             "--input-shape", ",".join(map(str, digits.INPUT_SHAPE)),
-             *tls_flags(args, serve=True, dial=True)],
-            name=f"{name}-{i}", env=env[name], log_path=logs / f"{name}-{i}.log",
-        ))
-
-    with ThreadPoolExecutor(max_workers=len(containers)) as pool:
-        list(pool.map(start_container, containers))
+    selection = supervisor.start(selection_spec(args, secret))
+    frontend = supervisor.start(frontend_spec(args, secret, management_token,
+                                              selection.address))
+    supervisor.start_all(container_specs(args, secret, frontend.address, model_paths))
+    return frontend.address
 
 
-def register_app(address: str, token: str, models: list[str], slo_ms: int,
-                 expected_replicas: int, tls: ClientTLS | None = None) -> None:
-    """Create the digits application if it is new, and wait for every replica to connect."""
-    channel = sync_channel(address, tls)
-    mgmt = pb_grpc.ManagementStub(channel)
-    md = bearer(token)
-    existing = {a.name for a in mgmt.ListApplications(pb.ListApplicationsRequest(),
-                                                      metadata=md, timeout=5).applications}
-    if APP not in existing:
-        app = pb.Application(
-            name=APP,
-            input_spec=pb.TensorSpec(dtype=digits.INPUT_DTYPE, shape=list(digits.INPUT_SHAPE)),
-            slo_ms=slo_ms,
-            policy="all",
-            linked_models=models,
-            default_output=encode(np.int64(-1)),
-        )
-        mgmt.CreateApplication(pb.ApplicationRequest(application=app), metadata=md, timeout=5)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        replicas = mgmt.ListReplicas(pb.ListReplicasRequest(), metadata=md, timeout=5).replicas
-        if sum(r.connected for r in replicas) >= expected_replicas:
-            break
-        time.sleep(0.05)
-    channel.close()
+def ready_banner(args: argparse.Namespace, address: str, selection: str, started: float,
+                 management_token: str) -> str:
+    secret_path = Path(args.state_dir) / "mesh-secret"
+    cli, grpcurl, label = query_commands(address, Path(args.state_dir) / "models",
+                                         client_tls(args))
+    containers = len(digits.MODEL_NAMES) * args.replicas
+    return (f"\nMesh ready in {time.monotonic() - started:.1f} s: frontend on {address}"
+            f" (selection on {selection}, {containers} model containers)\n"
+            f"Logs and state in {args.state_dir}/. A service that exits is restarted; "
+            f"Ctrl-C stops everything.\n\n"
+            f"Management token:  export CLIPPER_MANAGEMENT_TOKEN={management_token}\n"
+            f"Token for a container of your own model NAME:\n  CLIPPER_MESH_SECRET="
+            f"$(cat {secret_path}) {sys.executable} -m services.cli tokens container NAME\n\n"
+            f"Query a test digit (true label {label}):\n  {cli}\n\nOr with grpcurl:\n"
+            f"  {grpcurl}\n")
 
 
-def query_commands(address: str, model_dir: Path,
-                   tls: ClientTLS | None = None) -> tuple[str, str, int]:
-    """A ready-to-paste query (our CLI and grpcurl) for one test digit, and its label."""
-    saved = json.loads(digits.sample_path(model_dir).read_text())
-    sample = np.array(saved["values"], dtype=np.float32)
-    values = ",".join(str(int(v)) for v in sample)
-    cli_tls, grpcurl_tls = "", "-plaintext"
-    if tls is not None and tls.enabled:
-        cli_tls = f" --tls-ca {tls.ca}" + (f" --tls-cert {tls.cert} --tls-key {tls.key}"
-                                           if tls.cert else "")
-        grpcurl_tls = f"-cacert {tls.ca}" + (f" -cert {tls.cert} -key {tls.key}"
-                                             if tls.cert else "")
-    cli = (f"{sys.executable} -m services.cli --frontend {address}{cli_tls} predict {APP} "
-           f"--values {values}")
-    raw = base64.b64encode(sample.astype("<f4").tobytes()).decode()
-    body = json.dumps({"application": APP,
-                       "input": {"dtype": "float32", "shape": [64], "raw": raw}})
-    grpcurl = f"grpcurl {grpcurl_tls} -d '{body}' {address} clipper.v1.Frontend/Predict"
-    return cli, grpcurl, int(saved["label"])
-
-
-def main() -> int:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     setup_logging("mesh")
     started = time.monotonic()
     management_token = (os.environ.get("CLIPPER_MANAGEMENT_TOKEN")
                         or secrets.token_urlsafe(16))
-    secret_path = Path(args.state_dir) / "mesh-secret"
-    env = service_env(management_token, mesh_secret(secret_path))
-    stop = False
+    secret = mesh_secret(Path(args.state_dir) / "mesh-secret")
+    supervisor = Supervisor(RestartPolicy(max_backoff_s=args.max_backoff_s,
+                                          max_restarts_per_min=args.max_restarts_per_min))
+    serving, stop = threading.Event(), threading.Event()
 
-    def on_signal(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set() or not serving.is_set():
+            raise KeyboardInterrupt  # a second signal, or still starting: kill everything
+        stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
-    procs: list[ServiceProcess] = []
+    signal.signal(signal.SIGINT, on_signal)
     try:
-        start_mesh(args, env, procs)
-        frontend = procs[1]
-        models = list(digits.MODEL_NAMES)
-        register_app(frontend.address, management_token, models, args.slo_ms,
-                     len(models) * args.replicas, client_tls(args))
-        cli, grpcurl, label = query_commands(frontend.address, Path(args.state_dir) / "models",
-                                             client_tls(args))
-        print(f"\nMesh ready in {time.monotonic() - started:.1f} s: frontend on {frontend.address}"
-              f" (selection on {procs[0].address}, {len(procs) - 2} model containers)\n"
-              f"Logs and state in {args.state_dir}/. Ctrl-C stops everything.\n\n"
-              f"Management token:  export CLIPPER_MANAGEMENT_TOKEN={management_token}\n"
-              f"Token for a container of your own model NAME:\n  CLIPPER_MESH_SECRET="
-              f"$(cat {secret_path}) {sys.executable} -m services.cli tokens container NAME\n\n"
-              f"Query a test digit (true label {label}):\n  {cli}\n\nOr with grpcurl:\n"
-              f"  {grpcurl}\n", flush=True)
-        while not stop and all(p.proc.poll() is None for p in procs):
-            time.sleep(0.2)
-        for p in procs:
-            if p.proc.poll() is not None:
-                logger.error("%s exited with %s; stopping the mesh", p.name, p.proc.returncode)
-                return 1
-        return 0
+        try:
+            address = start_mesh(args, supervisor, management_token, secret)
+            register_app(address, management_token, list(digits.MODEL_NAMES), args.slo_ms,
+                         len(digits.MODEL_NAMES) * args.replicas, client_tls(args))
+        except (RuntimeError, OSError, subprocess.CalledProcessError, grpc.RpcError) as exc:
+            logger.error("the mesh did not start: %s", exc)
+            supervisor.drain()
+            return 1
+        selection = supervisor.process(SELECTION)
+        assert selection is not None
+        print(ready_banner(args, address, selection.address, started, management_token),
+              flush=True)
+        serving.set()
+        while not stop.wait(CHECK_INTERVAL_S):
+            supervisor.check()
+        for name in supervisor.down:
+            logger.error("%s was left down after too many restarts", name)
+        clean = supervisor.drain()
+        print("mesh stopped" + ("" if clean else ": some services did not drain (see above)"),
+              flush=True)
+        return 0 if clean else 1
     except KeyboardInterrupt:
-        return 0
+        print("mesh killed", flush=True)
+        return 1
     finally:
-        for p in reversed(procs):
-            p.stop()
+        supervisor.kill_all()  # nothing outlives the launcher (a no-op after a drain)
 
 
 if __name__ == "__main__":

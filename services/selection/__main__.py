@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import functools
 
+from services.common.admission import Admission
 from services.common.auth import FRONTEND, AuthInterceptor, rules_for, token_auth
-from services.common.kv_store import open_store, retry_while_unavailable
+from services.common.kv_store import open_store
 from services.common.metrics import serve_metrics
 from services.common.server import announce_ready, run_service, start_server, wait_for_signal
 from services.common.telemetry import setup_logging
@@ -19,7 +20,9 @@ from services.selection.servicer import SelectionServicer
 async def main(cfg: Config) -> None:
     serve_metrics("selection", cfg.host, cfg.metrics_port)
     store = open_store(cfg.state, cfg.max_contexts)
-    servicer = SelectionServicer(Decider(store, cfg.context_ttl_s))
+    admission = Admission(cfg.admission)
+    decider = Decider(store, cfg.context_ttl_s, cfg.max_contexts)
+    servicer = SelectionServicer(decider, admission)
     server = await start_server(
         [(functools.partial(pb_grpc.add_SelectionServicer_to_server, servicer),
           "clipper.v1.Selection")],
@@ -31,7 +34,8 @@ async def main(cfg: Config) -> None:
             pb.DESCRIPTOR.services_by_name["Selection"],
             token_auth(cfg.token, FRONTEND, "selection")))],
     )
-    await retry_while_unavailable(store.ping, "policy state store")  # ready: state loads
+    await decider.start()  # ready: the state store answers (retried while it does not)
+    await admission.lag.start()
     await server.set_serving(True)
     announce_ready("selection", server.port)
     try:
@@ -39,6 +43,8 @@ async def main(cfg: Config) -> None:
     finally:
         await server.set_serving(False)  # not ready: load balancers stop sending
         await server.stop(cfg.grace_s)  # refuses new calls; in-flight ones may finish
+        await admission.lag.aclose()
+        await decider.aclose()
         await store.aclose()
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from services.common.admission import AdmissionLimits, add_admission_flags, admission_from_args
 from services.common.config import (
     add_lifecycle_flags,
     add_listen_flags,
@@ -33,6 +34,7 @@ class Config:
     log_level: str
     tls: ServerTLS | None = None
     health_port: int = -1
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="embedded state: most context keys with a policy state, the least recently "
         "updated evicted first (on Redis, its maxmemory with policy volatile-lru bounds them)",
     )
+    add_admission_flags(p, SERVICE)
     add_lifecycle_flags(p, SERVICE)
     add_tls_flags(p, SERVICE, client=False)
     return p
@@ -72,4 +75,4 @@ def config_from_args(argv: list[str] | None = None) -> Config:
             "printed by python -m services.cli tokens selection")
     return Config(args.host, args.port, args.state, args.context_ttl_s, args.max_contexts,
                   token, args.metrics_port, args.grace_s, args.log_level,
-                  server_tls_from(args), args.health_port)
+                  server_tls_from(args), args.health_port, admission_from_args(args))

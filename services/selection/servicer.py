@@ -4,18 +4,31 @@ Requests on a stream are handled concurrently, so a decision never waits behind
 a feedback that is writing its state; the replies waiting go out together, as many
 as fit a message. The stream's initial metadata states the largest message the
 service receives, so that frontends pack their requests to fit.
+Each request passes admission first (services/common/admission.py, as in the
+frontend): one that cannot be decided within its budget is refused at once
+(RESOURCE_EXHAUSTED), and the frontend falls back to its last decision.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import math
 from collections.abc import AsyncIterator
 
 import grpc
 
+from services.common import clock
+from services.common.admission import Admission, AdmissionLimits
 from services.common.channels import DEFAULT_MAX_MESSAGE_BYTES
-from services.common.errors import ClipperError, InvalidInput, code_value, handle_stream_errors
+from services.common.errors import (
+    ClipperError,
+    InvalidInput,
+    Overloaded,
+    code_value,
+    handle_stream_errors,
+)
 from services.common.streams import (
     MessagePacker,
     accept_stream,
@@ -33,10 +46,11 @@ logger = logging.getLogger(__name__)
 
 
 class SelectionServicer(pb_grpc.SelectionServicer):
-    def __init__(self, decider: Decider,
+    def __init__(self, decider: Decider, admission: Admission | None = None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         """`max_message_bytes`: the server's receive and send limit, stated to frontends."""
         self.decider = decider
+        self.admission = admission or Admission(AdmissionLimits())
         self.max_message_bytes = max_message_bytes
 
     @handle_stream_errors
@@ -55,15 +69,32 @@ class SelectionServicer(pb_grpc.SelectionServicer):
     async def _read(self, request_iterator: AsyncIterator[pb.DecideRequest],
                     replies: asyncio.Queue[pb.SelectionReply | None]) -> None:
         """Start a task per request until the stream ends; then wait for them and close."""
-        async def answer(request: pb.SelectionRequest) -> None:
-            replies.put_nowait(await self._handle(request))
+        async def answer(request: pb.SelectionRequest, key: str) -> None:
+            started = clock.now()
+            reply = await self._handle(request)
+            if request.budget_us:
+                self.admission.observe(key, clock.now() - started <= request.budget_us / 1e6)
+            replies.put_nowait(reply)
 
         async with answering(replies) as tasks:
             async for message in request_iterator:
                 for request in message.requests:
-                    task = asyncio.create_task(answer(request))
+                    key = _application(request)
+                    try:
+                        self.admission.check(key, request.budget_us / 1e6 if request.budget_us
+                                             else math.inf)
+                    except Overloaded as exc:
+                        replies.put_nowait(_error_reply(request.id, exc))
+                        continue
+                    self.admission.enter(key)  # now: the next request's check counts it
+                    task = asyncio.create_task(answer(request, key))
+                    # Left when done, even if cancelled before it ran.
+                    task.add_done_callback(functools.partial(self._leave, key))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
+
+    def _leave(self, key: str, _: asyncio.Task[None]) -> None:
+        self.admission.leave(key)
 
     async def _handle(self, request: pb.SelectionRequest) -> pb.SelectionReply:
         try:
@@ -89,9 +120,7 @@ class SelectionServicer(pb_grpc.SelectionServicer):
                 return pb.SelectionReply(id=request.id, observed=pb.Observed())
             raise InvalidInput("selection request has neither select nor observe")
         except ClipperError as exc:
-            return pb.SelectionReply(
-                id=request.id, error=pb.Error(code=code_value(exc.code), message=exc.message)
-            )
+            return _error_reply(request.id, exc)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -100,3 +129,13 @@ class SelectionServicer(pb_grpc.SelectionServicer):
                 id=request.id,
                 error=pb.Error(code=code_value(grpc.StatusCode.INTERNAL), message="internal error"),
             )
+
+
+def _application(request: pb.SelectionRequest) -> str:
+    return request.select.application if request.HasField("select") else (
+        request.observe.application)
+
+
+def _error_reply(request_id: int, exc: ClipperError) -> pb.SelectionReply:
+    return pb.SelectionReply(id=request_id,
+                             error=pb.Error(code=code_value(exc.code), message=exc.message))

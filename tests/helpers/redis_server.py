@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import ssl
 import subprocess
@@ -116,6 +117,12 @@ class RedisServer:
             self.proc.terminate()
             self.proc.wait(timeout=10)
         self.proc = None
+
+    def wipe(self) -> None:
+        """Delete a stopped server's data: its next start is a Redis without its volume."""
+        assert self.proc is None, "stop the server first"
+        shutil.rmtree(self.workdir / "appendonlydir", ignore_errors=True)
+        (self.workdir / "dump.rdb").unlink(missing_ok=True)
 
 
 def _read_replies(s: socket.socket, count: int) -> bytes:

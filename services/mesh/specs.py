@@ -1,0 +1,103 @@
+"""What `make run` starts: each service's command, credentials, log and drain stage."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+from pathlib import Path
+
+from services.common.credentials import container_token, selection_token
+from services.common.tls import ClientTLS
+from services.mesh import digits
+from services.mesh.supervisor import ServiceSpec
+
+# Drain order: the frontend stops taking queries, containers finish their queues,
+# and the selection service, which in-flight queries may still ask, goes last.
+FRONTEND_STAGE, CONTAINER_STAGE, SELECTION_STAGE = 0, 1, 2
+SELECTION, FRONTEND = "selection", "frontend"
+
+
+def client_tls(args: argparse.Namespace) -> ClientTLS:
+    """How the launcher (and the printed commands) dial the frontend."""
+    if not args.tls_ca:
+        return ClientTLS()
+    return ClientTLS(args.tls_ca, args.tls_cert, args.tls_key) if args.mtls else ClientTLS(
+        args.tls_ca)
+
+
+def tls_flags(args: argparse.Namespace, serve: bool, dial: bool) -> list[str]:
+    """The TLS flags of one service: serving, dialling, or both; none for plaintext."""
+    if not args.tls_ca:
+        return []
+    flags = []
+    if serve:
+        flags += ["--tls-cert", args.tls_cert, "--tls-key", args.tls_key]
+        flags += ["--tls-client-ca", args.tls_ca] if args.mtls else []
+    if dial:
+        flags += ["--tls-ca", args.tls_ca]
+        flags += ["--tls-client-cert", args.tls_cert, "--tls-client-key", args.tls_key
+                  ] if args.mtls else []
+    return flags
+
+
+def mesh_secret(path: Path) -> str:
+    """CLIPPER_MESH_SECRET, else the one kept in `path` (made once, readable by its owner
+    only), so that tokens of containers started by hand survive a restart of the mesh."""
+    secret = os.environ.get("CLIPPER_MESH_SECRET", "")
+    if secret:
+        return secret
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def selection_spec(args: argparse.Namespace, secret: str) -> ServiceSpec:
+    """The selection service, on the same port after a restart, with its state file."""
+    state = Path(args.state_dir)
+    return ServiceSpec(
+        SELECTION, "services.selection",
+        ["--state", str(state / "selection-state.json"), "--grace-s", str(args.grace_s),
+         *tls_flags(args, serve=True, dial=False)],
+        stage=SELECTION_STAGE,
+        env={"CLIPPER_SELECTION_TOKEN": selection_token(secret)},
+        log_path=state / "logs" / "selection.log", keep_port=True, grace_s=args.grace_s,
+    )
+
+
+def frontend_spec(args: argparse.Namespace, secret: str, management_token: str,
+                  selection_address: str) -> ServiceSpec:
+    """The frontend on `--port` (the port it bound first, after a restart)."""
+    state = Path(args.state_dir)
+    return ServiceSpec(
+        FRONTEND, "services.frontend",
+        ["--selection", selection_address, "--state", str(state / "frontend-state.json"),
+         "--grace-s", str(args.grace_s), *tls_flags(args, serve=True, dial=True)],
+        stage=FRONTEND_STAGE,
+        env={"CLIPPER_MANAGEMENT_TOKEN": management_token, "CLIPPER_MESH_SECRET": secret},
+        log_path=state / "logs" / "frontend.log", port=args.port, keep_port=True,
+        grace_s=args.grace_s,
+    )
+
+
+def container_specs(args: argparse.Namespace, secret: str, frontend_address: str,
+                    model_paths: dict[str, Path]) -> list[ServiceSpec]:
+    """`--replicas` containers of each example model, each with its model's token only;
+    any free port (a replacement announces its new address)."""
+    logs = Path(args.state_dir) / "logs"
+    return [
+        ServiceSpec(
+            f"{name}-{i}", "services.model_container",
+            ["--model", str(path), "--name", name, "--version", "1",
+             "--frontend", frontend_address, "--input-dtype", digits.INPUT_DTYPE,
+             "--input-shape", ",".join(map(str, digits.INPUT_SHAPE)),
+             "--grace-s", str(args.grace_s), *tls_flags(args, serve=True, dial=True)],
+            stage=CONTAINER_STAGE,
+            env={"CLIPPER_CONTAINER_TOKEN": container_token(secret, name)},
+            log_path=logs / f"{name}-{i}.log", grace_s=args.grace_s,
+        )
+        for name, path in model_paths.items() for i in range(args.replicas)
+    ]
