@@ -31,6 +31,8 @@ class SelectContext:
     context_key: str
     candidates: tuple[str, ...]
     params: Mapping[str, str]
+    # The version each candidate answers with (services/selection/arms.py); may be empty.
+    versions: Mapping[str, str] = field(default_factory=dict)
 
     def require_candidates(self) -> tuple[str, ...]:
         if not self.candidates:
