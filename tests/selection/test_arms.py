@@ -104,7 +104,7 @@ async def test_a_context_starts_a_version_from_the_applications_record(tmp_path:
     await decider.start()
     try:
         v1 = ctx({"m": "1", "n": "1"}, "alice", epsilon="0")
-        await decider.observe("epsilon_greedy", v1, Observation({"m": 1.0, "n": 0.0}))
+        await decider.observe("epsilon_greedy", v1, Observation({"m": 1.0, "n": 0.5}))
         everyone_v2 = ctx({"m": "2", "n": "1"}, epsilon="0")
         for _ in range(3):  # the application learns that m:2 is bad
             await decider.observe("epsilon_greedy", everyone_v2,
