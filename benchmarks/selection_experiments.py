@@ -16,6 +16,10 @@ inputs computed in this process (`AnswerTable`):
 4. Stragglers: one of four models 10x over the SLO; deadline combination against
    waiting for every model.
 5. Personalization: per-user selection against application-wide selection.
+6. Convergence and adaptation of every learning policy with its defaults, on three
+   scikit-learn data sets, in-process (`selection_adapt`): steady state against the
+   best single model, recovery after a version switch to a bad build and after a
+   silent degradation.
 
 Every loop is bounded in rounds and in time; the section takes about two to three minutes.
 """
@@ -31,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import selection_adapt as adapt
 from benchmarks import selection_plots as plots
 from benchmarks import selection_robustness as robustness
 from benchmarks.selection_driver import (
@@ -272,5 +277,7 @@ async def run(out: Path, work: Path) -> str:
                 lines.append("")
     finally:
         lab.close()
+    print("selection: convergence and adaptation (simulation) ...", file=sys.stderr, flush=True)
+    lines += [*adapt.section(out), ""]
     lines.append(f"_Selection experiments took {time.monotonic() - started:.0f} s in all._")
     return "\n".join(lines)

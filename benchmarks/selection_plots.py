@@ -70,3 +70,22 @@ def latency_cdf(path: Path, latencies_ms: dict[str, list[float]], slo_ms: float)
     ax.set(xscale="log", xlabel="latency (ms)", ylabel="share of queries",
            title="Stragglers: latency with one model 10x over the SLO")
     save(fig, (ax,), path)
+
+
+def adaptation(path: Path, title: str, curves: dict[str, dict[str, np.ndarray]], change: int,
+               best_before: float, best_after: float, window: int) -> None:
+    """Accuracy per round (mean over runs, `window`-round moving mean) per policy, one
+    panel per scenario, with the best single model before and the best remaining after."""
+    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4), sharey=True)
+    for ax, (scenario, by_policy) in zip(np.atleast_1d(axes), curves.items(), strict=True):
+        for policy, curve in by_policy.items():
+            smooth = np.convolve(curve, np.ones(window) / window, mode="valid")
+            ax.plot(np.arange(len(smooth)) - change, smooth, label=policy, linewidth=1)
+        ax.hlines(best_before, -change, 0, colors="black", linestyles="--",
+                  label=f"best single model {best_before:.3f}")
+        ax.hlines(best_after, 0, len(next(iter(by_policy.values()))) - change,
+                  colors="tab:red", linestyles="--", label=f"best remaining {best_after:.3f}")
+        ax.axvline(0, color="grey", linewidth=0.8)
+        ax.set(xlabel="feedback rounds after the change", ylabel="accuracy",
+               title=f"{title}: {scenario}", ylim=(0.4, 1.02))
+    save(fig, tuple(np.atleast_1d(axes)), path, legend_loc="lower right")

@@ -14,6 +14,8 @@ CLIPPER_CLI_TLS_CA, CLIPPER_CLI_TLS_CERT, CLIPPER_CLI_TLS_KEY).
   apps create ... [--client-quota-qps Q [--client-quota-burst B]]
   apps quota APP --client-quota-qps Q [--client-quota-burst B]   (0: the frontend's default)
   apps link APP MODEL | apps unlink APP MODEL
+  apps policy APP [--context KEY]        what the learning policy believes, per model version
+  apps reset-policy APP [--context KEY]  forget it (no --context: the app's and every context's)
   models list | models set-version MODEL VERSION
   replicas list [--model M]
   predict APP --values 0,1,2,... [--dtype float32] [--shape 64] [--context USER]
@@ -99,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="SHA-256 of a key queries and feedback need (tokens api-key)")
         cmd.add_argument("--feedback-key-sha256", action="append", default=[], metavar="HEX",
                          help="SHA-256 of a key feedback needs (instead of the above)")
+    for name in ("policy", "reset-policy"):
+        cmd = apps.add_parser(name)
+        cmd.add_argument("application")
+        cmd.add_argument("--context", default="", help="a context key (default: application-wide)")
     for name in ("link", "unlink"):
         cmd = apps.add_parser(name)
         cmd.add_argument("application")
@@ -149,6 +155,18 @@ def _show(msg: Message) -> dict[str, Any]:
         if isinstance(value, pb.Tensor):
             data[field.name] = tensors.decode(value).tolist()
     return data
+
+
+def _policy_state(state: pb.PolicyState) -> dict[str, Any]:
+    """Every field, zeros included: an arm's weight 0 or count 0 is news too."""
+    return {
+        "application": state.application, "context_key": state.context_key,
+        "policy": state.policy, "rounds": state.rounds, "source": state.source,
+        "arms": [{"model": a.model, "version": a.version, "current": a.current,
+                  "weight": round(a.weight, 4),
+                  "estimate": None if a.estimate < 0 else round(a.estimate, 4),
+                  "count": round(a.count, 2)} for a in state.arms],
+    }
 
 
 def _key(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
@@ -202,6 +220,12 @@ def run(args: argparse.Namespace) -> Any:
     if group == "apps" and command in ("link", "unlink"):
         method = mgmt.LinkModel if command == "link" else mgmt.UnlinkModel
         return _show(method(pb.LinkRequest(application=args.application, model=args.model), **kw))
+    if group == "apps" and command == "policy":
+        request = pb.PolicyStateRequest(application=args.application, context_key=args.context)
+        return _policy_state(mgmt.GetPolicyState(request, **kw))
+    if group == "apps" and command == "reset-policy":
+        request = pb.PolicyStateRequest(application=args.application, context_key=args.context)
+        return {"states_deleted": mgmt.ResetPolicyState(request, **kw).states_deleted}
     if group == "models" and command == "list":
         return [_show(m) for m in mgmt.ListModels(pb.ListModelsRequest(), **kw).models]
     if group == "models" and command == "set-version":

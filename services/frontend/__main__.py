@@ -54,7 +54,7 @@ async def main(cfg: Config) -> None:
             (functools.partial(oip_grpc.add_GRPCInferenceServiceServicer_to_server,
                                InferenceServicer(query_path)), "inference.GRPCInferenceService"),
             (functools.partial(pb_grpc.add_ManagementServicer_to_server,
-                               ManagementServicer(registry, replicas)),
+                               ManagementServicer(registry, replicas, selection)),
              "clipper.v1.Management"),
             (functools.partial(pb_grpc.add_RegistryServicer_to_server,
                                RegistryServicer(registry, replicas, cfg.heartbeat_ms)),

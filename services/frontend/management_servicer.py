@@ -14,10 +14,11 @@ import grpc
 from services.common import clock, tensors
 from services.common.auth import current_caller, require_model
 from services.common.credentials import sha256_hex
-from services.common.errors import InvalidInput, handle_errors
+from services.common.errors import InvalidInput, Unavailable, handle_errors
 from services.common.limits import DEFAULT_LIMITS, Limits, short_repr
 from services.common.tensors import spec_from_proto, spec_to_proto
 from services.frontend.access import key_hashes
+from services.frontend.query_path import linked_versions
 from services.frontend.registry import (
     Application,
     ModelRecord,
@@ -26,17 +27,21 @@ from services.frontend.registry import (
     check_owner,
 )
 from services.frontend.replica_table import ReplicaTable
+from services.frontend.selection_client import SelectionClient
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
-from services.selection.policies import POLICIES
+from services.selection.policies import DEFAULT_POLICY, POLICIES, get_policy
 
 MAX_SLO_MS = 60_000
 
 
 class ManagementServicer(pb_grpc.ManagementServicer):
-    def __init__(self, registry: Registry, replicas: ReplicaTable) -> None:
+    def __init__(self, registry: Registry, replicas: ReplicaTable,
+                 selection: SelectionClient | None = None) -> None:
+        """`selection`: the selection service, for the policy state calls."""
         self.registry = registry
         self.replicas = replicas
+        self.selection = selection
 
     @handle_errors
     async def CreateApplication(
@@ -119,6 +124,37 @@ class ManagementServicer(pb_grpc.ManagementServicer):
                 ejected_ms=math.ceil(client.ejected_for(now) * 1000) if client else 0,
             ))
         return pb.ListReplicasResponse(replicas=out)
+
+    @handle_errors
+    async def GetPolicyState(
+        self, request: pb.PolicyStateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PolicyState:
+        app = self._policy_app(request)
+        if get_policy(app.policy).stateless:
+            return pb.PolicyState(application=app.name, context_key=request.context_key,
+                                  policy=app.policy or DEFAULT_POLICY, source="none")
+        return await self._selection().policy_state(
+            app, request.context_key, linked_versions(self.registry, app))
+
+    @handle_errors
+    async def ResetPolicyState(
+        self, request: pb.PolicyStateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ResetPolicyStateResponse:
+        app = self._policy_app(request)
+        deleted = await self._selection().reset_policy_state(app.name, request.context_key)
+        return pb.ResetPolicyStateResponse(states_deleted=deleted)
+
+    def _policy_app(self, request: pb.PolicyStateRequest) -> Application:
+        limits = self.registry.limits
+        limits.check_length("application name", request.application, limits.name_length,
+                            "--max-name-length")
+        limits.check_context_key(request.context_key)
+        return self.registry.get_app(request.application)
+
+    def _selection(self) -> SelectionClient:
+        if self.selection is None:
+            raise Unavailable("this frontend has no selection service")
+        return self.selection
 
 
 class RegistryServicer(pb_grpc.RegistryServicer):

@@ -207,7 +207,8 @@ class QueryPath:
         """Select, fan out and combine, for an admitted query."""
         if not app.linked_models:
             return self._fallback(app, query_id, _FanOut([], [], [], timed_out=False))
-        decision = await self.selection.select(app, context_key, deadline)
+        decision = await self.selection.select(app, context_key, deadline,
+                                               linked_versions(self.registry, app, version))
         fan = await self._fan_out(decision, value, deadline, version)
         if not fan.answers:
             return self._fallback(app, query_id, fan)
@@ -216,6 +217,7 @@ class QueryPath:
             application=app.name, context_key=context_key,
             outputs={a.model: a.output for a in fan.answers},
             weights={a.model: a.weight for a in fan.answers},
+            versions=_answering_versions(fan.answers),
         ))
         prediction = Prediction(
             query_id=query_id,
@@ -255,6 +257,7 @@ class QueryPath:
         # A label that is not a number would make every reward NaN: never learnt from.
         _require_finite(tensors.decode(label, self.limits), "label")
         weights: dict[str, float] = {}
+        versions = linked_versions(self.registry, app)
         if query_id:
             recent = await self.cache.recall_query(query_id)
             if recent is None or recent.application != app_name:
@@ -264,6 +267,7 @@ class QueryPath:
                                    f"{recent.context_key!r}, not {context_key!r}")
             context_key = context_key or recent.context_key
             outputs, weights = dict(recent.outputs), dict(recent.weights)
+            versions.update(recent.versions)
         elif value is not None:
             self.validate(app, value)
             if not app.linked_models:
@@ -274,9 +278,10 @@ class QueryPath:
             if not fan.answers:
                 raise Unavailable(f"no model of {app_name!r} answered to score the feedback")
             outputs = {a.model: a.output for a in fan.answers}
+            versions.update(_answering_versions(fan.answers))
         else:
             raise InvalidInput("feedback needs a query_id or an input")
-        await self.selection.observe(app, context_key, label, outputs, weights)
+        await self.selection.observe(app, context_key, label, outputs, weights, versions)
         return sorted(outputs)
 
     async def _fan_out(
@@ -346,6 +351,20 @@ def _default(app: Application, query_id: str, reason: str, cause: str,
     """The application's default output, flagged with why it went out."""
     return Prediction(query_id=query_id, output=app.default_tensor(), default_used=True,
                       default_reason=reason, default_cause=cause, missing_models=missing or [])
+
+
+def linked_versions(registry: Registry, app: Application, pinned: str = "") -> dict[str, str]:
+    """The version each linked model answers with: `pinned`, else its active one.
+    Learning policies keep a record per (model, version)."""
+    if pinned:
+        return {m: pinned for m in app.linked_models}
+    return {m: record.active_version for m in app.linked_models
+            if (record := registry.models.get(m)) is not None}
+
+
+def _answering_versions(answers: list[Answer]) -> dict[str, str]:
+    """model -> the version that answered (from `served_by`, "name:version")."""
+    return {a.model: a.served_by.partition(":")[2] for a in answers}
 
 
 def _require_finite(array: np.ndarray, what: str, why: str = "") -> None:

@@ -62,7 +62,8 @@ class SelectionClient:
     async def aclose(self) -> None:
         await self._stream.aclose()
 
-    async def select(self, app: Application, context_key: str, deadline: float) -> Decision:
+    async def select(self, app: Application, context_key: str, deadline: float,
+                     versions: dict[str, str] | None = None) -> Decision:
         """Models to ask and their weights; falls back rather than fail the query.
 
         A stateless policy (static, all) is evaluated here, with the selection
@@ -78,6 +79,7 @@ class SelectionClient:
             policy=app.policy,
             policy_params=app.policy_params,
             candidates=app.linked_models,
+            versions=versions,
         )
         try:
             reply = await self._call(pb.SelectionRequest(select=query), deadline)
@@ -95,6 +97,7 @@ class SelectionClient:
     async def observe(
         self, app: Application, context_key: str, label: pb.Tensor,
         outputs: dict[str, pb.Tensor], weights: dict[str, float],
+        versions: dict[str, str] | None = None,
     ) -> None:
         observation = pb.Observation(
             application=app.name,
@@ -105,6 +108,7 @@ class SelectionClient:
             label=label,
             outputs=outputs,
             weights=weights,
+            versions=versions,
         )
         deadline = clock.now() + OBSERVE_TIMEOUT_S
         try:  # feedback is not latency-bound: ride out a reconnect of the stream
@@ -114,6 +118,23 @@ class SelectionClient:
                 "the selection service is unreachable; the feedback was not recorded"
             ) from None
         await self._call(pb.SelectionRequest(observe=observation), deadline)
+
+    async def policy_state(self, app: Application, context_key: str,
+                           versions: dict[str, str]) -> pb.PolicyState:
+        """What the application's policy has learnt for the context key (management)."""
+        query = pb.SelectQuery(application=app.name, context_key=context_key,
+                               policy=app.policy, policy_params=app.policy_params,
+                               candidates=app.linked_models, versions=versions)
+        reply = await self._call(pb.SelectionRequest(inspect=query),
+                                 clock.now() + OBSERVE_TIMEOUT_S)
+        return reply.state
+
+    async def reset_policy_state(self, application: str, context_key: str) -> int:
+        """Forget the context's policy state (no key: the application's and every context's)."""
+        reset = pb.ResetPolicy(application=application, context_key=context_key)
+        reply = await self._call(pb.SelectionRequest(reset=reset),
+                                 clock.now() + OBSERVE_TIMEOUT_S)
+        return reply.reset.states_deleted
 
     def _remember(self, app: Application, context_key: str, decision: Decision) -> None:
         for key in {(app.name, context_key), (app.name, "")}:

@@ -21,7 +21,7 @@ async def main(cfg: Config) -> None:
     serve_metrics("selection", cfg.host, cfg.metrics_port)
     store = open_store(cfg.state, cfg.max_contexts)
     admission = Admission(cfg.admission)
-    decider = Decider(store, cfg.context_ttl_s, cfg.max_contexts)
+    decider = Decider(store, cfg.context_ttl_s, cfg.max_contexts, cfg.versions_kept)
     servicer = SelectionServicer(decider, admission)
     server = await start_server(
         [(functools.partial(pb_grpc.add_SelectionServicer_to_server, servicer),

@@ -17,6 +17,7 @@ from services.common.config import (
     server_tls_from,
 )
 from services.common.tls import ServerTLS
+from services.selection.arms import DEFAULT_VERSIONS_KEPT
 
 SERVICE = "selection"
 
@@ -35,6 +36,7 @@ class Config:
     tls: ServerTLS | None = None
     health_port: int = -1
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)
+    versions_kept: int = DEFAULT_VERSIONS_KEPT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="embedded state: most context keys with a policy state, the least recently "
         "updated evicted first (on Redis, its maxmemory with policy volatile-lru bounds them)",
     )
+    p.add_argument(
+        "--versions-kept", type=int,
+        default=env_default(SERVICE, "versions_kept", DEFAULT_VERSIONS_KEPT, int),
+        help="versions of one model a learning policy keeps a record of (the versions "
+        "served now, then the most recently served: a rollback finds its record)",
+    )
     add_admission_flags(p, SERVICE)
     add_lifecycle_flags(p, SERVICE)
     add_tls_flags(p, SERVICE, client=False)
@@ -70,9 +78,11 @@ def config_from_args(argv: list[str] | None = None) -> Config:
     args = build_parser().parse_args(argv)
     require(args.context_ttl_s >= 0, f"--context-ttl-s={args.context_ttl_s}: must be >= 0")
     require(args.max_contexts > 0, f"--max-contexts={args.max_contexts}: must be > 0")
+    require(args.versions_kept > 0, f"--versions-kept={args.versions_kept}: must be > 0")
     token = os.environ.get("CLIPPER_SELECTION_TOKEN", "")
     require(bool(token), "CLIPPER_SELECTION_TOKEN must be set: the token frontends call with, "
             "printed by python -m services.cli tokens selection")
     return Config(args.host, args.port, args.state, args.context_ttl_s, args.max_contexts,
                   token, args.metrics_port, args.grace_s, args.log_level,
-                  server_tls_from(args), args.health_port, admission_from_args(args))
+                  server_tls_from(args), args.health_port, admission_from_args(args),
+                  args.versions_kept)

@@ -31,9 +31,10 @@ from collections.abc import Callable
 
 from services.common.generation import GenerationGuard
 from services.common.kv_store import KeyValueStore, Value, retry_while_unavailable
+from services.selection import arms
 from services.selection.policies import Decision, Observation, SelectContext, get_policy
 from services.selection.policies.base import State
-from services.selection.state_memory import StateMemory
+from services.selection.state_memory import StateMemory, progress
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +49,14 @@ def state_key(application: str, context_key: str) -> str:
 
 class Decider:
     def __init__(self, store: KeyValueStore, context_ttl_s: float = 0.0,
-                 max_contexts: int = 10_000) -> None:
+                 max_contexts: int = 10_000,
+                 versions_kept: int = arms.DEFAULT_VERSIONS_KEPT) -> None:
         """`context_ttl_s`: how long a context's state lives after its last update (0: ever);
-        `max_contexts`: most context states remembered to rewrite a lost store."""
+        `max_contexts`: most context states remembered to rewrite a lost store;
+        `versions_kept`: most versions of one model with a record in a state."""
         self.store = store
         self.context_ttl_s = context_ttl_s
+        self.versions_kept = versions_kept
         self.memory = StateMemory(max_contexts)
         self.generation = GenerationGuard(store, "policy-state", self.restore)
 
@@ -66,7 +70,9 @@ class Decider:
 
     async def select(self, policy_name: str, ctx: SelectContext) -> Decision:
         policy = get_policy(policy_name)
-        return policy.select(ctx, await self.load(ctx.application, ctx.context_key))
+        if policy.stateless:
+            return policy.select(ctx, {})
+        return arms.decide(policy, ctx, await self.load(ctx.application, ctx.context_key, ctx))
 
     async def observe(self, policy_name: str, ctx: SelectContext, obs: Observation) -> None:
         policy = get_policy(policy_name)
@@ -74,7 +80,10 @@ class Decider:
         def updater(key: str, start_from: State) -> Callable[[Value | None], Value]:
             def apply(current: Value | None) -> Value:
                 app_wide = key == app_key
-                return policy.observe(ctx, self._base(key, current, start_from, app_wide), obs)
+                base = self._base(key, current, start_from, app_wide)
+                if not app_wide:  # versions it has not seen yet: the application's record
+                    base = arms.seed(base, app_state or {}, ctx)
+                return arms.learn(policy, ctx, base, obs, self.versions_kept)
 
             return apply
 
@@ -101,26 +110,64 @@ class Decider:
         if current is None:
             remembered = self.memory.recall(key) if app_wide else None
             return remembered or copy.deepcopy(start_from)
-        if int(current.get("rounds", 0)) < self.memory.rounds(key):
+        if progress(current) < self.memory.progress(key):
             return self.memory.recall(key) or current
         return current
 
-    async def load(self, application: str, context_key: str) -> State:
-        """The context's own state, else the application-wide one, else empty."""
-        keys = [state_key(application, context_key)]
+    async def load(self, application: str, context_key: str,
+                   ctx: SelectContext | None = None) -> State:
+        """The context's own state, else the application-wide one, else empty.
+
+        With `ctx`, a context's state gets the application-wide record of each
+        candidate version it has not seen (arms.seed)."""
+        return (await self._load(application, context_key, ctx))[0]
+
+    async def inspect(self, ctx: SelectContext) -> tuple[State, str]:
+        """What `select` decides from for `ctx`, and where it comes from: "context",
+        "application" or "none"."""
+        return await self._load(ctx.application, ctx.context_key, ctx)
+
+    async def _load(self, application: str, context_key: str,
+                    ctx: SelectContext | None) -> tuple[State, str]:
+        own = None
         if context_key != APP_WIDE:
-            keys.append(state_key(application, APP_WIDE))
+            own = await self.store.get(state_key(application, context_key))
+            if own is not None and (ctx is None or not arms.unseen(own, ctx)):
+                return own, "context"
         app_key = state_key(application, APP_WIDE)
-        for key in keys:
-            state = await self.store.get(key)
-            if key == app_key:
-                if state is None:  # never expired nor evicted: new, or lost with the store
-                    state = self.memory.recall(key)
-                else:
-                    self.memory.remember_app_wide(key, state)
-            if state is not None:
-                return state
-        return {}
+        app_state = await self.store.get(app_key)
+        if app_state is None:  # never expired nor evicted: new, or lost with the store
+            app_state = self.memory.recall(app_key)
+        else:
+            self.memory.remember_app_wide(app_key, app_state)
+        if own is not None:
+            assert ctx is not None  # own is returned above without one
+            return arms.seed(own, app_state or {}, ctx), "context"
+        if app_state is None or not app_state.get("rounds"):
+            return app_state or {}, "none"
+        return app_state, "application"
+
+    async def reset(self, application: str, context_key: str) -> int:
+        """Forget a context's state; without a context key, the application-wide state and
+        every context's. Returns how many states had something to forget.
+
+        The application-wide state is replaced by an empty one of a higher `epoch`, so
+        that no replica's remembered copy (state_memory.py) brings it back."""
+        prefix = state_key(application, context_key)
+        self.memory.forget(prefix, prefix=context_key == APP_WIDE)
+        if context_key != APP_WIDE:
+            return int(await self.store.delete(prefix))
+        contexts = [k for k in await self.store.scan(prefix) if k != prefix]
+        deleted = sum([await self.store.delete(k) for k in contexts])
+        had_rounds = False
+
+        def cleared(current: Value | None) -> Value:
+            nonlocal had_rounds
+            had_rounds = bool(current and current.get("rounds"))
+            return {"epoch": progress(current or {})[0] + 1, "rounds": 0}
+
+        self.memory.remember_app_wide(prefix, await self.store.update(prefix, cleared))
+        return deleted + int(had_rounds)
 
     async def restore(self) -> None:
         """Rewrite the states remembered here into a store that lost them (the generation
@@ -132,7 +179,8 @@ class Decider:
 
 
 def _more_rounds(mine: State, current: Value | None) -> Value:
-    """The stored state unless this copy has seen more rounds (observations)."""
-    if current is not None and int(current.get("rounds", 0)) >= int(mine.get("rounds", 0)):
+    """The stored state unless this copy has seen more rounds (observations) since the
+    last reset."""
+    if current is not None and progress(current) >= progress(mine):
         return current
     return mine

@@ -39,7 +39,8 @@ from services.common.streams import (
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.selection.decider import Decider
-from services.selection.policies import Observation, SelectContext
+from services.selection.policies import DEFAULT_POLICY, Observation, SelectContext, get_policy
+from services.selection.policy_state import describe
 from services.selection.reward import reward
 
 logger = logging.getLogger(__name__)
@@ -100,25 +101,27 @@ class SelectionServicer(pb_grpc.SelectionServicer):
         try:
             body = request.WhichOneof("body")
             if body == "select":
-                q = request.select
-                ctx = SelectContext(
-                    q.application, q.context_key, tuple(q.candidates), dict(q.policy_params)
-                )
-                chosen = await self.decider.select(q.policy, ctx)
+                chosen = await self.decider.select(request.select.policy,
+                                                   _context(request.select))
                 decision = pb.Decision(
                     models=[pb.WeightedModel(model=m, weight=w) for m, w in chosen]
                 )
                 return pb.SelectionReply(id=request.id, decision=decision)
             if body == "observe":
                 o = request.observe
-                ctx = SelectContext(
-                    o.application, o.context_key, tuple(o.candidates), dict(o.policy_params)
-                )
                 obs = Observation({m: reward(t, o.label) for m, t in o.outputs.items()},
                                   dict(o.weights))
-                await self.decider.observe(o.policy, ctx, obs)
+                await self.decider.observe(o.policy, _context(o), obs)
                 return pb.SelectionReply(id=request.id, observed=pb.Observed())
-            raise InvalidInput("selection request has neither select nor observe")
+            if body == "inspect":
+                return pb.SelectionReply(id=request.id,
+                                         state=await self._inspect(request.inspect))
+            if body == "reset":
+                r = request.reset
+                deleted = await self.decider.reset(r.application, r.context_key)
+                return pb.SelectionReply(id=request.id,
+                                         reset=pb.PolicyReset(states_deleted=deleted))
+            raise InvalidInput("selection request has no body (select, observe, inspect or reset)")
         except ClipperError as exc:
             return _error_reply(request.id, exc)
         except asyncio.CancelledError:
@@ -130,10 +133,26 @@ class SelectionServicer(pb_grpc.SelectionServicer):
                 error=pb.Error(code=code_value(grpc.StatusCode.INTERNAL), message="internal error"),
             )
 
+    async def _inspect(self, q: pb.SelectQuery) -> pb.PolicyState:
+        ctx = _context(q)
+        state, source = await self.decider.inspect(ctx)
+        arm_states = [pb.ArmState(model=a.model, version=a.version, current=a.current,
+                                  weight=a.weight, estimate=a.estimate, count=a.count)
+                      for a in describe(get_policy(q.policy), ctx, state)]
+        return pb.PolicyState(application=q.application, context_key=q.context_key,
+                              policy=q.policy or DEFAULT_POLICY,
+                              rounds=int(state.get("rounds", 0)), source=source,
+                              arms=arm_states)
+
+
+def _context(q: pb.SelectQuery | pb.Observation) -> SelectContext:
+    return SelectContext(q.application, q.context_key, tuple(q.candidates),
+                         dict(q.policy_params), dict(q.versions))
+
 
 def _application(request: pb.SelectionRequest) -> str:
-    return request.select.application if request.HasField("select") else (
-        request.observe.application)
+    body = request.WhichOneof("body")
+    return getattr(request, body).application if body else ""
 
 
 def _error_reply(request_id: int, exc: ClipperError) -> pb.SelectionReply:

@@ -17,6 +17,12 @@ from services.common import clock
 from services.selection.policies.base import State
 
 
+def progress(state: State) -> tuple[int, int]:
+    """How far a state has learnt: (resets, rounds since). A reset writes a state with a
+    higher `epoch`, so that no older copy, however many rounds it saw, wins over it."""
+    return int(state.get("epoch", 0)), int(state.get("rounds", 0))
+
+
 class StateMemory:
     def __init__(self, max_contexts: int) -> None:
         self.max_contexts = max_contexts
@@ -42,14 +48,20 @@ class StateMemory:
                 return None
         return copy.deepcopy(state)
 
-    def rounds(self, key: str) -> int:
-        """How many rounds the state last seen for `key` had (0: unknown or expired)."""
+    def progress(self, key: str) -> tuple[int, int]:
+        """progress() of the state last seen for `key` ((0, 0): unknown or expired)."""
         state = self._app_wide.get(key)
         if state is None:
             state, expires = self._contexts.get(key, (None, None))
             if state is None or (expires is not None and expires <= clock.now()):
-                return 0
-        return int(state.get("rounds", 0))
+                return (0, 0)
+        return progress(state)
+
+    def forget(self, key: str, prefix: bool = False) -> None:
+        """Drop the state of `key` (with `prefix`: of every key starting with it): reset."""
+        for states in (self._app_wide, self._contexts):
+            for k in [k for k in states if k == key or (prefix and k.startswith(key))]:
+                del states[k]
 
     def entries(self) -> list[tuple[str, State, float | None]]:
         """(key, state, seconds left to live or None) of every state still remembered."""

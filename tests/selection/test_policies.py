@@ -143,15 +143,16 @@ def test_epsilon_greedy_tries_every_model_then_exploits() -> None:
     assert eg.select(c, state) == [("b", 1.0)]
 
 
-def test_decay_discounts_old_rounds() -> None:
-    eg, c = EpsilonGreedy(), ctx(("a",), decay="0.5")
-    state = feed(eg, c, {}, [{"a": 1.0}, {"a": 0.0}])
+def test_decay_discounts_a_models_own_older_answers() -> None:
+    eg, c = EpsilonGreedy(), ctx(("a", "b"), decay="0.5", change_threshold="0")
+    state = feed(eg, c, {}, [{"b": 1.0}, {"a": 1.0}, {"a": 0.0}])
     assert state["models"]["a"] == {"n": 1.5, "reward": 0.5}
-    assert state["rounds"] == 2
+    assert state["models"]["b"] == {"n": 1.0, "reward": 1.0}  # not asked: record kept
+    assert state["rounds"] == 3
 
 
 def test_ucb1_scores() -> None:
-    ucb, c = UCB1(), ctx(("a", "b"), decay="1")
+    ucb, c = UCB1(), ctx(("a", "b"), decay="1", c="1", change_threshold="0")
     state = feed(ucb, c, {}, [{"a": 1.0}])
     assert ucb.select(c, state) == [("b", 1.0)]  # untried first
     state = feed(ucb, c, state, [{"a": 1.0}, {"a": 0.0}, {"b": 1.0}])  # a: 2/3, b: 1/1

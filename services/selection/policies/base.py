@@ -22,6 +22,12 @@ from typing import Any, ClassVar, Protocol
 from services.common.errors import InvalidInput
 
 State = dict[str, Any]
+# Page-Hinkley defaults (ChangeDetector): a model right ~95% of the time that turns wrong
+# is caught after ~6 wrong answers; the noise of a model right 65% of the time gets there
+# about once in a hundred excursions, and a false alarm costs only a few answers to
+# re-learn the model's mean (benchmarks/selection_adapt.py).
+DEFAULT_CHANGE_THRESHOLD = 5.0
+DEFAULT_CHANGE_DELTA = 0.1
 Decision = list[tuple[str, float]]
 
 
@@ -31,6 +37,8 @@ class SelectContext:
     context_key: str
     candidates: tuple[str, ...]
     params: Mapping[str, str]
+    # The version each candidate answers with (services/selection/arms.py); may be empty.
+    versions: Mapping[str, str] = field(default_factory=dict)
 
     def require_candidates(self) -> tuple[str, ...]:
         if not self.candidates:
@@ -82,18 +90,57 @@ def model_stats(state: State, model: str) -> dict[str, float]:
     return models.setdefault(model, {"n": 0.0, "reward": 0.0})
 
 
-def record_outcome(state: State, obs: Observation, decay: float = 1.0) -> State:
-    """Count answers and rewards per model, discounting older ones by `decay` per round."""
-    if decay < 1.0:
-        for stats in state.get("models", {}).values():
-            stats["n"] *= decay
-            stats["reward"] *= decay
+def record_outcome(state: State, obs: Observation, decay: float = 1.0,
+                   change: ChangeDetector | None = None) -> State:
+    """Count answers and rewards per model; each model's older answers are discounted by
+    `decay` per answer of its own (an exponentially weighted mean over its last
+    ~1 / (1 - decay) answers), so a model not asked keeps its record. With `change`,
+    a model whose reward drops is judged on its answers since the drop alone."""
     for model, value in obs.rewards.items():
         stats = model_stats(state, model)
-        stats["n"] += 1.0
-        stats["reward"] += value
+        if change is not None:
+            change.update(stats, value)
+        stats["n"] = stats["n"] * decay + 1.0
+        stats["reward"] = stats["reward"] * decay + value
     state["rounds"] = int(state.get("rounds", 0)) + 1
     return state
+
+
+@dataclass(frozen=True)
+class ChangeDetector:
+    """Page-Hinkley test for a drop in one model's reward.
+
+    g = max(0, g + mean - reward - delta), with `mean` the model's (discounted) mean
+    before the answer: g grows while answers fall short of the record by more than
+    `delta`, and returns to 0 while they do not. When g exceeds `threshold`, the model's
+    record is replaced by its answers since g last left 0 (the estimated change point),
+    so a model whose answers turned wrong is judged on those at once, instead of after
+    the ~1 / (1 - decay) answers its discounted mean needs. Only drops are tested: a
+    model that improves is found by the policy's exploration.
+    """
+
+    threshold: float
+    delta: float
+
+    @classmethod
+    def from_params(cls, ctx: SelectContext) -> ChangeDetector | None:
+        threshold = ctx.float_param("change_threshold", DEFAULT_CHANGE_THRESHOLD, 0.0, 1e6)
+        delta = ctx.float_param("change_delta", DEFAULT_CHANGE_DELTA, 0.0, 1.0)
+        return cls(threshold, delta) if threshold > 0 else None
+
+    def update(self, stats: dict[str, float], value: float) -> None:
+        if stats["n"] <= 0:
+            return
+        g = max(0.0, stats.get("ph", 0.0) + stats["reward"] / stats["n"] - value - self.delta)
+        if g <= 0:
+            stats.update(ph=0.0, ph_n=0.0, ph_r=0.0)
+            return
+        if g > self.threshold:  # changed: keep only what came since
+            stats.update(n=stats.get("ph_n", 0.0), reward=stats.get("ph_r", 0.0),
+                         ph=0.0, ph_n=0.0, ph_r=0.0)
+            return
+        stats.update(ph=g, ph_n=stats.get("ph_n", 0.0) + 1.0,
+                     ph_r=stats.get("ph_r", 0.0) + value)
 
 
 def mean_reward(state: State, model: str) -> float | None:

@@ -3,7 +3,8 @@
 Weights are softmax(log_w); on feedback every model that answered loses
 eta * (1 - reward) in log-weight. The frontend combines the answers by these
 weights, and the confidence is the share of the weight that agrees with the
-answer. Parameter: `eta` (learning rate, default 0.2).
+answer. Parameters: `eta` (learning rate, default 0.2) and `max_ratio`
+(log_weights.MAX_RATIO).
 """
 
 from __future__ import annotations
@@ -32,5 +33,6 @@ class Exp4:
         eta = ctx.float_param("eta", 0.2, 0.0, 10.0)
         if obs.rewards:
             losses = {m: 1.0 - r for m, r in obs.rewards.items()}
-            log_weights.penalize(state, ctx.candidates, losses, eta)
+            log_weights.penalize(state, ctx.candidates, losses, eta,
+                                  ctx.float_param("max_ratio", log_weights.MAX_RATIO, 1.0, 1e12))
         return record_outcome(state, obs)

@@ -1,6 +1,7 @@
 """Thompson sampling: draw each model's success rate from Beta(1 + rewards, 1 + misses).
 
-The model with the highest draw answers. Parameter: `decay` (default 0.99).
+The model with the highest draw answers. Parameters: `decay` (default 0.99), and the
+change detector's `change_threshold` and `change_delta` (base.ChangeDetector).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import random
 from typing import ClassVar
 
 from services.selection.policies.base import (
+    ChangeDetector,
     Decision,
     Observation,
     SelectContext,
@@ -35,4 +37,5 @@ class ThompsonSampling:
         return [(max(draws, key=lambda m: draws[m]), 1.0)]
 
     def observe(self, ctx: SelectContext, state: State, obs: Observation) -> State:
-        return record_outcome(state, obs, ctx.float_param("decay", DEFAULT_DECAY, 0.0, 1.0))
+        return record_outcome(state, obs, ctx.float_param("decay", DEFAULT_DECAY, 0.0, 1.0),
+                              ChangeDetector.from_params(ctx))
