@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from services.common.config import env_default, require
 from services.common.errors import Overloaded
+from services.common.tasks import BackgroundTask
 
 # Longest a refused client is asked to wait before trying again.
 MAX_PUSHBACK_MS = 1000
@@ -49,15 +50,13 @@ class LoopLag:
         self.period_s = period_s
         self.lag_s = 0.0
         self.mean_s = 0.0
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask("loop-lag", self._sample)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._sample(), name="loop-lag")
+        self._task.start()
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self._task.aclose()
 
     async def _sample(self) -> None:
         while True:

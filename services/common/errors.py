@@ -24,6 +24,8 @@ from typing import Any, ClassVar, TypeVar
 
 import grpc
 
+from services.generated.clipper.v1 import clipper_pb2 as pb
+
 logger = logging.getLogger(__name__)
 
 
@@ -113,6 +115,14 @@ def _status_from_int(value: int) -> grpc.StatusCode:
 def code_value(code: grpc.StatusCode) -> int:
     """The integer a status code has on the wire."""
     return int(code.value[0])
+
+
+def to_error_proto(exc: Exception) -> pb.Error:
+    """An error as it travels on a stream: a ClipperError's code and message; anything
+    else is INTERNAL "internal error" (its details belong in the log, not on the wire)."""
+    if isinstance(exc, ClipperError):
+        return pb.Error(code=code_value(exc.code), message=exc.message)
+    return pb.Error(code=code_value(grpc.StatusCode.INTERNAL), message="internal error")
 
 
 Req = TypeVar("Req")

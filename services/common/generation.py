@@ -21,13 +21,13 @@ interval, so that a loss is repaired even when nothing else touches the store.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
 
 from services.common.errors import Unavailable
 from services.common.kv_store import KeyValueStore, Value
+from services.common.tasks import every
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class GenerationGuard:
         self.writes = 0  # the highest write count seen in the marker of this generation
         self.restores = 0  # how many times the store was found lost and rewritten
         self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
+        self._task = every(f"generation check of {self.key}", check_interval_s, self._check)
 
     async def ensure(self) -> bool:
         """Check the marker; if the store was lost since the last check, rewrite it from
@@ -98,23 +98,16 @@ class GenerationGuard:
     async def start(self) -> None:
         """The first check (retried by the caller while the store is away) is up to the
         owner; this starts the periodic one."""
-        self._task = asyncio.create_task(self._run(), name=f"generation-{self.key}")
+        self._task.start()
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._task.aclose()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.check_interval_s)
-            try:
-                await self.ensure()
-            except Unavailable as exc:
-                logger.debug("generation check of %s skipped: %s", self.key, exc)
-            except Exception:  # a bug here must not stop the checks
-                logger.exception("generation check of %s failed", self.key)
+    async def _check(self) -> None:
+        try:
+            await self.ensure()
+        except Unavailable as exc:
+            logger.debug("generation check of %s skipped: %s", self.key, exc)
 
 
 def _keep_or_new(current: Value | None) -> Value:

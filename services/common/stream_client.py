@@ -30,6 +30,7 @@ from services.common.channels import (
 )
 from services.common.errors import InvalidInput, Unavailable
 from services.common.streams import MessagePacker, item_budget, pump
+from services.common.tasks import BackgroundTask
 from services.common.tls import ClientTLS, ReloadingChannel
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ class StreamClient(Generic[Item, Reply]):
         self._pending: dict[int, asyncio.Future[Reply]] = {}
         self._ids = itertools.count(1)
         self._outbox: asyncio.Queue[Item] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask(f"stream to {address}", self._run, restart_s=MAX_BACKOFF_S)
 
     @property
     def connected(self) -> bool:
@@ -104,15 +105,10 @@ class StreamClient(Generic[Item, Reply]):
         return len(self._pending)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"stream-{self.address}")
+        self._task.start()
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await self._task.aclose()
         self._fail_pending(f"stream to {self.address} closed")
         await self._channels.aclose()
 

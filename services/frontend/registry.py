@@ -23,7 +23,6 @@ wins. A model's active version is set by its first version and then only by
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import functools
 import logging
@@ -48,6 +47,7 @@ from services.common.kv_store import (
     retry_while_unavailable,
 )
 from services.common.limits import DEFAULT_LIMITS, Limits, short_repr
+from services.common.tasks import BackgroundTask
 from services.common.tensors import TensorSpec
 from services.frontend.liveness import Liveness, beat_of, new_beat
 from services.generated.clipper.v1 import clipper_pb2 as pb
@@ -170,7 +170,7 @@ class Registry:
         self.replicas: dict[str, ReplicaRecord] = {}
         self.liveness = Liveness(replica_ttl_s)
         self.generation = GenerationGuard(store, "registry", self.restore)
-        self._watcher: asyncio.Task[None] | None = None
+        self._watcher = BackgroundTask("registry watch", self.watch, restart_s=1.0)
         # False while the change feed is down: replicas are not expired then, since
         # heartbeats other frontends receive do not reach this one.
         self._in_sync = True
@@ -221,18 +221,12 @@ class Registry:
     async def start(self) -> None:
         """Load, retrying while the store is unreachable, then follow its changes."""
         await retry_while_unavailable(self.load, "state store")
-        self._watcher = asyncio.create_task(self.watch(), name="registry-watch")
-        self._watcher.add_done_callback(_log_if_failed)
+        self._watcher.start()
         await self.generation.start()
 
     async def aclose(self) -> None:
         await self.generation.aclose()
-        if self._watcher is not None:
-            self._watcher.cancel()
-            try:
-                await self._watcher
-            except asyncio.CancelledError:
-                pass
+        await self._watcher.aclose()
 
     async def watch(self) -> None:
         """Apply changes made through other frontends, until cancelled."""
@@ -550,8 +544,3 @@ def _require_app(current: Value | None, name: str) -> Value:
         raise NotFound(f"unknown application {short_repr(name)}")
     current.setdefault("linked_models", [])
     return current
-
-
-def _log_if_failed(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logger.error("registry watcher stopped", exc_info=task.exception())

@@ -22,6 +22,7 @@ import random
 from services.common import clock
 from services.common.credentials import container_token, replica_credential
 from services.common.errors import ClipperError, DeadlineExpired, Overloaded, Unavailable
+from services.common.tasks import every
 from services.common.tls import ClientTLS
 from services.frontend import metrics
 from services.frontend.registry import Registry
@@ -65,31 +66,21 @@ class ReplicaTable:
         self.sync_interval_s = sync_interval_s
         self.clients: dict[str, ReplicaClient] = {}
         self.hedges = HedgeBudget()
-        self._task: asyncio.Task[None] | None = None
+        self._task = every("replica table sync", sync_interval_s, self._sync_round)
 
     async def start(self) -> None:
         await self.sync()
-        self._task = asyncio.create_task(self._run(), name="replica-table")
+        self._task.start()
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await self._task.aclose()
         for client in self.clients.values():
             await client.aclose()
         self.clients.clear()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.sync_interval_s)
-            try:
-                await self.registry.expire_replicas()
-                await self.sync()
-            except Exception:
-                logger.exception("replica table sync failed")
+    async def _sync_round(self) -> None:
+        await self.registry.expire_replicas()
+        await self.sync()
 
     async def sync(self) -> None:
         """Open clients for new replicas (or moved ones) and close those that left."""

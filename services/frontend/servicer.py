@@ -10,9 +10,9 @@ import grpc
 
 from services.common.errors import (
     ClipperError,
-    code_value,
     handle_errors,
     handle_stream_errors,
+    to_error_proto,
 )
 from services.common.streams import MessagePacker, answering, replies_until_done
 from services.frontend.query_path import Prediction, QueryPath
@@ -88,13 +88,10 @@ class FrontendServicer(pb_grpc.FrontendServicer):
                 request.query_id,
                 context.time_remaining(),
             )
-        except ClipperError as exc:
-            error = pb.Error(code=code_value(exc.code), message=exc.message)
-            out.put_nowait(pb.PredictStreamResponse(index=index, error=error))
-        except Exception:
-            logger.exception("stream query failed")
-            error = pb.Error(code=code_value(grpc.StatusCode.INTERNAL), message="internal error")
-            out.put_nowait(pb.PredictStreamResponse(index=index, error=error))
+        except Exception as exc:
+            if not isinstance(exc, ClipperError):
+                logger.exception("stream query failed")
+            out.put_nowait(pb.PredictStreamResponse(index=index, error=to_error_proto(exc)))
         else:
             out.put_nowait(pb.PredictStreamResponse(index=index, response=_to_proto(prediction)))
 

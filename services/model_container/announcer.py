@@ -13,6 +13,7 @@ import logging
 import grpc
 
 from services.common.auth import bearer
+from services.common.tasks import BackgroundTask
 from services.common.tls import ClientTLS, ReloadingChannel
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
@@ -38,10 +39,10 @@ class Announcer:
         self.registered = asyncio.Event()
         # One per frontend; rebuilt from the TLS files when they change (rotation).
         self._channels = [ReloadingChannel(addr, tls) for addr in frontends]
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask("announcer", self._run, restart_s=interval_s)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="announcer")
+        self._task.start()
 
     async def _run(self) -> None:
         while True:
@@ -72,12 +73,7 @@ class Announcer:
 
     async def aclose(self) -> None:
         """Stop heartbeating and tell every frontend this replica is gone."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await self._task.aclose()
         request = pb.DeregisterRequest(replica_id=self.announce.replica_id,
                                        replica_secret=self.announce.replica_secret)
         for channel in self._channels:

@@ -11,7 +11,7 @@ import grpc
 
 from services.common import clock, tensors
 from services.common.channels import DEFAULT_MAX_MESSAGE_BYTES
-from services.common.errors import ClipperError, InvalidInput, code_value, handle_stream_errors
+from services.common.errors import ClipperError, InvalidInput, handle_stream_errors, to_error_proto
 from services.common.streams import (
     MessagePacker,
     accept_stream,
@@ -118,6 +118,4 @@ def _reply_when_done(
 
 
 def _error_reply(query_id: int, exc: ClipperError) -> pb.ContainerReply:
-    return pb.ContainerReply(
-        id=query_id, error=pb.Error(code=code_value(exc.code), message=exc.message)
-    )
+    return pb.ContainerReply(id=query_id, error=to_error_proto(exc))

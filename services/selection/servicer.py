@@ -26,8 +26,8 @@ from services.common.errors import (
     ClipperError,
     InvalidInput,
     Overloaded,
-    code_value,
     handle_stream_errors,
+    to_error_proto,
 )
 from services.common.streams import (
     MessagePacker,
@@ -126,12 +126,9 @@ class SelectionServicer(pb_grpc.SelectionServicer):
             return _error_reply(request.id, exc)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
             logger.exception("selection request failed")
-            return pb.SelectionReply(
-                id=request.id,
-                error=pb.Error(code=code_value(grpc.StatusCode.INTERNAL), message="internal error"),
-            )
+            return pb.SelectionReply(id=request.id, error=to_error_proto(exc))
 
     async def _inspect(self, q: pb.SelectQuery) -> pb.PolicyState:
         ctx = _context(q)
@@ -156,5 +153,4 @@ def _application(request: pb.SelectionRequest) -> str:
 
 
 def _error_reply(request_id: int, exc: ClipperError) -> pb.SelectionReply:
-    return pb.SelectionReply(id=request_id,
-                             error=pb.Error(code=code_value(exc.code), message=exc.message))
+    return pb.SelectionReply(id=request_id, error=to_error_proto(exc))
