@@ -23,7 +23,7 @@ import numpy as np
 
 from services.common import clock
 from services.common.errors import ClipperError
-from services.frontend.registry import ReplicaRecord
+from services.frontend.records import ReplicaRecord
 from services.frontend.replica_client import ReplicaClient
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc

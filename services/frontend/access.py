@@ -15,7 +15,7 @@ import re
 from services.common.auth import API_KEY_METADATA, Caller, current_caller
 from services.common.credentials import same
 from services.common.errors import InvalidInput, PermissionDenied, Unauthenticated
-from services.frontend.registry import Application
+from services.frontend.records import Application
 
 QUERY = "queries"
 FEEDBACK = "feedback"

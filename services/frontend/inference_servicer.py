@@ -27,7 +27,7 @@ from services.common.limits import Limits, short_repr
 from services.frontend import access
 from services.frontend import inference_tensors as oip_tensors
 from services.frontend.query_path import Prediction, QueryPath
-from services.frontend.registry import Application
+from services.frontend.records import Application
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.inference import grpc_service_pb2 as oip
 from services.generated.inference import grpc_service_pb2_grpc as oip_grpc

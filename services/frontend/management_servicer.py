@@ -19,13 +19,8 @@ from services.common.limits import DEFAULT_LIMITS, Limits, short_repr
 from services.common.tensors import spec_from_proto, spec_to_proto
 from services.frontend.access import key_hashes
 from services.frontend.query_path import linked_versions
-from services.frontend.registry import (
-    Application,
-    ModelRecord,
-    Registry,
-    ReplicaRecord,
-    check_owner,
-)
+from services.frontend.records import Application, ModelRecord, ReplicaRecord, check_owner
+from services.frontend.registry import Registry
 from services.frontend.replica_table import ReplicaTable
 from services.frontend.selection_client import SelectionClient
 from services.generated.clipper.v1 import clipper_pb2 as pb

@@ -41,7 +41,8 @@ from services.frontend import access, metrics
 from services.frontend.combine import Answer, combine
 from services.frontend.prediction_cache import PredictionCache
 from services.frontend.quotas import QuotaLimits, Quotas
-from services.frontend.registry import Application, Registry
+from services.frontend.records import Application
+from services.frontend.registry import Registry
 from services.frontend.replica_table import ReplicaTable
 from services.frontend.selection_client import SelectionClient
 from services.generated.clipper.v1 import clipper_pb2 as pb

@@ -26,7 +26,7 @@ from services.common import clock
 from services.common.auth import Caller
 from services.common.config import env_default, require
 from services.common.errors import QuotaExceeded
-from services.frontend.registry import Application
+from services.frontend.records import Application
 
 
 @dataclass(frozen=True)

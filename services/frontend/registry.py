@@ -23,13 +23,11 @@ wins. A model's active version is set by its first version and then only by
 
 from __future__ import annotations
 
-import base64
 import functools
 import logging
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from typing import Any
 
-from services.common.credentials import same
 from services.common.errors import (
     AlreadyExists,
     ClipperError,
@@ -50,111 +48,20 @@ from services.common.limits import DEFAULT_LIMITS, Limits, short_repr
 from services.common.tasks import BackgroundTask
 from services.common.tensors import TensorSpec
 from services.frontend.liveness import Liveness, beat_of, new_beat
-from services.generated.clipper.v1 import clipper_pb2 as pb
+from services.frontend.records import (
+    Application,
+    ModelRecord,
+    ReplicaRecord,
+    check_owner,
+    model_record,
+    replica_record,
+)
 
 logger = logging.getLogger(__name__)
 
 APP_PREFIX = "app/"
 MODEL_PREFIX = "model/"
 REPLICA_PREFIX = "replica/"
-
-
-@dataclass(frozen=True)
-class Application:
-    name: str
-    input_spec: TensorSpec
-    slo_ms: int
-    policy: str = "static"
-    policy_params: dict[str, str] = field(default_factory=dict)
-    linked_models: tuple[str, ...] = ()
-    # Serialized clipper.v1.Tensor, or None when the application has no default.
-    default_output: bytes | None = None
-    # Below this combined confidence the default output is served instead (0: off).
-    confidence_threshold: float = 0.0
-    # Whether inputs may hold NaN or infinity (refused by default).
-    allow_non_finite: bool = False
-    # SHA-256 of the API keys queries (and feedback) need; of the keys feedback needs
-    # (empty: as queries). See services/frontend/access.py.
-    api_key_sha256: tuple[str, ...] = ()
-    feedback_key_sha256: tuple[str, ...] = ()
-    # Queries per second per client (0: the frontend's default) and burst (0: one
-    # second's worth). See services/frontend/quotas.py.
-    client_quota_qps: float = 0.0
-    client_quota_burst: int = 0
-    # How many times the stored record was written (see the module docstring).
-    rev: int = 0
-
-    def default_tensor(self) -> pb.Tensor:
-        if self.default_output is None:
-            raise ValueError(f"application {self.name!r} has no default output")
-        output = pb.Tensor()
-        output.ParseFromString(self.default_output)
-        return output
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["input_spec"] = {"dtype": self.input_spec.dtype, "shape": list(self.input_spec.shape)}
-        data["linked_models"] = list(self.linked_models)
-        data["api_key_sha256"] = list(self.api_key_sha256)
-        data["feedback_key_sha256"] = list(self.feedback_key_sha256)
-        data["default_output"] = (
-            base64.b64encode(self.default_output).decode() if self.default_output else None
-        )
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Application:
-        default = data.get("default_output")
-        return cls(
-            name=data["name"],
-            input_spec=TensorSpec(data["input_spec"]["dtype"], tuple(data["input_spec"]["shape"])),
-            slo_ms=int(data["slo_ms"]),
-            policy=data.get("policy", "static"),
-            policy_params=dict(data.get("policy_params", {})),
-            linked_models=tuple(data.get("linked_models", ())),
-            default_output=base64.b64decode(default) if default else None,
-            confidence_threshold=float(data.get("confidence_threshold", 0.0)),
-            allow_non_finite=bool(data.get("allow_non_finite", False)),
-            api_key_sha256=tuple(data.get("api_key_sha256", ())),
-            feedback_key_sha256=tuple(data.get("feedback_key_sha256", ())),
-            client_quota_qps=float(data.get("client_quota_qps", 0.0)),
-            client_quota_burst=int(data.get("client_quota_burst", 0)),
-            rev=int(data.get("rev", 0)),
-        )
-
-
-@dataclass(frozen=True)
-class ModelRecord:
-    name: str
-    active_version: str
-    # version -> input spec as {"dtype", "shape"} (empty dict when undeclared)
-    versions: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # How many times the stored record was written (see the module docstring).
-    rev: int = 0
-
-
-@dataclass(frozen=True)
-class ReplicaRecord:
-    replica_id: str
-    model: str
-    version: str
-    address: str
-    # SHA-256 of the secret the replica first announced itself with ("" in records
-    # written before replicas had one: the next announce claims it).
-    secret_sha256: str = ""
-
-
-def check_owner(current: ReplicaRecord | None, model: str, secret_sha256: str) -> None:
-    """The one rule for changing a known replica id: only the container that first
-    announced it (holder of its secret) may, and never to another model."""
-    if current is None:
-        return
-    rid = current.replica_id[:8]
-    if current.secret_sha256 and not same(current.secret_sha256, secret_sha256):
-        raise PermissionDenied(f"replica {rid} belongs to another container: only the "
-                               "holder of its replica secret may re-announce or deregister it")
-    if current.model != model:
-        raise PermissionDenied(f"replica {rid} serves model {current.model!r}, not {model!r}")
 
 
 class Registry:
@@ -184,7 +91,7 @@ class Registry:
             for app in map(Application.from_json, (await self.store.scan(APP_PREFIX)).values())
         }
         models = {
-            m.name: m for m in map(_model_record, (await self.store.scan(MODEL_PREFIX)).values())
+            m.name: m for m in map(model_record, (await self.store.scan(MODEL_PREFIX)).values())
         }
         replicas = await self.store.scan(REPLICA_PREFIX)
         # Replicas that heartbeat here while the store was away are kept (and written
@@ -258,7 +165,7 @@ class Registry:
             if data is None:
                 self.models.pop(name, None)
             else:
-                self.models[name] = _model_record(data)
+                self.models[name] = model_record(data)
         elif key.startswith(REPLICA_PREFIX):
             replica_id = key[len(REPLICA_PREFIX):]
             if data is None:
@@ -380,7 +287,7 @@ class Registry:
         self._remember_model(await self.store.update(MODEL_PREFIX + name, add))
 
     def _remember_model(self, data: Value) -> ModelRecord:
-        model = _model_record(data)
+        model = model_record(data)
         self.models[model.name] = model
         return model
 
@@ -404,7 +311,7 @@ class Registry:
 
         def claim(current: Value | None) -> Value:
             # Checked again in the store: another frontend may know the id already.
-            check_owner(_replica_record(current) if current else None,
+            check_owner(replica_record(current) if current else None,
                         replica.model, replica.secret_sha256)
             return {**asdict(replica), "beat": beat}
 
@@ -483,7 +390,7 @@ class Registry:
     def _put_replica(self, data: Value) -> None:
         """A replica record from the store; its heartbeat token, if new here, counts as
         a heartbeat now."""
-        record = _replica_record(data)
+        record = replica_record(data)
         self.replicas[record.replica_id] = record
         self.liveness.saw(record.replica_id, beat_of(data))
 
@@ -499,18 +406,6 @@ class Registry:
             return []
         wanted = version or model.active_version
         return [r for r in self.replicas.values() if r.model == model_name and r.version == wanted]
-
-
-_REPLICA_FIELDS = frozenset(f.name for f in fields(ReplicaRecord))
-_MODEL_FIELDS = frozenset(f.name for f in fields(ModelRecord))
-
-
-def _replica_record(data: Value) -> ReplicaRecord:
-    return ReplicaRecord(**{k: v for k, v in data.items() if k in _REPLICA_FIELDS})
-
-
-def _model_record(data: Value) -> ModelRecord:
-    return ModelRecord(**{k: v for k, v in data.items() if k in _MODEL_FIELDS})
 
 
 def _revised(new: Value, current: Value | None) -> Value:

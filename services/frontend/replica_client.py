@@ -20,7 +20,7 @@ from services.common.errors import DeadlineExpired, error_from_code
 from services.common.stream_client import Metadata, StreamClient
 from services.common.tls import ClientTLS
 from services.frontend.outliers import ReplicaHealth
-from services.frontend.registry import ReplicaRecord
+from services.frontend.records import ReplicaRecord
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 

@@ -22,7 +22,7 @@ from services.common.stream_client import StreamClient
 from services.common.streams import encoded_size
 from services.common.tls import ClientTLS
 from services.frontend import metrics
-from services.frontend.registry import Application
+from services.frontend.records import Application
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.selection.policies import SelectContext, get_policy

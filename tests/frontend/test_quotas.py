@@ -10,7 +10,7 @@ from services.common.auth import CLIENT, Caller, peer_host
 from services.common.errors import QuotaExceeded
 from services.common.tensors import TensorSpec
 from services.frontend.quotas import QuotaLimits, Quotas
-from services.frontend.registry import Application
+from services.frontend.records import Application
 
 
 class FakeClock:

@@ -8,7 +8,8 @@ from services.common.credentials import sha256_hex
 from services.common.errors import AlreadyExists, PermissionDenied
 from services.common.redis_store import RedisStore
 from services.common.tensors import TensorSpec
-from services.frontend.registry import Application, Registry, ReplicaRecord
+from services.frontend.records import Application, ReplicaRecord
+from services.frontend.registry import Registry
 
 
 async def test_two_frontends_changing_one_record_lose_nothing(redis_url: str) -> None:
