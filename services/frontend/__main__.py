@@ -57,7 +57,7 @@ async def main(cfg: Config) -> None:
                                ManagementServicer(registry, replicas, selection)),
              "clipper.v1.Management"),
             (functools.partial(pb_grpc.add_RegistryServicer_to_server,
-                               RegistryServicer(registry, replicas, cfg.heartbeat_ms)),
+                               RegistryServicer(registry, cfg.heartbeat_ms)),
              "clipper.v1.Registry"),
         ],
         cfg.host,

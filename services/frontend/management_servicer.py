@@ -11,7 +11,7 @@ import math
 
 import grpc
 
-from services.common import clock, tensors
+from services.common import tensors
 from services.common.auth import current_caller, require_model
 from services.common.credentials import sha256_hex
 from services.common.errors import InvalidInput, Unavailable, handle_errors
@@ -105,18 +105,16 @@ class ManagementServicer(pb_grpc.ManagementServicer):
     async def ListReplicas(
         self, request: pb.ListReplicasRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListReplicasResponse:
-        out, now = [], clock.now()
+        out = []
         for rid, r in sorted(self.registry.replicas.items()):
             if request.model and r.model != request.model:
                 continue
-            client = self.replicas.clients.get(rid)
+            status = self.replicas.status(rid)
             out.append(pb.Replica(
                 replica_id=rid, model=r.model, version=r.version, address=r.address,
-                connected=bool(client and client.connected),
-                outstanding=client.outstanding if client else 0,
-                queue_depth=client.queue_depth if client else 0,
-                est_wait_us=int(client.est_wait_s * 1e6) if client else 0,
-                ejected_ms=math.ceil(client.ejected_for(now) * 1000) if client else 0,
+                connected=status.connected, outstanding=status.outstanding,
+                queue_depth=status.queue_depth, est_wait_us=int(status.est_wait_s * 1e6),
+                ejected_ms=math.ceil(status.ejected_s * 1000),
             ))
         return pb.ListReplicasResponse(replicas=out)
 
@@ -155,9 +153,8 @@ class ManagementServicer(pb_grpc.ManagementServicer):
 class RegistryServicer(pb_grpc.RegistryServicer):
     """Containers announce themselves here (their model's token) on a heartbeat."""
 
-    def __init__(self, registry: Registry, replicas: ReplicaTable, heartbeat_ms: int) -> None:
+    def __init__(self, registry: Registry, heartbeat_ms: int) -> None:
         self.registry = registry
-        self.replicas = replicas
         self.heartbeat_ms = heartbeat_ms
 
     @handle_errors
@@ -173,10 +170,7 @@ class RegistryServicer(pb_grpc.RegistryServicer):
         spec = spec_from_proto(request.input_spec) if request.input_spec.dtype else None
         record = ReplicaRecord(request.replica_id, request.model, request.version,
                                request.address, sha256_hex(request.replica_secret))
-        is_new = request.replica_id not in self.registry.replicas
         await self.registry.announce(record, spec)
-        if is_new:
-            await self.replicas.sync()
         return pb.AnnounceResponse(heartbeat_ms=self.heartbeat_ms)
 
     @handle_errors
@@ -188,8 +182,7 @@ class RegistryServicer(pb_grpc.RegistryServicer):
             return pb.Empty()  # gone already (expired, or deregistered through another frontend)
         require_model(current_caller(), record.model)
         check_owner(record, record.model, sha256_hex(request.replica_secret))
-        if await self.registry.deregister(request.replica_id):
-            await self.replicas.sync()
+        await self.registry.deregister(request.replica_id)
         return pb.Empty()
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -45,7 +46,7 @@ from services.common.kv_store import (
     retry_while_unavailable,
 )
 from services.common.limits import DEFAULT_LIMITS, Limits, short_repr
-from services.common.tasks import BackgroundTask
+from services.common.tasks import BackgroundTask, every
 from services.common.tensors import TensorSpec
 from services.frontend.liveness import Liveness, beat_of, new_beat
 from services.frontend.records import (
@@ -68,7 +69,7 @@ class Registry:
     """The frontend's view of applications, models and live replicas."""
 
     def __init__(self, store: KeyValueStore, replica_ttl_s: float,
-                 limits: Limits = DEFAULT_LIMITS) -> None:
+                 limits: Limits = DEFAULT_LIMITS, expiry_interval_s: float = 0.25) -> None:
         self.store = store
         self.replica_ttl_s = replica_ttl_s
         self.limits = limits
@@ -78,6 +79,8 @@ class Registry:
         self.liveness = Liveness(replica_ttl_s)
         self.generation = GenerationGuard(store, "registry", self.restore)
         self._watcher = BackgroundTask("registry watch", self.watch, restart_s=1.0)
+        self._expiry = every("replica expiry", expiry_interval_s, self._expire)
+        self._replica_listeners: list[Callable[[], None]] = []
         # False while the change feed is down: replicas are not expired then, since
         # heartbeats other frontends receive do not reach this one.
         self._in_sync = True
@@ -103,6 +106,7 @@ class Registry:
         for data in replicas.values():
             self._put_replica(data)
         self.liveness.keep_only(set(self.replicas))  # the gone ones out
+        self._replicas_changed()
         for rid in held:
             await self._restore_replica(rid)
         logger.info(
@@ -129,11 +133,22 @@ class Registry:
         """Load, retrying while the store is unreachable, then follow its changes."""
         await retry_while_unavailable(self.load, "state store")
         self._watcher.start()
+        self._expiry.start()
         await self.generation.start()
 
     async def aclose(self) -> None:
         await self.generation.aclose()
+        await self._expiry.aclose()
         await self._watcher.aclose()
+
+    def on_replicas_changed(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (at once, without awaiting) whenever a replica joins, moves or
+        leaves; it reads `replicas` for the new set."""
+        self._replica_listeners.append(listener)
+
+    def _replicas_changed(self) -> None:
+        for listener in self._replica_listeners:
+            listener()
 
     async def watch(self) -> None:
         """Apply changes made through other frontends, until cancelled."""
@@ -169,7 +184,8 @@ class Registry:
         elif key.startswith(REPLICA_PREFIX):
             replica_id = key[len(REPLICA_PREFIX):]
             if data is None:
-                self.replicas.pop(replica_id, None)
+                if self.replicas.pop(replica_id, None) is not None:
+                    self._replicas_changed()
                 self.liveness.forget(replica_id)
             else:
                 self._put_replica(data)
@@ -302,10 +318,11 @@ class Registry:
         self._check_replica(replica)
         previous = self.replicas.get(replica.replica_id)
         check_owner(previous, replica.model, replica.secret_sha256)
+        self.replicas[replica.replica_id] = replica
         if previous != replica:
             logger.info("replica %s of %s:%s at %s joined",
                         replica.replica_id[:8], replica.model, replica.version, replica.address)
-        self.replicas[replica.replica_id] = replica
+            self._replicas_changed()
         beat = new_beat()
         spec = {"dtype": input_spec.dtype, "shape": list(input_spec.shape)} if input_spec else {}
 
@@ -325,6 +342,7 @@ class Registry:
                 self.replicas.pop(replica.replica_id, None)
             else:
                 self.replicas[replica.replica_id] = previous
+            self._replicas_changed()
             raise
         except Unavailable as exc:
             logger.warning("replica %s kept in memory only: %s", replica.replica_id[:8], exc)
@@ -361,7 +379,11 @@ class Registry:
         if replica is None:
             return False
         logger.info("replica %s of %s:%s left", replica_id[:8], replica.model, replica.version)
+        self._replicas_changed()
         return True
+
+    async def _expire(self) -> None:
+        await self.expire_replicas()
 
     async def expire_replicas(self) -> list[str]:
         """Drop replicas whose heartbeat token has not changed for a TTL (here and in the
@@ -391,7 +413,9 @@ class Registry:
         """A replica record from the store; its heartbeat token, if new here, counts as
         a heartbeat now."""
         record = replica_record(data)
-        self.replicas[record.replica_id] = record
+        if self.replicas.get(record.replica_id) != record:
+            self.replicas[record.replica_id] = record
+            self._replicas_changed()
         self.liveness.saw(record.replica_id, beat_of(data))
 
     async def _restore_replica(self, replica_id: str) -> None:

@@ -18,11 +18,12 @@ import asyncio
 import logging
 import math
 import random
+from dataclasses import dataclass
 
 from services.common import clock
 from services.common.credentials import container_token, replica_credential
 from services.common.errors import ClipperError, DeadlineExpired, Overloaded, Unavailable
-from services.common.tasks import every
+from services.common.tasks import BackgroundTask
 from services.common.tls import ClientTLS
 from services.frontend import metrics
 from services.frontend.registry import Registry
@@ -57,16 +58,28 @@ class HedgeBudget:
         return True
 
 
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """How a replica's connection stands, as this frontend sees it."""
+
+    connected: bool = False
+    outstanding: int = 0  # queries sent, not yet answered
+    queue_depth: int = 0  # queries waiting there (its last report)
+    est_wait_s: float = 0.0  # its estimated wait for a new query (its last report)
+    ejected_s: float = 0.0  # left out as an outlier for this long still
+
+
 class ReplicaTable:
-    def __init__(self, registry: Registry, mesh_secret: str, sync_interval_s: float = 0.25,
+    def __init__(self, registry: Registry, mesh_secret: str,
                  tls: ClientTLS | None = None) -> None:
         self.registry = registry
         self.mesh_secret = mesh_secret
         self.tls = tls  # how replicas are dialled (TLS when enabled)
-        self.sync_interval_s = sync_interval_s
         self.clients: dict[str, ReplicaClient] = {}
         self.hedges = HedgeBudget()
-        self._task = every("replica table sync", sync_interval_s, self._sync_round)
+        self._changed = asyncio.Event()
+        registry.on_replicas_changed(self._changed.set)
+        self._task = BackgroundTask("replica table", self._follow, restart_s=1.0)
 
     async def start(self) -> None:
         await self.sync()
@@ -78,9 +91,12 @@ class ReplicaTable:
             await client.aclose()
         self.clients.clear()
 
-    async def _sync_round(self) -> None:
-        await self.registry.expire_replicas()
-        await self.sync()
+    async def _follow(self) -> None:
+        """Reconcile each time the registry's replicas change."""
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            await self.sync()
 
     async def sync(self) -> None:
         """Open clients for new replicas (or moved ones) and close those that left."""
@@ -96,6 +112,13 @@ class ReplicaTable:
                 client = ReplicaClient(record, credential, self.tls)
                 await client.start()
                 self.clients[rid] = client
+
+    def status(self, replica_id: str) -> ReplicaStatus:
+        client = self.clients.get(replica_id)
+        if client is None:
+            return ReplicaStatus()
+        return ReplicaStatus(client.connected, client.outstanding, client.queue_depth,
+                             client.est_wait_s, client.ejected_for(clock.now()))
 
     def candidates(self, model: str, version: str = "") -> list[ReplicaClient]:
         """Connected replicas of the model's active version (or of `version`)."""
