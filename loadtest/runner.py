@@ -35,8 +35,9 @@ def duration_s(text: str) -> float:
 
 @dataclass(frozen=True)
 class Load:
-    """How ghz sends: `calls` from `concurrency` workers (closed loop), for `duration`
-    (closed loop), or `rate` calls per second for `duration` (open loop)."""
+    """How ghz sends: `calls` (else the config's) from the config's workers, or for
+    `duration`, each worker calling when its last call is answered (closed loop); or
+    `rate` calls per second for `duration` (open loop)."""
 
     calls: int | None = None
     rate: float | None = None
