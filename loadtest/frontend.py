@@ -27,8 +27,11 @@ CACHE_COALESCED = "clipper_cache_coalesced_total"
 QUERIES = "clipper_queries_total"
 DEFAULTS = "clipper_defaults_total"
 COUNTED = (CACHE_HITS, CACHE_COALESCED, QUERIES, DEFAULTS)
+# Outcomes of queries that were answered (by models, or with the default output); shed
+# and failed queries may never have asked for a model answer.
+ANSWERED = ("answered", "default")
 
-# One counter series: (metric, its distinguishing label: model, application or cause).
+# One counter series: (metric, model | application:outcome | application:cause).
 Series = tuple[str, str]
 
 
@@ -56,7 +59,7 @@ def read_app(target: str, app: str, token: str, tls: ClientTLS | None = None,
 class CacheUse:
     """Prediction-cache use over a run, for one application's queries."""
 
-    queries: int
+    queries: int  # answered, by the models or with the default output
     hits: int
     coalesced: int
     models: int  # model answers asked for per query
@@ -102,7 +105,8 @@ def parse(text: str) -> Counter[Series]:
             if sample.name not in COUNTED:
                 continue
             app = sample.labels.get("application", "")
-            key = {QUERIES: app, DEFAULTS: f"{app}:{sample.labels.get('cause', '')}"}.get(
+            key = {QUERIES: f"{app}:{sample.labels.get('outcome', '')}",
+                   DEFAULTS: f"{app}:{sample.labels.get('cause', '')}"}.get(
                 sample.name, sample.labels.get("model", ""))
             totals[(sample.name, key)] += int(sample.value)
     return totals
@@ -114,7 +118,7 @@ def cache_use(delta: Counter[Series], app: str, models: int = 0) -> CacheUse:
     seen = {key for (name, key), n in delta.items() if name in (CACHE_HITS, CACHE_COALESCED)
             and n}
     return CacheUse(
-        queries=delta[(QUERIES, app)],
+        queries=sum(delta[(QUERIES, f"{app}:{outcome}")] for outcome in ANSWERED),
         hits=sum(n for (name, _), n in delta.items() if name == CACHE_HITS),
         coalesced=sum(n for (name, _), n in delta.items() if name == CACHE_COALESCED),
         models=models or max(1, len(seen)),

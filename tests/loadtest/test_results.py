@@ -90,6 +90,7 @@ METRICS = """\
 # TYPE clipper_queries_total counter
 clipper_queries_total{application="digits",outcome="answered"} 90.0
 clipper_queries_total{application="digits",outcome="default"} 10.0
+clipper_queries_total{application="digits",outcome="shed"} 50.0
 clipper_queries_total{application="other",outcome="answered"} 7.0
 # TYPE clipper_cache_hits_total counter
 clipper_cache_hits_total{model="digits-logreg"} 100.0
