@@ -126,3 +126,18 @@ def test_sweep_prints_each_rate_and_the_rate_that_held(
     assert re.search(r"^\s+10\s", out, re.MULTILINE) and re.search(r"^\s+20\s", out,
                                                                     re.MULTILINE)
     assert "held: 20 q/s" in out
+
+
+def test_open_loop_sends_at_the_rate_for_the_duration(
+        mesh: Mesh, metrics_url: str, tmp_path: Path) -> None:
+    ghz = ghz_path()
+    code = run(ghz, mesh, metrics_url, tmp_path, "--rate", "20", "--duration", "1s",
+               "--slo-ms", str(SLO_MS))
+    assert code == 0
+    for config in CONFIGS:
+        result = summary(tmp_path, config)
+        report = json.loads((tmp_path / f"{config.stem}.json").read_text())
+        assert report["options"]["rps"] == 20 and report["options"]["async"] is True
+        assert 0 < result["calls"] <= 25 and result["errors"] == {}
+        assert result["offered_rps"] == 20
+        assert result["cache_hit_ratio"] == 0.0
