@@ -71,6 +71,7 @@ def test_default_configs_send_distinct_inputs_no_cache_hits(
     for config in CONFIGS:
         report = json.loads((tmp_path / f"{config.stem}.json").read_text())
         assert report["statusCodeDistribution"] == {"OK": CALLS}, config.name
+        assert report["options"]["connections"] == 8  # a --target may have replicas
         result = summary(tmp_path, config)
         assert result["calls"] == CALLS
         assert result["cache"] == {"queries": CALLS, "hits": 0, "coalesced": 0, "models": 1}
