@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="the SLO to judge calls by (default: the application's)")
     p.add_argument("--connections", type=int, default=0,
                    help=f"connections ghz spreads calls over (default 1; "
-                   f"{TARGET_CONNECTIONS} with --target)")
+                   f"{TARGET_CONNECTIONS} with --target; at most one per ghz worker)")
     p.add_argument("--metrics", action="append", default=[],
                    help="a frontend's Prometheus URL (repeatable or comma-separated: one "
                    "per frontend replica); default: the local mesh's")

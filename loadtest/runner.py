@@ -21,6 +21,7 @@ from services.common.tls import ClientTLS
 # duration) gets this many, and no run more (ghz holds them all in memory).
 UNKNOWN_COUNT_ROWS = 100_000
 MAX_ROWS = 200_000
+GHZ_CONCURRENCY = 50  # ghz's default -c
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 _UNIT_S = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -31,6 +32,21 @@ def duration_s(text: str) -> float:
     if found is None or float(found.group(1)) <= 0:
         raise ValueError(f"duration {text!r}: expected a number and ms, s, m or h (e.g. 30s)")
     return float(found.group(1)) * _UNIT_S[found.group(2)]
+
+
+def workers(config: dict[str, Any], ghz_args: Sequence[str]) -> int:
+    """ghz's concurrency: the last -c/--concurrency in `ghz_args`, else the config's."""
+    found = int(config.get("concurrency", GHZ_CONCURRENCY))
+    for i, arg in enumerate(ghz_args):
+        flag, _, value = arg.partition("=")
+        if flag in ("-c", "--concurrency"):
+            value = value or (ghz_args[i + 1] if i + 1 < len(ghz_args) else "")
+        elif arg.startswith("-c") and arg[2:].isdigit():
+            value = arg[2:]
+        else:
+            continue
+        found = int(value) if value.isdigit() else found
+    return found
 
 
 @dataclass(frozen=True)
@@ -97,8 +113,9 @@ class Runner:
         app = self.app_of(config)
         data = self.results / f"{report_name}-inputs.bin"
         flags = [*self.tls_flags, *load.ghz_flags()]
-        if self.connections > 1:
-            flags += ["--connections", str(self.connections)]
+        connections = min(self.connections, workers(config, self.ghz_args))
+        if connections > 1:  # ghz needs a worker per connection at least
+            flags += ["--connections", str(connections)]
         rows = load.expected_calls(config) if self.distinct else 1
         if self.distinct or self.app or config.get("call") in inputs.REQUESTS:
             # Raises ValueError for a call whose inputs cannot be varied (or renamed).

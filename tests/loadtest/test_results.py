@@ -9,7 +9,7 @@ import pytest
 
 from loadtest.frontend import cache_use, defaults_served, parse
 from loadtest.results import RunResult
-from loadtest.runner import Load, duration_s
+from loadtest.runner import Load, duration_s, workers
 from loadtest.sweep import held_rate, parse_rates, verdict
 
 
@@ -115,3 +115,11 @@ def test_counters_from_the_frontends_metrics() -> None:
     before = parse(METRICS)
     before.subtract(parse(METRICS))
     assert cache_use(before, "digits").hit_ratio == 0.0
+
+
+@pytest.mark.parametrize(("ghz_args", "expected"), [
+    ([], 32), (["-c", "4"], 4), (["-c4"], 4), (["--concurrency=6"], 6),
+    (["--concurrency", "7", "-n", "5"], 7), (["-n", "5"], 32),
+])
+def test_ghz_workers_bound_the_connections(ghz_args: list[str], expected: int) -> None:
+    assert workers({"concurrency": 32}, ghz_args) == expected
