@@ -68,9 +68,17 @@ $(GHZ):
 	GOBIN=$(CURDIR)/$(TOOLS) go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
 
 ## ghz against the frontend for Predict and ModelInfer: the local mesh (started if not
-## running), or TARGET=host:port; GHZ_ARGS="-n 20000 -c 64" go to ghz.
+## running), or TARGET=host:port. Distinct inputs (CACHE=hot: one, from the cache); a
+## fixed count (CALLS=), open loop (RATE=200 DURATION=30s) or a sweep of rates
+## (SWEEP=50:400:50, DURATION= per rate) judged by the app's SLO (or SLO_MS=).
+## CONNECTIONS=, METRICS= (frontend /metrics URLs), APP=; GHZ_ARGS go to ghz.
+LOADTEST_VARS := $(if $(TARGET),--target $(TARGET)) $(if $(CACHE),--cache $(CACHE)) \
+	$(if $(CALLS),--calls $(CALLS)) $(if $(RATE),--rate $(RATE)) \
+	$(if $(DURATION),--duration $(DURATION)) $(if $(SWEEP),--sweep $(SWEEP)) \
+	$(if $(SLO_MS),--slo-ms $(SLO_MS)) $(if $(CONNECTIONS),--connections $(CONNECTIONS)) \
+	$(if $(METRICS),--metrics $(METRICS)) $(if $(APP),--app $(APP))
 loadtest: proto ghz
-	$(PY) -m loadtest --ghz $(GHZ) $(if $(TARGET),--target $(TARGET)) -- $(GHZ_ARGS)
+	$(PY) -m loadtest --ghz $(GHZ) $(strip $(LOADTEST_VARS)) -- $(GHZ_ARGS)
 
 ## The test suite (real processes on ephemeral loopback ports).
 test: proto deps

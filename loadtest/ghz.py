@@ -1,4 +1,5 @@
-"""Run ghz against a frontend and read its JSON report.
+"""Run ghz against a frontend and read its JSON report (every call's latency and
+status is in its `details`).
 
 ghz finds the method through the server's reflection service: no proto files
 or paths are needed, against any deployment of ours.
@@ -45,19 +46,3 @@ def errors(report: dict[str, Any]) -> dict[str, int]:
     """Calls per non-OK status code (empty when every call succeeded)."""
     return {code: n for code, n in (report.get("statusCodeDistribution") or {}).items()
             if code != "OK"}
-
-
-def summary(report: dict[str, Any]) -> str:
-    """One line: calls, rate, latency percentiles and errors (with ghz's messages)."""
-    latency = {int(p["percentage"]): p["latency"] / 1e6
-               for p in report.get("latencyDistribution") or []}
-    failed = errors(report)
-    line = (
-        f"{report.get('name', '?')}: {report['count']} calls in {report['total'] / 1e9:.1f} s, "
-        f"{report['rps']:.0f} rps, mean {report['average'] / 1e6:.2f} ms, "
-        f"p50 {latency.get(50, float('nan')):.2f} ms, p90 {latency.get(90, float('nan')):.2f} ms, "
-        f"p99 {latency.get(99, float('nan')):.2f} ms, errors {sum(failed.values())}"
-    )
-    if failed:
-        line += f" {json.dumps(failed)}: {json.dumps(report.get('errorDistribution') or {})}"
-    return line
