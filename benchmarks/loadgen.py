@@ -196,7 +196,7 @@ class ContainerStream:
     async def send(self) -> tuple[bool, int]:
         deadline = clock.now() + self.slo_s  # the clock ReplicaClient counts budgets on
         try:
-            await self._client.query(self.input, deadline, {})
+            await self._client.query(self.input, deadline)
             ok = True
         except ClipperError:
             ok = False  # expired, refused or failed: counted as late

@@ -22,6 +22,7 @@ from services.common.telemetry import setup_logging
 from services.frontend.config import Config, config_from_args
 from services.frontend.inference_servicer import InferenceServicer
 from services.frontend.management_servicer import ManagementServicer, RegistryServicer
+from services.frontend.model_router import ModelRouter
 from services.frontend.prediction_cache import PredictionCache
 from services.frontend.query_path import QueryPath
 from services.frontend.quotas import Quotas
@@ -45,7 +46,8 @@ async def main(cfg: Config) -> None:
                                 tls=cfg.client_tls)
     cache = PredictionCache.open(cfg.cache, cfg.cache_size, cfg.cache_ttl_s)
     admission = Admission(cfg.admission)
-    query_path = QueryPath(registry, replicas, selection, cache, cfg.limits, admission,
+    router = ModelRouter(registry, replicas, cache)
+    query_path = QueryPath(registry, router, selection, cache, cfg.limits, admission,
                            Quotas(cfg.quotas))
     server = await start_server(
         [
@@ -54,7 +56,7 @@ async def main(cfg: Config) -> None:
             (functools.partial(oip_grpc.add_GRPCInferenceServiceServicer_to_server,
                                InferenceServicer(query_path)), "inference.GRPCInferenceService"),
             (functools.partial(pb_grpc.add_ManagementServicer_to_server,
-                               ManagementServicer(registry, replicas, selection)),
+                               ManagementServicer(registry, router, selection)),
              "clipper.v1.Management"),
             (functools.partial(pb_grpc.add_RegistryServicer_to_server,
                                RegistryServicer(registry, cfg.heartbeat_ms)),

@@ -73,8 +73,8 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         app = self.registry.apps.get(request.name)
         if app is None:
             return oip.ModelReadyResponse(ready=False)
-        replicas = self.query_path.replicas
-        ready = any(replicas.candidates(model, request.version) for model in app.linked_models)
+        ready = any(self.query_path.router.ready(model, request.version)
+                    for model in app.linked_models)
         return oip.ModelReadyResponse(ready=ready)
 
     @handle_errors

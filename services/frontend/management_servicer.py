@@ -18,10 +18,9 @@ from services.common.errors import InvalidInput, Unavailable, handle_errors
 from services.common.limits import DEFAULT_LIMITS, Limits, short_repr
 from services.common.tensors import spec_from_proto, spec_to_proto
 from services.frontend.access import key_hashes
-from services.frontend.query_path import linked_versions
+from services.frontend.model_router import ModelRouter
 from services.frontend.records import Application, ModelRecord, ReplicaRecord, check_owner
 from services.frontend.registry import Registry
-from services.frontend.replica_table import ReplicaTable
 from services.frontend.selection_client import SelectionClient
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
@@ -31,11 +30,11 @@ MAX_SLO_MS = 60_000
 
 
 class ManagementServicer(pb_grpc.ManagementServicer):
-    def __init__(self, registry: Registry, replicas: ReplicaTable,
+    def __init__(self, registry: Registry, router: ModelRouter,
                  selection: SelectionClient | None = None) -> None:
         """`selection`: the selection service, for the policy state calls."""
         self.registry = registry
-        self.replicas = replicas
+        self.router = router
         self.selection = selection
 
     @handle_errors
@@ -109,7 +108,7 @@ class ManagementServicer(pb_grpc.ManagementServicer):
         for rid, r in sorted(self.registry.replicas.items()):
             if request.model and r.model != request.model:
                 continue
-            status = self.replicas.status(rid)
+            status = self.router.replica_status(rid)
             out.append(pb.Replica(
                 replica_id=rid, model=r.model, version=r.version, address=r.address,
                 connected=status.connected, outstanding=status.outstanding,
@@ -127,7 +126,7 @@ class ManagementServicer(pb_grpc.ManagementServicer):
             return pb.PolicyState(application=app.name, context_key=request.context_key,
                                   policy=app.policy or DEFAULT_POLICY, source="none")
         return await self._selection().policy_state(
-            app, request.context_key, linked_versions(self.registry, app))
+            app, request.context_key, self.router.versions(app.linked_models))
 
     @handle_errors
     async def ResetPolicyState(

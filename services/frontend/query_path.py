@@ -39,11 +39,11 @@ from services.common.errors import (
 from services.common.limits import DEFAULT_LIMITS, Limits
 from services.frontend import access, metrics
 from services.frontend.combine import Answer, combine
+from services.frontend.model_router import ModelRouter
 from services.frontend.prediction_cache import PredictionCache
 from services.frontend.quotas import QuotaLimits, Quotas
 from services.frontend.records import Application
 from services.frontend.registry import Registry
-from services.frontend.replica_table import ReplicaTable
 from services.frontend.selection_client import SelectionClient
 from services.generated.clipper.v1 import clipper_pb2 as pb
 
@@ -99,7 +99,7 @@ class QueryPath:
     def __init__(
         self,
         registry: Registry,
-        replicas: ReplicaTable,
+        router: ModelRouter,
         selection: SelectionClient,
         cache: PredictionCache,
         limits: Limits = DEFAULT_LIMITS,
@@ -107,7 +107,7 @@ class QueryPath:
         quotas: Quotas | None = None,
     ) -> None:
         self.registry = registry
-        self.replicas = replicas
+        self.router = router
         self.selection = selection
         self.cache = cache
         self.limits = limits
@@ -209,7 +209,7 @@ class QueryPath:
         if not app.linked_models:
             return self._fallback(app, query_id, _FanOut([], [], [], timed_out=False))
         decision = await self.selection.select(app, context_key, deadline,
-                                               linked_versions(self.registry, app, version))
+                                               self.router.versions(app.linked_models, version))
         fan = await self._fan_out(decision, value, deadline, version)
         if not fan.answers:
             return self._fallback(app, query_id, fan)
@@ -258,7 +258,7 @@ class QueryPath:
         # A label that is not a number would make every reward NaN: never learnt from.
         _require_finite(tensors.decode(label, self.limits), "label")
         weights: dict[str, float] = {}
-        versions = linked_versions(self.registry, app)
+        versions = self.router.versions(app.linked_models)
         if query_id:
             recent = await self.cache.recall_query(query_id)
             if recent is None or recent.application != app_name:
@@ -291,7 +291,7 @@ class QueryPath:
     ) -> _FanOut:
         weights = dict(decision)
         tasks = {
-            asyncio.create_task(self._ask(model, value, deadline, version)): model
+            asyncio.create_task(self.router.ask(model, value, deadline, version)): model
             for model, _ in decision
         }
         timeout = max(deadline - clock.now(), 0.0)
@@ -318,17 +318,6 @@ class QueryPath:
                     logger.error("query to %s failed", model, exc_info=exc)
         return _FanOut(answers, missing, errors, timed_out=bool(pending))
 
-    async def _ask(
-        self, model: str, value: pb.Tensor, deadline: float, version: str
-    ) -> tuple[str, pb.Tensor]:
-        """The model's answer (its active version, or `version` when pinned), cache first."""
-        record = self.registry.models.get(model)
-        version = version or (record.active_version if record else "")
-        return await self.cache.answer(
-            model, version, value, deadline,
-            lambda: self.replicas.query(model, value, deadline, {}, version),
-        )
-
     def _fallback(self, app: Application, query_id: str, fan: _FanOut) -> Prediction:
         cause = "deadline" if fan.timed_out else "error"
         if fan.timed_out:
@@ -352,15 +341,6 @@ def _default(app: Application, query_id: str, reason: str, cause: str,
     """The application's default output, flagged with why it went out."""
     return Prediction(query_id=query_id, output=app.default_tensor(), default_used=True,
                       default_reason=reason, default_cause=cause, missing_models=missing or [])
-
-
-def linked_versions(registry: Registry, app: Application, pinned: str = "") -> dict[str, str]:
-    """The version each linked model answers with: `pinned`, else its active one.
-    Learning policies keep a record per (model, version)."""
-    if pinned:
-        return {m: pinned for m in app.linked_models}
-    return {m: record.active_version for m in app.linked_models
-            if (record := registry.models.get(m)) is not None}
 
 
 def _answering_versions(answers: list[Answer]) -> dict[str, str]:

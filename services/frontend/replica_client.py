@@ -39,19 +39,16 @@ class _Outgoing:
     id: int
     input: pb.Tensor
     deadline: float
-    trace: dict[str, str]
     size: int = field(init=False)  # encoded, as a ContainerQuery (at most)
 
     def __post_init__(self) -> None:
-        trace_bytes = sum(len(k) + len(v) + 12 for k, v in self.trace.items())
-        object.__setattr__(self, "size",
-                           self.input.ByteSize() + 6 + trace_bytes + _QUERY_FIELDS_BYTES)
+        object.__setattr__(self, "size", self.input.ByteSize() + 6 + _QUERY_FIELDS_BYTES)
 
 
 def _request(queries: list[_Outgoing]) -> pb.ContainerRequest:
     now = clock.now()
     return pb.ContainerRequest(queries=[
-        pb.ContainerQuery(id=q.id, input=q.input, trace_context=q.trace,
+        pb.ContainerQuery(id=q.id, input=q.input,
                           budget_us=max(int((q.deadline - now - REPLY_RESERVE_S) * 1e6), 0))
         for q in queries
     ])
@@ -115,12 +112,12 @@ class ReplicaClient:
     async def aclose(self) -> None:
         await self._stream.aclose()
 
-    async def query(self, value: pb.Tensor, deadline: float, trace: dict[str, str]) -> pb.Tensor:
+    async def query(self, value: pb.Tensor, deadline: float) -> pb.Tensor:
         """Send one query; return the replica's output or raise its error."""
         query_id = self._stream.next_id()
         try:
             reply = await self._stream.request(
-                query_id, _Outgoing(query_id, value, deadline, trace), deadline)
+                query_id, _Outgoing(query_id, value, deadline), deadline)
         except TimeoutError:
             raise DeadlineExpired(f"{self.record.address} did not answer in time") from None
         if reply.WhichOneof("result") == "output":

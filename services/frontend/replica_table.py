@@ -129,8 +129,7 @@ class ReplicaTable:
         ]
 
     async def query(
-        self, model: str, value: pb.Tensor, deadline: float, trace: dict[str, str],
-        version: str = "",
+        self, model: str, value: pb.Tensor, deadline: float, version: str = "",
     ) -> tuple[str, pb.Tensor]:
         """Answer from one replica of `model` (active version, or `version`).
 
@@ -143,7 +142,7 @@ class ReplicaTable:
 
         def attempt(client: ReplicaClient) -> None:
             tried.add(client.record.replica_id)
-            task = asyncio.create_task(self._attempt(client, value, deadline, trace))
+            task = asyncio.create_task(self._attempt(client, value, deadline))
             attempts[task] = client
 
         try:
@@ -193,13 +192,13 @@ class ReplicaTable:
         pool = serving or (fresh if allow_ejected else [])
         return choose(pool) if pool else None
 
-    async def _attempt(self, client: ReplicaClient, value: pb.Tensor, deadline: float,
-                       trace: dict[str, str]) -> pb.Tensor:
+    async def _attempt(self, client: ReplicaClient, value: pb.Tensor,
+                       deadline: float) -> pb.Tensor:
         """Ask one replica, and keep its record: an answer, or a failure (see outliers.py)."""
         sent_at = clock.now()
         patience_end = sent_at + HEDGE_AFTER_SHARE * (deadline - sent_at)
         try:
-            output = await client.query(value, deadline, trace)
+            output = await client.query(value, deadline)
         except Unavailable:
             self._failed(client, sent_at)
             raise
