@@ -16,6 +16,7 @@ without a TTL are never expired nor evicted.
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
 import os
@@ -31,10 +32,16 @@ from services.common.errors import Unavailable
 logger = logging.getLogger(__name__)
 
 Value = dict[str, Any]
-# What `changes` yields besides keys: RESYNC after (re)subscribing, since changes made
-# while it was away are unknown (reload everything); FEED_LOST when the feed breaks.
-RESYNC = None
-FEED_LOST = ""
+
+
+class Feed(enum.Enum):
+    """What `changes` yields besides keys."""
+
+    RESYNC = "resync"  # (re)subscribed: changes made meanwhile are unknown, reload all
+    LOST = "lost"  # the feed broke: others' changes go unseen until RESYNC
+
+
+Change = str | Feed
 # Gets the current value (None when absent) and returns the new one; it may run
 # more than once (Redis retries it when another writer got there first).
 Updater = Callable[[Value | None], Value]
@@ -46,7 +53,7 @@ class KeyValueStore(Protocol):
     async def update(self, key: str, fn: Updater, ttl_s: float | None = None) -> Value: ...
     async def delete(self, key: str) -> bool: ...
     async def scan(self, prefix: str) -> dict[str, dict[str, Any]]: ...
-    def changes(self) -> AsyncIterator[str | None]: ...
+    def changes(self) -> AsyncIterator[Change]: ...
     async def ping(self) -> bool: ...
     async def aclose(self) -> None: ...
 
@@ -138,10 +145,10 @@ class FileStore:
     async def ping(self) -> bool:
         return True
 
-    async def changes(self) -> AsyncIterator[str | None]:
+    async def changes(self) -> AsyncIterator[Change]:
         """One process owns an embedded file, so nobody else changes it: never yields."""
         await asyncio.Event().wait()
-        yield None  # pragma: no cover (unreachable; makes this an async generator)
+        yield Feed.RESYNC  # pragma: no cover (unreachable; makes this an async generator)
 
     async def aclose(self) -> None:
         return None

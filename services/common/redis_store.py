@@ -29,7 +29,7 @@ from redis.exceptions import ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common.errors import Unavailable
-from services.common.kv_store import FEED_LOST, Updater, Value
+from services.common.kv_store import Change, Feed, Updater, Value
 from services.common.redis_url import redact_url
 
 logger = logging.getLogger(__name__)
@@ -73,16 +73,16 @@ class RedisStore:
     async def ping(self) -> bool:
         return bool(await self._call(self.client.ping))  # type: ignore[arg-type]
 
-    async def changes(self) -> AsyncIterator[str | None]:
-        """Keys written by anyone, as they are written; RESYNC (None) once subscribed:
-        reload everything; FEED_LOST when the connection broke."""
+    async def changes(self) -> AsyncIterator[Change]:
+        """Keys written by anyone, as they are written; Feed.RESYNC once subscribed:
+        reload everything; Feed.LOST when the connection broke."""
         delay = RECONNECT_BACKOFF_S[0]
         while True:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
                 delay = RECONNECT_BACKOFF_S[0]
-                yield None
+                yield Feed.RESYNC
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message["type"] == "message":
@@ -91,7 +91,7 @@ class RedisStore:
                 logger.warning("lost the Redis change feed (%r); retrying in %.1f s", exc, delay)
             finally:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
-            yield FEED_LOST
+            yield Feed.LOST
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_BACKOFF_S[1])
 

@@ -41,7 +41,8 @@ async def main(cfg: Config) -> None:
     registry = Registry(store, cfg.replica_ttl_s, cfg.limits)
     await registry.start()
     replicas = ReplicaTable(registry, cfg.mesh_secret,
-                            tls=cfg.client_tls.with_server_name(cfg.tls_container_name))
+                            cfg.client_tls.with_server_name(cfg.tls_container_name),
+                            cfg.max_message_bytes)
     selection = SelectionClient(cfg.selection, selection_token(cfg.mesh_secret),
                                 tls=cfg.client_tls)
     cache = PredictionCache.open(cfg.cache, cfg.cache_size, cfg.cache_ttl_s)

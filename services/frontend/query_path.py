@@ -49,17 +49,15 @@ from services.generated.clipper.v1 import clipper_pb2 as pb
 
 logger = logging.getLogger(__name__)
 
-# Time kept back from the SLO to send the answer back.
-REPLY_MARGIN_S = 0.002
 # Share of a client's remaining time kept back when its own deadline is the tighter one.
 CLIENT_MARGIN_SHARE = 0.1
 
 
 def answer_deadline(slo_ms: int, client_remaining_s: float | None, now: float) -> float:
     """When the query's answer must be settled (`clock.now()` time), margins kept back."""
-    deadline = now + slo_ms / 1000.0 - REPLY_MARGIN_S
+    deadline = now + slo_ms / 1000.0 - clock.REPLY_MARGIN_S
     if client_remaining_s is not None:
-        margin = max(REPLY_MARGIN_S, CLIENT_MARGIN_SHARE * client_remaining_s)
+        margin = max(clock.REPLY_MARGIN_S, CLIENT_MARGIN_SHARE * client_remaining_s)
         deadline = min(deadline, now + client_remaining_s - margin)
     return deadline
 

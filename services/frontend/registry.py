@@ -38,8 +38,7 @@ from services.common.errors import (
 )
 from services.common.generation import GenerationGuard
 from services.common.kv_store import (
-    FEED_LOST,
-    RESYNC,
+    Feed,
     KeyValueStore,
     Updater,
     Value,
@@ -154,9 +153,9 @@ class Registry:
         """Apply changes made through other frontends, until cancelled."""
         async for key in self.store.changes():
             try:
-                if key == FEED_LOST:
+                if key is Feed.LOST:
                     self._in_sync = False  # others' heartbeats are unseen: expire nothing
-                elif key is RESYNC:
+                elif key is Feed.RESYNC:
                     await self.load()
                     self._in_sync = True
                 else:

@@ -16,6 +16,7 @@ import grpc
 
 from services.common import clock
 from services.common.auth import bearer
+from services.common.channels import DEFAULT_MAX_MESSAGE_BYTES
 from services.common.errors import DeadlineExpired, error_from_code
 from services.common.stream_client import Metadata, StreamClient
 from services.common.tls import ClientTLS
@@ -24,10 +25,6 @@ from services.frontend.records import ReplicaRecord
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 
-# The largest reply message accepted (a container packs its replies to fit).
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-# Kept back from the budget a container is given: the reply's way back and combining.
-REPLY_RESERVE_S = 0.002
 # A query's fields besides its input, at most: id and budget (varints) and their tags.
 _QUERY_FIELDS_BYTES = 24
 
@@ -49,7 +46,7 @@ def _request(queries: list[_Outgoing]) -> pb.ContainerRequest:
     now = clock.now()
     return pb.ContainerRequest(queries=[
         pb.ContainerQuery(id=q.id, input=q.input,
-                          budget_us=max(int((q.deadline - now - REPLY_RESERVE_S) * 1e6), 0))
+                          budget_us=max(int((q.deadline - now - clock.REPLY_MARGIN_S) * 1e6), 0))
         for q in queries
     ])
 
@@ -61,9 +58,11 @@ def _size(query: _Outgoing) -> int:
 class ReplicaClient:
     """Sends queries to one replica over one stream and matches the replies."""
 
-    def __init__(self, record: ReplicaRecord, credential: str,
-                 tls: ClientTLS | None = None) -> None:
-        """`credential`: the replica credential (services/common/credentials.py)."""
+    def __init__(self, record: ReplicaRecord, credential: str, tls: ClientTLS | None = None,
+                 receive_limit_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        """`credential`: the replica credential (services/common/credentials.py);
+        `receive_limit_bytes`: the largest reply message taken (the replica packs its
+        replies to fit)."""
         self.record = record
         # As last reported by the replica with its replies.
         self.queue_depth = 0
@@ -76,7 +75,7 @@ class ReplicaClient:
 
         self._stream: StreamClient[_Outgoing, pb.ContainerReply] = StreamClient(
             record.address, open_call, _request, self._unwrap, _size,
-            receive_limit_bytes=MAX_MESSAGE_BYTES, tls=tls, kind="query")
+            receive_limit_bytes=receive_limit_bytes, tls=tls, kind="query")
 
     @property
     def connected(self) -> bool:

@@ -21,6 +21,7 @@ import random
 from dataclasses import dataclass
 
 from services.common import clock
+from services.common.channels import DEFAULT_MAX_MESSAGE_BYTES
 from services.common.credentials import container_token, replica_credential
 from services.common.errors import ClipperError, DeadlineExpired, Overloaded, Unavailable
 from services.common.tasks import BackgroundTask
@@ -70,11 +71,14 @@ class ReplicaStatus:
 
 
 class ReplicaTable:
-    def __init__(self, registry: Registry, mesh_secret: str,
-                 tls: ClientTLS | None = None) -> None:
+    def __init__(self, registry: Registry, mesh_secret: str, tls: ClientTLS | None = None,
+                 receive_limit_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        """`receive_limit_bytes`: the largest reply message taken (the frontend's
+        --max-message-bytes); each container packs its replies to fit."""
         self.registry = registry
         self.mesh_secret = mesh_secret
         self.tls = tls  # how replicas are dialled (TLS when enabled)
+        self.receive_limit_bytes = receive_limit_bytes
         self.clients: dict[str, ReplicaClient] = {}
         self.hedges = HedgeBudget()
         self._changed = asyncio.Event()
@@ -109,7 +113,8 @@ class ReplicaTable:
                 # nothing that would open another replica's stream.
                 credential = replica_credential(
                     container_token(self.mesh_secret, record.model), rid)
-                client = ReplicaClient(record, credential, self.tls)
+                client = ReplicaClient(record, credential, self.tls,
+                                       self.receive_limit_bytes)
                 await client.start()
                 self.clients[rid] = client
 

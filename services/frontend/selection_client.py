@@ -25,11 +25,10 @@ from services.frontend import metrics
 from services.frontend.records import Application
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
-from services.selection.policies import SelectContext, get_policy
+from services.selection.policies import Decision, SelectContext, get_policy
 
 logger = logging.getLogger(__name__)
 
-Decision = list[tuple[str, float]]
 # Longest a decision may take before the frontend falls back: this, and at most this
 # share of the time left to the query.
 SELECT_TIMEOUT_S = 0.05
