@@ -179,16 +179,6 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
-def open_store(url: str, max_volatile_keys: int = 100_000) -> KeyValueStore:
-    """`redis://...` opens the shared Redis store; anything else is an embedded file path
-    (keeping at most `max_volatile_keys` keys written with a TTL)."""
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        from services.common.redis_store import RedisStore
-
-        return RedisStore(url)
-    return FileStore(url, max_volatile_keys)
-
-
 async def retry_while_unavailable(op: Callable[[], Awaitable[object]], what: str) -> None:
     """Run `op` until it no longer raises Unavailable, backing off (readiness waits on it)."""
     delay = 0.1

@@ -15,9 +15,9 @@ from services.common.auth import (
     token_auth,
 )
 from services.common.credentials import selection_token
-from services.common.kv_store import open_store
 from services.common.metrics import serve_metrics
 from services.common.server import announce_ready, run_service, start_server, wait_for_signal
+from services.common.stores import open_store
 from services.common.telemetry import setup_logging
 from services.frontend.config import Config, config_from_args
 from services.frontend.inference_servicer import InferenceServicer

@@ -6,9 +6,9 @@ import functools
 
 from services.common.admission import Admission
 from services.common.auth import FRONTEND, AuthInterceptor, rules_for, token_auth
-from services.common.kv_store import open_store
 from services.common.metrics import serve_metrics
 from services.common.server import announce_ready, run_service, start_server, wait_for_signal
+from services.common.stores import open_store
 from services.common.telemetry import setup_logging
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc

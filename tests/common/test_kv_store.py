@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from services.common.kv_store import FileStore, KeyValueStore, open_store
+from services.common.kv_store import FileStore, KeyValueStore
 from services.common.redis_store import RedisStore
+from services.common.stores import open_store
 
 
 @pytest.fixture(params=["file", "redis"])

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from services.common.errors import InvalidInput
-from services.common.kv_store import FileStore, open_store
+from services.common.kv_store import FileStore
+from services.common.stores import open_store
 from services.selection.decider import Decider, state_key
 from services.selection.policies import POLICIES, Observation, SelectContext, State, get_policy
 from services.selection.policies.ab_split import WeightedSplit
