@@ -133,6 +133,19 @@ def test_exp3_converges_to_the_best_model() -> None:
     assert exp3.probabilities(c, state)["best"] > 0.6
 
 
+def test_exp3_drops_a_leader_whose_answers_turn_wrong_at_once() -> None:
+    """Page-Hinkley on the leader's reward: once its answers turn wrong it falls to the
+    weight floor within a few of them, instead of ln(max_ratio) / eta losses."""
+    exp3 = Exp3(random.Random(5))
+    c, off = ctx(("a", "b")), ctx(("a", "b"), change_threshold="0")
+    right = [{"a": 1.0, "b": 0.8}] * 50
+    wrong = [{"a": 0.0, "b": 0.8}] * 8
+    on_state = feed(exp3, c, {}, right + wrong)
+    off_state = feed(exp3, off, {}, right + wrong)
+    assert exp3.probabilities(c, on_state)["a"] < 0.02
+    assert exp3.probabilities(off, off_state)["a"] > 0.1  # without it, still drawn often
+
+
 def test_epsilon_greedy_tries_every_model_then_exploits() -> None:
     eg, c = EpsilonGreedy(random.Random(0)), ctx(("a", "b"), epsilon="0", decay="1")
     state: State = {}

@@ -95,11 +95,13 @@ def record_outcome(state: State, obs: Observation, decay: float = 1.0,
     """Count answers and rewards per model; each model's older answers are discounted by
     `decay` per answer of its own (an exponentially weighted mean over its last
     ~1 / (1 - decay) answers), so a model not asked keeps its record. With `change`,
-    a model whose reward drops is judged on its answers since the drop alone."""
+    a model whose reward drops is judged on its answers since the drop alone, and is
+    listed in the state's "changed" (the models whose drop this outcome revealed)."""
+    state["changed"] = []
     for model, value in obs.rewards.items():
         stats = model_stats(state, model)
-        if change is not None:
-            change.update(stats, value)
+        if change is not None and change.update(stats, value):
+            state["changed"].append(model)
         stats["n"] = stats["n"] * decay + 1.0
         stats["reward"] = stats["reward"] * decay + value
     state["rounds"] = int(state.get("rounds", 0)) + 1
@@ -128,19 +130,21 @@ class ChangeDetector:
         delta = ctx.float_param("change_delta", DEFAULT_CHANGE_DELTA, 0.0, 1.0)
         return cls(threshold, delta) if threshold > 0 else None
 
-    def update(self, stats: dict[str, float], value: float) -> None:
+    def update(self, stats: dict[str, float], value: float) -> bool:
+        """Fold one reward in; True when it revealed a drop."""
         if stats["n"] <= 0:
-            return
+            return False
         g = max(0.0, stats.get("ph", 0.0) + stats["reward"] / stats["n"] - value - self.delta)
         if g <= 0:
             stats.update(ph=0.0, ph_n=0.0, ph_r=0.0)
-            return
+            return False
         if g > self.threshold:  # changed: keep only what came since
             stats.update(n=stats.get("ph_n", 0.0), reward=stats.get("ph_r", 0.0),
                          ph=0.0, ph_n=0.0, ph_r=0.0)
-            return
+            return True
         stats.update(ph=g, ph_n=stats.get("ph_n", 0.0) + 1.0,
                      ph_r=stats.get("ph_r", 0.0) + value)
+        return False
 
 
 def mean_reward(state: State, model: str) -> float | None:

@@ -18,6 +18,7 @@ from typing import ClassVar
 
 from services.selection.policies import log_weights
 from services.selection.policies.base import (
+    ChangeDetector,
     Decision,
     Observation,
     SelectContext,
@@ -53,7 +54,9 @@ class Exp3:
             losses = {model: (1.0 - value) / drawn}
         else:
             losses = {m: 1.0 - r for m, r in obs.rewards.items()}
+        max_ratio = ctx.float_param("max_ratio", log_weights.MAX_RATIO, 1.0, 1e12)
         if losses:
-            log_weights.penalize(state, ctx.candidates, losses, eta,
-                                  ctx.float_param("max_ratio", log_weights.MAX_RATIO, 1.0, 1e12))
-        return record_outcome(state, obs)
+            log_weights.penalize(state, ctx.candidates, losses, eta, max_ratio)
+        record_outcome(state, obs, change=ChangeDetector.from_params(ctx))
+        log_weights.demote(state, ctx.candidates, state["changed"], max_ratio)
+        return state

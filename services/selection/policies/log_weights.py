@@ -54,3 +54,17 @@ def penalize(
     for model, stats in models.items():  # other versions keep their place relative to these
         shifted = float(stats.get("log_w", 0.0)) - top
         stats["log_w"] = max(shifted if model in candidates else min(shifted, 0.0), floor)
+
+
+def demote(state: State, candidates: tuple[str, ...], models: list[str],
+           max_ratio: float = MAX_RATIO) -> None:
+    """Models whose reward dropped (base.ChangeDetector) fall to the floor at once, so a
+    leader gone bad stops being drawn now rather than after ln(max_ratio) / eta losses;
+    its own answers from there bring it back if the drop was noise."""
+    floor = -math.log(max_ratio)
+    for model in models:
+        model_stats(state, model)["log_w"] = floor
+    if models and all(m in models for m in candidates):
+        return  # every candidate dropped: nothing better to prefer
+    if models:
+        penalize(state, candidates, {}, 0.0, max_ratio)  # shift so the best is at 0 again
