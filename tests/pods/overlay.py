@@ -8,6 +8,8 @@ local images). What depends on the run is done here, and nothing else is touched
   the env values, `--port` arguments and probes (exec commands too) that name it follow;
 - each Service address (`frontend:1337`, `redis:6379`, ...) in the ConfigMap and the
   env becomes `127.0.0.1:<the port of the pod it selects>`: kube play has no Services;
+- `$(VAR)` references in env values and commands are expanded as Kubernetes does
+  (kube play 4.3 leaves them as they are: Redis's password would be "$(REDIS_PASSWORD)");
 - Secrets become podman secrets (kube play 4.3 stores a Secret document in a form its
   own secretKeyRef cannot read), created by the caller from `Playable.secrets`;
 - the containers' `ports` lists are dropped once moved: kube play 4.3 turns them into
@@ -109,6 +111,30 @@ def _move_ports(dep: Doc, ports: dict[tuple[str, int], int]) -> None:
                 probe["exec"]["command"] = [_renumber(w, moved) for w in probe["exec"]["command"]]
 
 
+def _expand_text(text: str, known: dict[str, str]) -> str:
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                  lambda m: known.get(m.group(1), m.group(0)), text)
+
+
+def _expand(dep: Doc, config_maps: dict[str, dict[str, str]],
+            secrets: dict[str, dict[str, str]]) -> None:
+    """Expand `$(NAME)` in env values and the command from the variables defined before."""
+    for container in _containers(dep):
+        known: dict[str, str] = {}
+        for source in container.get("envFrom", []):
+            known.update(config_maps[source["configMapRef"]["name"]])
+
+        for env in container.get("env", []):
+            if "value" in env:
+                env["value"] = known[env["name"]] = _expand_text(env["value"], known)
+            elif "secretKeyRef" in env.get("valueFrom", {}):
+                ref = env["valueFrom"]["secretKeyRef"]
+                known[env["name"]] = secrets[ref["name"]][ref["key"]]
+        for key in ("command", "args"):
+            if key in container:
+                container[key] = [_expand_text(word, known) for word in container[key]]
+
+
 def _renumber(text: str, moved: dict[int, int]) -> str:
     for old, new in moved.items():
         text = re.sub(rf"(?<![\d.:]){old}(?!\d)", str(new), text)
@@ -155,11 +181,13 @@ def playable() -> Playable:
     for doc in [d for d in docs if d["kind"] == "ConfigMap"]:
         doc["data"] = {k: _readdress(v, result.addresses) for k, v in doc["data"].items()}
         result.docs.append(doc)
+    config_maps = {d["metadata"]["name"]: d["data"] for d in result.docs}
     for dep in deployments:
         for container in _containers(dep):
             for env in container.get("env", []):
                 if "value" in env:
                     env["value"] = _readdress(env["value"], result.addresses)
+        _expand(dep, config_maps, secrets)
         result.docs.append(dep)
     assert {d["kind"] for d in result.docs} <= set(PLAYED_KINDS)
     return result
