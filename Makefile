@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := $(shell find protos -name '*.proto')
 GEN := services/generated
 
-.PHONY: run test proto deps lint bench clean tritonclient ghz kustomize loadtest fuzz chaos
+.PHONY: run test proto deps lint bench clean tritonclient ghz kustomize loadtest fuzz chaos image e2e-pods
 
 # Outside tools, each installed once into the repository (gitignored).
 TOOLS := .tools/bin
@@ -83,6 +83,21 @@ loadtest: proto ghz
 ## The test suite (real processes on ephemeral loopback ports).
 test: proto deps
 	$(PY) -m pytest -q
+
+## The image from the Dockerfile with the engine that runs here (docker, else podman):
+## IMAGE=name:tag, BASE_IMAGE=another Python 3.11+ base (the Dockerfile's PYTHON_IMAGE).
+IMAGE ?= clipper-mesh:dev
+image:
+	@engine=$$(for e in docker podman; do command -v $$e >/dev/null && $$e info >/dev/null 2>&1 \
+	           && { echo $$e; break; }; done); \
+	[ -n "$$engine" ] || { echo "make image: no container engine runs here (docker or podman)" >&2; exit 1; }; \
+	echo "$$engine build -t $(IMAGE) ."; \
+	$$engine build $(if $(BASE_IMAGE),--build-arg PYTHON_IMAGE=$(BASE_IMAGE)) -t $(IMAGE) .
+
+## deploy/ played by podman against the image built here (tests/pods; not in `make test`):
+## a local Debian base made once, the image, the pods, queries, ghz, a kill, a drain.
+e2e-pods: proto deps
+	$(PY) -m pytest -q -s -m pods tests/pods
 
 ## A longer fuzzing campaign of the public RPCs (fresh random draws; FUZZ_PROFILE=ci for
 ## the short one `make test` runs).
