@@ -36,7 +36,9 @@ _KEEPALIVE: Options = (
 CLIENT_KEEPALIVE: Options = _KEEPALIVE
 SERVER_KEEPALIVE: Options = (
     *_KEEPALIVE,
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+    # GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS: the name core reads (an
+    # unknown name is ignored, and the 5 min default then sends our clients away).
+    ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
 )
 
 # gRPC's own default receive limit: what a peer that states nothing accepts.

@@ -91,17 +91,17 @@ def model_stats(state: State, model: str) -> dict[str, float]:
 
 
 def record_outcome(state: State, obs: Observation, decay: float = 1.0,
-                   change: ChangeDetector | None = None) -> State:
+                   change: ChangeDetector | None = None,
+                   changed: list[str] | None = None) -> State:
     """Count answers and rewards per model; each model's older answers are discounted by
     `decay` per answer of its own (an exponentially weighted mean over its last
     ~1 / (1 - decay) answers), so a model not asked keeps its record. With `change`,
     a model whose reward drops is judged on its answers since the drop alone, and is
-    listed in the state's "changed" (the models whose drop this outcome revealed)."""
-    state["changed"] = []
+    appended to `changed` when given."""
     for model, value in obs.rewards.items():
         stats = model_stats(state, model)
-        if change is not None and change.update(stats, value):
-            state["changed"].append(model)
+        if change is not None and change.update(stats, value) and changed is not None:
+            changed.append(model)
         stats["n"] = stats["n"] * decay + 1.0
         stats["reward"] = stats["reward"] * decay + value
     state["rounds"] = int(state.get("rounds", 0)) + 1

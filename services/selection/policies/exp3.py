@@ -57,6 +57,7 @@ class Exp3:
         max_ratio = ctx.float_param("max_ratio", log_weights.MAX_RATIO, 1.0, 1e12)
         if losses:
             log_weights.penalize(state, ctx.candidates, losses, eta, max_ratio)
-        record_outcome(state, obs, change=ChangeDetector.from_params(ctx))
-        log_weights.demote(state, ctx.candidates, state["changed"], max_ratio)
+        dropped: list[str] = []
+        record_outcome(state, obs, change=ChangeDetector.from_params(ctx), changed=dropped)
+        log_weights.demote(state, ctx.candidates, dropped, max_ratio)
         return state
