@@ -121,6 +121,7 @@ class Batcher:
         self._aimd_cap = 1.0
         self._interarrival_s = math.inf
         self._last_arrival: float | None = None
+        self._budget_s: float | None = None  # a query's typical time budget on arrival
         self._tasks: set[asyncio.Task[None]] = set()
         self._worker: asyncio.Task[None] | None = None
         self._draining = False
@@ -196,6 +197,8 @@ class Batcher:
             self._interarrival_s = (gap if math.isinf(self._interarrival_s)
                                     else 0.8 * self._interarrival_s + 0.2 * gap)
         self._last_arrival = now
+        budget = deadline - now
+        self._budget_s = budget if self._budget_s is None else 0.9 * self._budget_s + 0.1 * budget
         future: asyncio.Future[Any] = loop.create_future()
         heapq.heappush(self._heap, _Pending(deadline, next(self._seq), now, value, future, probe))
         self._wakeup.set()
@@ -375,7 +378,8 @@ class Batcher:
         """The model's outputs for `batch`, or its exception (ModelFailed: wrong count)."""
         size = len(batch)
         outputs = await self.runner.run([item.input for item in batch],
-                                        self.latency.typical(size), self.batch_timeout_s(size))
+                                        self.latency.typical(size), self.batch_timeout_s(size),
+                                        self._budget_s)
         if len(outputs) != size:
             raise ModelFailed(f"model returned {len(outputs)} outputs for a batch of {size}")
         return list(outputs)

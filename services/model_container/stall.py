@@ -1,0 +1,85 @@
+"""How much a model's batches on a worker thread stall the event loop.
+
+A model that holds the GIL (a Python loop over trees, say) keeps the event loop
+from reading, writing and planning while its batch runs: every time the loop
+gives the GIL up (for any system call) it waits for the model to give it back.
+A tick on the loop measures this as it serves: every `INTERVAL_S` it notes how
+late it woke. Ticks are sorted by what ran meanwhile: a batch on a worker
+thread (`during`), nothing (`outside`), or a batch run on the loop itself
+(dropped: that stall is by design and bounded). The stall of the model is how
+much later the loop wakes during batches than outside them, which leaves out
+what the loop's own work costs at the current load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass
+
+INTERVAL_S = 0.002
+WINDOW = 400
+# Ticks of each kind needed before the stall is known.
+MIN_TICKS = 100
+
+
+@dataclass(frozen=True)
+class Stall:
+    """Mean loop lag during thread batches and outside them (s), and their difference."""
+
+    during_s: float
+    outside_s: float
+    ticks: int
+
+    @property
+    def excess_s(self) -> float:
+        return max(0.0, self.during_s - self.outside_s)
+
+
+class StallMeter:
+    def __init__(self) -> None:
+        self.running = 0  # batches on worker threads now
+        self._batches = 0  # thread batches started so far
+        self._inline = 0  # batches run on the loop so far
+        self._during: deque[float] = deque(maxlen=WINDOW)
+        self._outside: deque[float] = deque(maxlen=WINDOW)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._tick(), name="stall-meter")
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def thread_batch_started(self) -> None:
+        self.running += 1
+        self._batches += 1
+
+    def thread_batch_ended(self) -> None:
+        self.running -= 1
+
+    def inline_batch_ran(self) -> None:
+        self._inline += 1
+
+    def stall(self) -> Stall | None:
+        """The stall so far, or None until enough ticks of each kind were seen."""
+        if len(self._during) < MIN_TICKS or len(self._outside) < MIN_TICKS:
+            return None
+        during = sum(self._during) / len(self._during)
+        outside = sum(self._outside) / len(self._outside)
+        return Stall(during, outside, len(self._during) + len(self._outside))
+
+    async def _tick(self) -> None:
+        while True:
+            busy, batches, inline = self.running, self._batches, self._inline
+            due = time.monotonic() + INTERVAL_S
+            await asyncio.sleep(INTERVAL_S)
+            lag = max(0.0, time.monotonic() - due)
+            if self._inline != inline:
+                continue
+            if busy or self.running or self._batches != batches:
+                self._during.append(lag)
+            else:
+                self._outside.append(lag)
