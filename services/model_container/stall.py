@@ -7,8 +7,10 @@ A tick on the loop measures this as it serves: every `INTERVAL_S` it notes how
 late it woke. Ticks are sorted by what ran meanwhile: a batch on a worker
 thread (`during`), nothing (`outside`), or a batch run on the loop itself
 (dropped: that stall is by design and bounded). The stall of the model is how
-much later the loop wakes during batches than outside them, which leaves out
-what the loop's own work costs at the current load.
+much later the loop wakes during batches than outside them (90th percentiles:
+a model that holds the GIL makes the loop wait for whole stretches of it now and
+then, while the loop's own work at the current load delays every tick a little),
+which leaves out what the loop's own work costs.
 """
 
 from __future__ import annotations
@@ -18,15 +20,18 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+import numpy as np
+
 INTERVAL_S = 0.002
 WINDOW = 400
 # Ticks of each kind needed before the stall is known.
 MIN_TICKS = 100
+QUANTILE = 0.9
 
 
 @dataclass(frozen=True)
 class Stall:
-    """Mean loop lag during thread batches and outside them (s), and their difference."""
+    """Loop lag (90th percentile) during thread batches and outside them (s)."""
 
     during_s: float
     outside_s: float
@@ -67,8 +72,8 @@ class StallMeter:
         """The stall so far, or None until enough ticks of each kind were seen."""
         if len(self._during) < MIN_TICKS or len(self._outside) < MIN_TICKS:
             return None
-        during = sum(self._during) / len(self._during)
-        outside = sum(self._outside) / len(self._outside)
+        during, outside = (float(np.quantile(np.array(lags), QUANTILE))
+                           for lags in (self._during, self._outside))
         return Stall(during, outside, len(self._during) + len(self._outside))
 
     async def _tick(self) -> None:

@@ -1,0 +1,161 @@
+"""The Clipper paper's batching table at one container: each model without batching,
+and adaptively batched on worker threads, on worker processes and with default flags.
+
+For each model and set of flags: the highest rate at which 99% of queries are
+answered within 20 ms (open-loop sweep straight to the container's stream, as a
+frontend sends them), and at that rate the mean batch size and the p99. Ratios
+are against batch size 1 (on a worker thread) measured in the same run. The
+no-op model shows what the load generator and the runtime allow with nothing to
+batch: a model as fast as it is at the load generator's limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import paper_models
+from benchmarks.batching_gain import SLO_S, digits_input
+from benchmarks.harness import (
+    BATCHERS,
+    dial_credential,
+    grid,
+    sample,
+    scrape,
+    start_container,
+)
+from benchmarks.loadgen import ContainerStream, RunResult, closed_loop, open_loop, settle
+from services.common.processes import ServiceProcess
+from tests.helpers.redis_server import free_port
+
+# (label, container flags). Batch size 1 on today's worker: the paper's baseline.
+FLAGS: dict[str, list[str]] = {
+    "batch size 1": [*BATCHERS["batch size 1"], "--worker", "thread"],
+    "thread worker": ["--worker", "thread"],
+    "process worker": ["--worker", "process"],
+    "default flags": [],
+}
+WARM_UP_QPS = 200
+WARM_UP_S = 3.0
+
+
+@dataclass
+class Probe:
+    run: RunResult
+    mean_batch: float
+
+
+@dataclass
+class Sweep:
+    probes: list[Probe] = field(default_factory=list)
+    switched: bool = False
+
+    def best(self) -> Probe | None:
+        """The probe at the highest rate with 99% within the SLO."""
+        passing = [p for p in self.probes if p.run.within_slo >= 0.99]
+        return max(passing, key=lambda p: p.run.offered_qps, default=None)
+
+    @property
+    def qps(self) -> float:
+        best = self.best()
+        return best.run.offered_qps if best else 0.0
+
+
+async def _sweep(proc: ServiceProcess, metrics_port: int, value: np.ndarray) -> Sweep:
+    async def open_stream() -> ContainerStream:
+        stream = ContainerStream(proc.address, dial_credential(proc.name), value, SLO_S)
+        return await stream.__aenter__()
+
+    def batches() -> tuple[float, float]:
+        samples = scrape(metrics_port)
+        return (sample(samples, "clipper_batch_size_sum"),
+                sample(samples, "clipper_batch_size_count"))
+
+    async def probe(rate: int, seed: int) -> RunResult:
+        stream = await open_stream()
+        try:
+            await closed_loop(stream.send, 8, 0.3, SLO_S)
+            await settle(stream.send, SLO_S)
+            before = await asyncio.to_thread(batches)
+            run = await open_loop(stream.send, rate, min(6.0, max(2.0, 300 / rate)), SLO_S,
+                                  seed=seed)
+            after = await asyncio.to_thread(batches)
+        finally:
+            await stream.__aexit__(None, None, None)
+        count = after[1] - before[1]
+        out.probes.append(Probe(run, (after[0] - before[0]) / count if count else 0.0))
+        return run
+
+    out = Sweep()
+    stream = await open_stream()
+    try:  # let the batcher learn the model, and `auto` choose its worker
+        await open_loop(stream.send, WARM_UP_QPS, WARM_UP_S, SLO_S)
+        await settle(stream.send, SLO_S)
+    finally:
+        await stream.__aexit__(None, None, None)
+    runs = await grid(probe)
+    kept = {id(r) for r in runs}  # a rate probed twice keeps its better run
+    out.probes = [p for p in out.probes if id(p.run) in kept]
+    switches = await asyncio.to_thread(scrape, metrics_port)
+    out.switched = sample(switches, "clipper_worker_switches_total", outcome="ok") > 0
+    return out
+
+
+async def measure(work: Path, models: dict[str, str] | None = None,
+                  progress: Callable[[str], Awaitable[None]] | None = None
+                  ) -> dict[str, dict[str, Sweep]]:
+    """model -> flags label -> its sweep."""
+    refs = (models if models is not None
+            else await asyncio.to_thread(paper_models.train, work / "paper-models"))
+    value = digits_input()
+    out: dict[str, dict[str, Sweep]] = {}
+    for model, ref in refs.items():
+        out[model] = {}
+        for label, flags in FLAGS.items():
+            port = free_port()
+            proc = start_container(work, ref, [*flags, "--metrics-port", str(port)],
+                                   name=f"paper-{len(out)}-{len(out[model])}")
+            try:
+                out[model][label] = await _sweep(proc, port, value)
+            finally:
+                proc.stop()
+            if progress is not None:
+                await progress(f"{model}, {label}: {out[model][label].qps:.0f} q/s")
+    return out
+
+
+def report(results: dict[str, dict[str, Sweep]]) -> str:
+    limit = results.get("no-op", {}).get("default flags")
+    rows = [
+        "## The paper's batching table at one container (digits, 20 ms SLO)", "",
+        "Highest rate with 99% of queries within 20 ms, straight to one container's stream; "
+        "mean batch size and p99 at that rate. Ratios against batch size 1 (worker thread) "
+        "and against today's thread worker, all measured in this run on this shared 2-core "
+        "machine (figures are noisy; compare within a row). `worker` says where `auto` "
+        "ran the model.", "",
+        "| model | batch size 1 q/s | thread worker q/s | process worker q/s | default flags "
+        "q/s | vs batch size 1 | vs thread worker | mean batch | p99 ms | worker |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model, sweeps in results.items():
+        base, thread, default = (sweeps["batch size 1"].qps, sweeps["thread worker"].qps,
+                                 sweeps["default flags"].qps)
+        best = sweeps["default flags"].best()
+        at_limit = (limit is not None and model != "no-op" and default >= limit.qps > 0)
+        rows.append(
+            f"| {model} | {base:.0f} | {thread:.0f} | {sweeps['process worker'].qps:.0f} | "
+            f"{default:.0f}{' (load generator limit)' if at_limit else ''} | "
+            f"{_ratio(default, base)} | {_ratio(default, thread)} | "
+            f"{best.mean_batch if best else 0:.1f} | "
+            f"{best.run.percentile_ms(99) if best else float('nan'):.1f} | "
+            f"{'process' if sweeps['default flags'].switched else 'thread'} |")
+    rows.append("")
+    return "\n".join(rows)
+
+
+def _ratio(value: float, base: float) -> str:
+    return f"{value / base:.1f}x" if base else "n/a"
