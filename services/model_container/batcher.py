@@ -20,6 +20,11 @@ Admission is bounded: past `max_queue` waiting queries, or when the estimated
 wait already exceeds a query's deadline, `submit` rejects at once (Overloaded)
 so that the frontend can try another replica or answer with the default.
 
+With `concurrency` above 1, up to that many batches run at once (on worker
+threads or worker processes), but another starts beside a running one only when
+a batch is long against the queries' time budget (`PARALLEL_ABOVE`) or a full
+batch is waiting: short batches serve more queries one after another, bigger.
+
 Faults stay with their queries. A batch the model raises on is run again by
 halves, so that only the queries that make the model fail get its error. A
 batch that outlives its timeout (`batch_timeout_s`, else derived from the
@@ -59,6 +64,11 @@ PROBE_S = 5.0
 TIMEOUT_FACTOR = 10.0
 MIN_BATCH_TIMEOUT_S = 1.0
 STARTUP_BATCH_TIMEOUT_S = 30.0
+# With `concurrency` above 1, another batch starts beside a running one only when a
+# batch of the largest size typically takes this share of a query's time budget (the
+# queries queued would miss their deadlines waiting for it), or a full batch waits;
+# otherwise they wait and go out as one bigger batch, which costs less per query.
+PARALLEL_ABOVE = 0.25
 
 
 class ModelFailed(ClipperError):
@@ -234,7 +244,7 @@ class Batcher:
 
     async def _run(self) -> None:
         while True:
-            if not self._heap or self._busy >= self.config.concurrency:
+            if not self._heap or self._busy >= self._slots():
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -250,6 +260,16 @@ class Batcher:
                 continue
             if plan:
                 self._dispatch(plan, now)
+
+    def _slots(self) -> int:
+        """How many batches may run at once now (see PARALLEL_ABOVE)."""
+        cfg = self.config
+        if cfg.concurrency == 1 or len(self._heap) >= cfg.max_batch_size:
+            return cfg.concurrency
+        full_s = self.latency.typical(cfg.max_batch_size)
+        if full_s is None or self._budget_s is None or full_s > PARALLEL_ABOVE * self._budget_s:
+            return cfg.concurrency
+        return 1
 
     def _plan(self, now: float) -> list[_Pending] | float:
         """The next adaptive batch, or the time to wait until for a bigger one."""
