@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest wait for a bigger batch after the oldest query came")
     p.add_argument("--concurrency", type=int,
                    default=env_default(SERVICE, "concurrency", 1, int),
-                   help="batches running at once")
+                   help="batches running at once, in as many worker threads or processes; a "
+                   "second starts beside a running one only when a full batch takes over a "
+                   "quarter of the queries' budget or a full batch waits")
     p.add_argument("--batch-timeout-s", type=float,
                    default=env_default(SERVICE, "batch_timeout_s", 0.0, float),
                    help="a batch running longer fails (the frontend retries elsewhere); a "
