@@ -79,7 +79,8 @@ async def run(out: Path, sections: tuple[str, ...], queries: int) -> str:
             lines += ["## Batching gain at the container: digits SVM", "",
                       *_capacity_table(caps), "", "![](container-digits.png)", ""]
         if "paper" in sections:
-            lines += [paper_table.report(await paper_table.measure(work)), ""]
+            lines += [paper_table.report(await paper_table.measure(work)),
+                      await paper_table.handoff_report(), ""]
         if "frontend" in sections:
             caps = await gain.frontend_capacities(work, np.ones(4, np.float32))
             plots.load_curves(out / "frontend-synthetic.png", "synthetic, via frontend", 20,

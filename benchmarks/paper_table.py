@@ -12,6 +12,7 @@ batch: a model as fast as it is at the load generator's limit.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from benchmarks.harness import (
 )
 from benchmarks.loadgen import ContainerStream, RunResult, closed_loop, open_loop, settle
 from services.common.processes import ServiceProcess
+from services.model_container.runner import ModelRunner
 from tests.helpers.redis_server import free_port
 
 # (label, container flags). Batch size 1 on today's worker: the paper's baseline.
@@ -159,3 +161,35 @@ def report(results: dict[str, dict[str, Sweep]]) -> str:
 
 def _ratio(value: float, base: float) -> str:
     return f"{value / base:.1f}x" if base else "n/a"
+
+
+async def handoff_us(batch: int, rounds: int = 2000) -> dict[str, float]:
+    """Mean round trip (us) of one batch of the no-op model, one at a time: on a worker
+    thread (never inline) and in a worker process, alternated in blocks of 200."""
+    value = digits_input()
+    runners = {kind: ModelRunner(paper_models.NOOP, kind) for kind in ("thread", "process")}
+    spent = dict.fromkeys(runners, 0.0)
+    for runner in runners.values():
+        await runner.start()
+    try:
+        for _ in range(rounds // 200):
+            for kind, runner in runners.items():
+                started = time.perf_counter()
+                for _ in range(200):
+                    await runner.run([value] * batch, expected_s=None)
+                spent[kind] += time.perf_counter() - started
+    finally:
+        for runner in runners.values():
+            await runner.aclose()
+    return {kind: total / rounds * 1e6 for kind, total in spent.items()}
+
+
+async def handoff_report() -> str:
+    rows = ["### Hand-off cost: one batch of the no-op model at a time, in process", "",
+            "| batch | worker thread (us) | worker process (us) | process vs thread |",
+            "|---|---|---|---|"]
+    for batch in (1, 64):
+        cost = await handoff_us(batch)
+        rows.append(f"| {batch} | {cost['thread']:.0f} | {cost['process']:.0f} | "
+                    f"{_ratio(cost['process'], cost['thread'])} |")
+    return "\n".join([*rows, ""])

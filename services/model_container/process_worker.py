@@ -61,9 +61,10 @@ def encode_batch(values: Sequence[Any]) -> tuple[tuple[Any, ...], memoryview | b
     first = values[0] if values else None
     if isinstance(first, np.ndarray | np.generic) and first.dtype.kind in "biufc":
         kind, dtype, shape = type(first), first.dtype, first.shape
-        if all(type(v) is kind and v.dtype == dtype and v.shape == shape for v in values):
-            stacked = np.ascontiguousarray(np.stack(values) if kind is np.ndarray
-                                           else np.array(values, dtype=dtype))
+        # `is` first: arrays of one builtin dtype share its dtype object.
+        if all(type(v) is kind and (v.dtype is dtype or v.dtype == dtype)
+               and v.shape == shape for v in values):
+            stacked = np.array(values, dtype=dtype)  # faster than np.stack
             scalars = kind is not np.ndarray
             raw = stacked.reshape(-1).view(np.uint8).data
             return ("raw", dtype.str, shape, scalars, stacked.nbytes), raw
