@@ -167,6 +167,9 @@ class ProcessWorker:
                                     args=(theirs, self.model_ref, self.native_threads))
         try:
             await asyncio.to_thread(self._process.start)
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         self._reader, self._writer = await asyncio.open_connection(sock=ours)
@@ -245,7 +248,12 @@ class ProcessPool:
             self._idle.put_nowait(worker)
 
     async def run(self, inputs: list[np.ndarray], timeout_s: float | None) -> list[Any]:
-        worker = await self._idle.get()
+        try:
+            async with asyncio.timeout(timeout_s):
+                worker = await self._idle.get()
+        except TimeoutError:
+            raise WorkerDied(f"no worker process was ready within {timeout_s:.3g} s (one "
+                             "is being restarted)") from None
         try:
             return await worker.run(inputs, timeout_s)
         finally:

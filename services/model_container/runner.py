@@ -119,7 +119,6 @@ class ModelRunner:
         )
         if self.kind == "auto" and self.model_ref:
             self._meter = StallMeter()
-            self._meter.start()
 
     async def run(self, inputs: list[np.ndarray], expected_s: float | None = None,
                   timeout_s: float | None = None,

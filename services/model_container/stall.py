@@ -6,7 +6,8 @@ gives the GIL up (for any system call) it waits for the model to give it back.
 A tick on the loop measures this as it serves: every `INTERVAL_S` it notes how
 late it woke. Ticks are sorted by what ran meanwhile: a batch on a worker
 thread (`during`), nothing (`outside`), or a batch run on the loop itself
-(dropped: that stall is by design and bounded). The stall of the model is how
+(dropped: that stall is by design and bounded). It ticks only while thread
+batches come: a model run on the loop alone, or an idle one, costs nothing. The stall of the model is how
 much later the loop wakes during batches than outside them (90th percentiles:
 a model that holds the GIL makes the loop wait for whole stretches of it now and
 then, while the loop's own work at the current load delays every tick a little),
@@ -26,6 +27,8 @@ INTERVAL_S = 0.002
 WINDOW = 400
 # Ticks of each kind needed before the stall is known.
 MIN_TICKS = 100
+# The tick stops after this long without a thread batch (and starts with the next one).
+IDLE_S = 1.0
 QUANTILE = 0.9
 
 
@@ -50,20 +53,22 @@ class StallMeter:
         self._during: deque[float] = deque(maxlen=WINDOW)
         self._outside: deque[float] = deque(maxlen=WINDOW)
         self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._tick(), name="stall-meter")
+        self._last_end = time.monotonic()
 
     def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
 
     def thread_batch_started(self) -> None:
+        """Count a batch handed to a worker thread; tick while such batches come."""
         self.running += 1
         self._batches += 1
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._tick(), name="stall-meter")
 
     def thread_batch_ended(self) -> None:
         self.running -= 1
+        self._last_end = time.monotonic()
 
     def inline_batch_ran(self) -> None:
         self._inline += 1
@@ -77,7 +82,7 @@ class StallMeter:
         return Stall(during, outside, len(self._during) + len(self._outside))
 
     async def _tick(self) -> None:
-        while True:
+        while self.running or time.monotonic() - self._last_end < IDLE_S:
             busy, batches, inline = self.running, self._batches, self._inline
             due = time.monotonic() + INTERVAL_S
             await asyncio.sleep(INTERVAL_S)
