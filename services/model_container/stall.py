@@ -6,12 +6,12 @@ gives the GIL up (for any system call) it waits for the model to give it back.
 A tick on the loop measures this as it serves: every `INTERVAL_S` it notes how
 late it woke. Ticks are sorted by what ran meanwhile: a batch on a worker
 thread (`during`), nothing (`outside`), or a batch run on the loop itself
-(dropped: that stall is by design and bounded). It ticks only while thread
-batches come: a model run on the loop alone, or an idle one, costs nothing. The stall of the model is how
+(dropped: that stall is by design and bounded). The stall of the model is how
 much later the loop wakes during batches than outside them (90th percentiles:
 a model that holds the GIL makes the loop wait for whole stretches of it now and
 then, while the loop's own work at the current load delays every tick a little),
-which leaves out what the loop's own work costs.
+which leaves out what the loop's own work costs. It ticks only while thread
+batches come: a model run on the loop alone, or an idle one, costs nothing.
 """
 
 from __future__ import annotations

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 
 from services.model_container.stall import IDLE_S, StallMeter
@@ -20,10 +19,7 @@ async def test_ticks_sort_into_during_and_outside_and_a_gil_holder_shows_as_a_st
     assert meter._task is None  # nothing ticks before a thread batch
     for _ in range(3):
         meter.thread_batch_started()
-        worker = threading.Thread(target=_hold_the_gil, args=(0.3,))
-        worker.start()
-        while worker.is_alive():
-            await asyncio.sleep(0.001)
+        await asyncio.to_thread(_hold_the_gil, 0.3)  # the loop ticks meanwhile
         meter.thread_batch_ended()
         await asyncio.sleep(0.3)
     stall = meter.stall()
