@@ -19,6 +19,7 @@ from benchmarks import (
     mesh_latency,
     overhead,
     overload,
+    paper_table,
     plots,
     selection_experiments,
     tls_cost,
@@ -27,8 +28,8 @@ from benchmarks.harness import capacity, workdir
 from benchmarks.loadgen import RunResult
 from services.mesh import digits
 
-SECTIONS = ("mesh", "container", "digits", "frontend", "slo", "burst", "overhead", "limit",
-            "selection", "tls", "overload")
+SECTIONS = ("mesh", "container", "digits", "paper", "frontend", "slo", "burst", "overhead",
+            "limit", "selection", "tls", "overload")
 
 
 def _capacity_table(caps: list[gain.Capacity]) -> list[str]:
@@ -77,6 +78,9 @@ async def run(out: Path, sections: tuple[str, ...], queries: int) -> str:
                               {c.label: c.probes for c in caps})
             lines += ["## Batching gain at the container: digits SVM", "",
                       *_capacity_table(caps), "", "![](container-digits.png)", ""]
+        if "paper" in sections:
+            lines += [paper_table.report(await paper_table.measure(work)),
+                      await paper_table.handoff_report(), ""]
         if "frontend" in sections:
             caps = await gain.frontend_capacities(work, np.ones(4, np.float32))
             plots.load_curves(out / "frontend-synthetic.png", "synthetic, via frontend", 20,

@@ -20,6 +20,11 @@ Admission is bounded: past `max_queue` waiting queries, or when the estimated
 wait already exceeds a query's deadline, `submit` rejects at once (Overloaded)
 so that the frontend can try another replica or answer with the default.
 
+With `concurrency` above 1, up to that many batches run at once (on worker
+threads or worker processes), but another starts beside a running one only when
+a batch is long against the queries' time budget (`PARALLEL_ABOVE`) or a full
+batch is waiting: short batches serve more queries one after another, bigger.
+
 Faults stay with their queries. A batch the model raises on is run again by
 halves, so that only the queries that make the model fail get its error. A
 batch that outlives its timeout (`batch_timeout_s`, else derived from the
@@ -59,6 +64,11 @@ PROBE_S = 5.0
 TIMEOUT_FACTOR = 10.0
 MIN_BATCH_TIMEOUT_S = 1.0
 STARTUP_BATCH_TIMEOUT_S = 30.0
+# With `concurrency` above 1, another batch starts beside a running one only when a
+# batch of the largest size typically takes this share of a query's time budget (the
+# queries queued would miss their deadlines waiting for it), or a full batch waits;
+# otherwise they wait and go out as one bigger batch, which costs less per query.
+PARALLEL_ABOVE = 0.25
 
 
 class ModelFailed(ClipperError):
@@ -121,6 +131,7 @@ class Batcher:
         self._aimd_cap = 1.0
         self._interarrival_s = math.inf
         self._last_arrival: float | None = None
+        self._budget_s: float | None = None  # a query's typical time budget on arrival
         self._tasks: set[asyncio.Task[None]] = set()
         self._worker: asyncio.Task[None] | None = None
         self._draining = False
@@ -196,6 +207,8 @@ class Batcher:
             self._interarrival_s = (gap if math.isinf(self._interarrival_s)
                                     else 0.8 * self._interarrival_s + 0.2 * gap)
         self._last_arrival = now
+        budget = deadline - now
+        self._budget_s = budget if self._budget_s is None else 0.9 * self._budget_s + 0.1 * budget
         future: asyncio.Future[Any] = loop.create_future()
         heapq.heappush(self._heap, _Pending(deadline, next(self._seq), now, value, future, probe))
         self._wakeup.set()
@@ -231,7 +244,7 @@ class Batcher:
 
     async def _run(self) -> None:
         while True:
-            if not self._heap or self._busy >= self.config.concurrency:
+            if not self._heap or self._busy >= self._slots():
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -247,6 +260,16 @@ class Batcher:
                 continue
             if plan:
                 self._dispatch(plan, now)
+
+    def _slots(self) -> int:
+        """How many batches may run at once now (see PARALLEL_ABOVE)."""
+        cfg = self.config
+        if cfg.concurrency == 1 or len(self._heap) >= cfg.max_batch_size:
+            return cfg.concurrency
+        full_s = self.latency.typical(cfg.max_batch_size)
+        if full_s is None or self._budget_s is None or full_s > PARALLEL_ABOVE * self._budget_s:
+            return cfg.concurrency
+        return 1
 
     def _plan(self, now: float) -> list[_Pending] | float:
         """The next adaptive batch, or the time to wait until for a bigger one."""
@@ -375,7 +398,8 @@ class Batcher:
         """The model's outputs for `batch`, or its exception (ModelFailed: wrong count)."""
         size = len(batch)
         outputs = await self.runner.run([item.input for item in batch],
-                                        self.latency.typical(size), self.batch_timeout_s(size))
+                                        self.latency.typical(size), self.batch_timeout_s(size),
+                                        self._budget_s)
         if len(outputs) != size:
             raise ModelFailed(f"model returned {len(outputs)} outputs for a batch of {size}")
         return list(outputs)

@@ -95,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest wait for a bigger batch after the oldest query came")
     p.add_argument("--concurrency", type=int,
                    default=env_default(SERVICE, "concurrency", 1, int),
-                   help="batches running at once")
+                   help="batches running at once, in as many worker threads or processes; a "
+                   "second starts beside a running one only when a full batch takes over a "
+                   "quarter of the queries' budget or a full batch waits")
     p.add_argument("--batch-timeout-s", type=float,
                    default=env_default(SERVICE, "batch_timeout_s", 0.0, float),
                    help="a batch running longer fails (the frontend retries elsewhere); a "
@@ -105,9 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
                    default=env_default(SERVICE, "native_threads", 1, int),
                    help="threads each worker's BLAS/OpenMP pools may use (0: the libraries' "
                    "own default)")
-    p.add_argument("--worker", choices=WORKER_KINDS, default=env("worker", "thread"),
-                   help="run the model in worker threads or worker processes (with one worker "
-                        "thread, batches expected under 2 ms run on the event loop instead)")
+    p.add_argument("--worker", choices=WORKER_KINDS, default=env("worker", "auto"),
+                   help="where batches run: auto (threads, moved to warm worker processes "
+                   "once batches measurably stall the event loop), thread, or process (with "
+                   "one worker thread, batches expected under 2 ms run on the event loop)")
     p.add_argument(
         "--heartbeat-s", type=float, default=env_default(SERVICE, "heartbeat_s", 1.0, float),
         help="announce interval until a frontend answers with its own (--heartbeat-ms), "

@@ -15,3 +15,6 @@ batch_duration = _meter.create_histogram(
     "clipper.batch.duration", unit="ms", description="Time the model took per batch")
 refused = _meter.create_counter(
     "clipper.queries.refused", description="Queries not run, by reason (overloaded, expired)")
+worker_switches = _meter.create_counter(
+    "clipper.worker.switches", description="Moves of the model from worker threads to worker "
+    "processes (--worker auto), by outcome (ok, failed: it stays on threads)")

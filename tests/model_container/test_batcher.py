@@ -370,3 +370,19 @@ def test_sub_millisecond_batches_are_timed_to_the_microsecond_on_uvloop() -> Non
 
     uvloop.run(serve())
     assert 0.0003 <= statistics.median(latency.seen) < 0.002, latency.seen
+
+
+@pytest.mark.parametrize(("batch_s", "queued", "slots"), [
+    (0.002, 4, 1),    # short against a 20 ms budget: the queued wait for a bigger batch
+    (0.010, 4, 2),    # half the budget: waiting for it would cost deadlines
+    (0.002, 64, 2),   # a full batch waits: one worker cannot keep up
+])
+async def test_a_second_batch_runs_beside_the_first_only_when_it_helps(
+    batch_s: float, queued: int, slots: int,
+) -> None:
+    batcher = make_batcher(GatedModel(), max_batch_size=64, concurrency=2)
+    for size in (1, 64) * 8:
+        batcher.latency.observe(size, batch_s * size / 64)
+    for i in range(queued):
+        batcher.submit(np.array([float(i)]), clock.now() + 0.020)
+    assert batcher._slots() == slots
