@@ -18,6 +18,8 @@ import os
 import threading
 import time
 
+from services.common.tasks import BackgroundTask
+
 logger = logging.getLogger(__name__)
 
 EXIT_CODE = 70  # EX_SOFTWARE
@@ -28,19 +30,17 @@ class LoopWatchdog:
         self.limit_s = limit_s
         self._last_turn = time.monotonic()
         self._stop = threading.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask("loop-watchdog-tick", self._tick)
         self._thread = threading.Thread(target=self._watch, name="loop-watchdog", daemon=True)
 
     async def start(self) -> None:
         self._last_turn = time.monotonic()
-        self._task = asyncio.create_task(self._tick(), name="loop-watchdog-tick")
+        self._task.start()
         self._thread.start()
 
     async def aclose(self) -> None:
         self._stop.set()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self._task.aclose()
 
     async def _tick(self) -> None:
         while True:
