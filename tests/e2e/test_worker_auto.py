@@ -53,7 +53,7 @@ async def load_until(proc: ServiceProcess, log: Path, pattern: str) -> list[obje
     async def one(i: int) -> object:
         value = tensors.encode(np.array([i, 0, 0, 0], np.float32))
         try:
-            return tensors.decode(await client.query(value, clock.now() + BUDGET_S, {})).item()
+            return tensors.decode(await client.query(value, clock.now() + BUDGET_S)).item()
         except ClipperError as exc:
             return exc
 
