@@ -26,11 +26,10 @@ from benchmarks.harness import (
     RATES,
     RETRY_BELOW,
     dial_credential,
-    sample,
-    scrape,
     start_container,
 )
 from benchmarks.loadgen import ContainerStream, RunResult, closed_loop, open_loop, settle
+from services.common.metrics import sample, scrape
 from services.common.processes import ServiceProcess
 from services.model_container.runner import ModelRunner
 from tests.helpers.redis_server import free_port

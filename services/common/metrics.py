@@ -10,12 +10,14 @@ The Prometheus exporter appends units and `_total` to names:
 from __future__ import annotations
 
 import logging
+import urllib.request
 
 from opentelemetry import metrics
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import start_http_server
+from prometheus_client.parser import text_string_to_metric_families
 
 logger = logging.getLogger(__name__)
 
@@ -37,3 +39,22 @@ def serve_metrics(service: str, host: str, port: int) -> int | None:
     bound: int = server.server_port
     logger.info("metrics at http://%s:%d/metrics", host, bound)
     return bound
+
+
+Samples = list[tuple[str, dict[str, str], float]]
+
+
+def scrape(port: int, host: str = "127.0.0.1") -> Samples:
+    """A service's metrics as (sample name, labels, value), read from its /metrics (for
+    tests, benchmarks and tools that watch a service from outside)."""
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return [(s.name, dict(s.labels), float(s.value))
+            for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float:
+    """Sum of the samples named `name` whose labels include `labels`."""
+    return sum(value for sample_name, sample_labels, value in samples
+               if sample_name == name
+               and all(sample_labels.get(k) == v for k, v in labels.items()))

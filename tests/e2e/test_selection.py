@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-import urllib.request
 from collections.abc import Iterator
 
 import grpc
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 from services.common import tensors
+from services.common.metrics import sample, scrape
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from tests.helpers.mesh import Mesh
@@ -208,26 +208,6 @@ async def test_feedback_by_query_id_keeps_the_query_s_context(
         application="users", query_id=reply.query_id, label=label(1)), timeout=5)
 
 
-def scrape(port: int) -> dict[str, float]:
-    """Prometheus text format: sample name with labels -> value."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    samples: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
-
-
-def sample(samples: dict[str, float], name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    total = 0.0
-    for key, value in samples.items():
-        base, _, rest = key.partition("{")
-        if base == name and all(f'{k}="{v}"' in rest for k, v in labels.items()):
-            total += value
-    return total
 
 
 async def test_metrics_count_outcomes_and_selection_fallbacks(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from services.common import clock, tensors
 from services.common.credentials import container_token, replica_credential
 from services.common.errors import ClipperError, DeadlineExpired, Overloaded
+from services.common.metrics import sample, scrape
 from services.common.processes import ServiceProcess, start_service
 from services.frontend.registry import ReplicaRecord
 from services.frontend.replica_client import ReplicaClient
@@ -78,12 +78,7 @@ async def load_until(proc: ServiceProcess, log: Path, pattern: str) -> list[obje
 
 def switches(outcome: str) -> float:
     """clipper_worker_switches_total{outcome=...} from the container's /metrics."""
-    url = f"http://127.0.0.1:{METRICS_PORT}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    found = re.search(rf'^clipper_worker_switches_total{{[^}}]*outcome="{outcome}"[^}}]*}} (\S+)',
-                      text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
+    return sample(scrape(METRICS_PORT), "clipper_worker_switches_total", outcome=outcome)
 
 
 def check_nothing_lost(answers: list[object]) -> None:
