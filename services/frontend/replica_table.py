@@ -1,6 +1,8 @@
 """The frontend's connections to live replicas, kept in step with the registry.
 
-`sync` opens a ReplicaClient for each new replica and closes those that left.
+`sync`, run whenever the registry says its replicas changed (the registry owns
+membership and expiry), opens a ReplicaClient for each new replica and closes those
+that left.
 `query` sends to a connected replica of the model's active version, the
 less loaded of two picked at random (power of two choices, on queries ahead
 and reported wait), leaving out replicas ejected as outliers
