@@ -36,13 +36,13 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import selection_plots as plots
+from services.policies import Observation, Policy, SelectContext, State
+from services.policies.epsilon_greedy import EpsilonGreedy
+from services.policies.exp3 import Exp3
+from services.policies.exp4 import Exp4
+from services.policies.thompson import ThompsonSampling
+from services.policies.ucb import UCB1
 from services.selection import arms
-from services.selection.policies import Observation, Policy, SelectContext, State
-from services.selection.policies.epsilon_greedy import EpsilonGreedy
-from services.selection.policies.exp3 import Exp3
-from services.selection.policies.exp4 import Exp4
-from services.selection.policies.thompson import ThompsonSampling
-from services.selection.policies.ucb import UCB1
 
 RUNS = 24
 BEFORE, AFTER = 500, 200

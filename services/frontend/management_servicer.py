@@ -11,6 +11,7 @@ import math
 
 import grpc
 
+from services import policies
 from services.common import tensors
 from services.common.auth import current_caller, require_model
 from services.common.credentials import sha256_hex
@@ -24,7 +25,7 @@ from services.frontend.registry import Registry
 from services.frontend.selection_client import SelectionClient
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
-from services.selection.policies import DEFAULT_POLICY, POLICIES, get_policy
+from services.policies import DEFAULT_POLICY, POLICIES, SelectContext, get_policy
 
 MAX_SLO_MS = 60_000
 
@@ -198,7 +199,7 @@ def application_from_proto(msg: pb.Application, limits: Limits = DEFAULT_LIMITS)
                            f"of {limits.rank} dimensions (--max-rank)")
     if not 0 < msg.slo_ms <= MAX_SLO_MS:
         raise InvalidInput(f"slo_ms must be in 1..{MAX_SLO_MS}, got {msg.slo_ms}")
-    policy = msg.policy or "static"
+    policy = msg.policy or DEFAULT_POLICY
     if policy not in POLICIES:
         raise InvalidInput(f"unknown policy {short_repr(policy)}; expected one of "
                            f"{', '.join(POLICIES)}")
@@ -209,6 +210,7 @@ def application_from_proto(msg: pb.Application, limits: Limits = DEFAULT_LIMITS)
                            f"{limits.linked_models} (--max-linked-models)")
     for model in linked_models:
         limits.check_name("model", model)
+    policies.check(policy, SelectContext(msg.name, "", linked_models, dict(msg.policy_params)))
     if not 0.0 <= msg.confidence_threshold <= 1.0:
         raise InvalidInput(
             f"confidence_threshold must be in [0, 1], got {msg.confidence_threshold}"

@@ -25,7 +25,7 @@ from services.frontend import metrics
 from services.frontend.records import Application
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
-from services.selection.policies import Decision, SelectContext, get_policy
+from services.policies import Decision, SelectContext, get_policy
 
 logger = logging.getLogger(__name__)
 

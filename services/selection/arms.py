@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 
-from services.selection.policies.base import (
+from services.policies.base import (
     Decision,
     Observation,
     Policy,

@@ -31,9 +31,9 @@ from collections.abc import Callable
 
 from services.common.generation import GenerationGuard
 from services.common.kv_store import KeyValueStore, Value, retry_while_unavailable
+from services.policies import Decision, Observation, SelectContext, get_policy
+from services.policies.base import State
 from services.selection import arms
-from services.selection.policies import Decision, Observation, SelectContext, get_policy
-from services.selection.policies.base import State
 from services.selection.state_memory import StateMemory, progress
 
 logger = logging.getLogger(__name__)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.policies import log_weights
+from services.policies.base import Policy, SelectContext, State, mean_reward
+from services.policies.exp3 import Exp3
+from services.policies.exp4 import Exp4
 from services.selection import arms
-from services.selection.policies import log_weights
-from services.selection.policies.base import Policy, SelectContext, State, mean_reward
-from services.selection.policies.exp3 import Exp3
-from services.selection.policies.exp4 import Exp4
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,8 @@ from services.common.streams import (
 )
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
+from services.policies import DEFAULT_POLICY, Observation, SelectContext, get_policy
 from services.selection.decider import Decider
-from services.selection.policies import DEFAULT_POLICY, Observation, SelectContext, get_policy
 from services.selection.policy_state import describe
 from services.selection.reward import reward
 

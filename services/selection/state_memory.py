@@ -14,7 +14,7 @@ import copy
 from collections import OrderedDict
 
 from services.common import clock
-from services.selection.policies.base import State
+from services.policies.base import State
 
 
 def progress(state: State) -> tuple[int, int]:

@@ -110,6 +110,12 @@ async def test_application_lifecycle(channel: grpc.aio.Channel) -> None:
         (pb.Application(name="a", input_spec=spec(), slo_ms=0), "slo_ms must be in"),
         (pb.Application(name="a", input_spec=spec(), slo_ms=10, policy="magic"),
          "unknown policy 'magic'"),
+        # Parameters are checked by the policy's own code when the application is made,
+        # not first at its queries.
+        (pb.Application(name="a", input_spec=spec(), slo_ms=10, policy="exp3",
+                        policy_params={"eta": "fast"}), "eta='fast' is not a number"),
+        (pb.Application(name="a", input_spec=spec(), slo_ms=10, policy="epsilon_greedy",
+                        policy_params={"epsilon": "2"}), "epsilon=2.0 must be in [0.0, 1.0]"),
         (pb.Application(name="a", input_spec=pb.TensorSpec(dtype="float99"), slo_ms=10),
          "unknown dtype"),
     ],

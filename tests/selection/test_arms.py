@@ -6,12 +6,12 @@ import random
 from pathlib import Path
 
 from services.common.kv_store import FileStore
+from services.policies import Observation, SelectContext, State, get_policy
+from services.policies.base import ChangeDetector
+from services.policies.epsilon_greedy import EpsilonGreedy
+from services.policies.exp4 import Exp4
 from services.selection import arms
 from services.selection.decider import Decider, state_key
-from services.selection.policies import Observation, SelectContext, State, get_policy
-from services.selection.policies.base import ChangeDetector
-from services.selection.policies.epsilon_greedy import EpsilonGreedy
-from services.selection.policies.exp4 import Exp4
 from services.selection.policy_state import describe
 
 

@@ -1,8 +1,8 @@
 """Policy state rewritten by the selection service when its store comes back empty."""
 
 from services.common.redis_store import RedisStore
+from services.policies import Observation, SelectContext
 from services.selection.decider import Decider, state_key
-from services.selection.policies import Observation, SelectContext
 
 APP_WIDE = SelectContext("app", "", ("a", "b"), {})
 ALICE = SelectContext("app", "alice", ("a", "b"), {})

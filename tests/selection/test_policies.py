@@ -9,15 +9,15 @@ import pytest
 from services.common.errors import InvalidInput
 from services.common.kv_store import FileStore
 from services.common.stores import open_store
+from services.policies import POLICIES, Observation, SelectContext, State, get_policy
+from services.policies.ab_split import WeightedSplit
+from services.policies.epsilon_greedy import EpsilonGreedy
+from services.policies.exp3 import Exp3
+from services.policies.exp4 import Exp4
+from services.policies.log_weights import MAX_RATIO
+from services.policies.thompson import ThompsonSampling
+from services.policies.ucb import UCB1
 from services.selection.decider import Decider, state_key
-from services.selection.policies import POLICIES, Observation, SelectContext, State, get_policy
-from services.selection.policies.ab_split import WeightedSplit
-from services.selection.policies.epsilon_greedy import EpsilonGreedy
-from services.selection.policies.exp3 import Exp3
-from services.selection.policies.exp4 import Exp4
-from services.selection.policies.log_weights import MAX_RATIO
-from services.selection.policies.thompson import ThompsonSampling
-from services.selection.policies.ucb import UCB1
 
 
 def ctx(candidates: tuple[str, ...], context_key: str = "user-1", **params: str) -> SelectContext:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from typing import ClassVar
 
-from services.selection.policies.base import (
+from services.policies.base import (
     ChangeDetector,
     Decision,
     Observation,

@@ -14,7 +14,7 @@ import random
 from typing import ClassVar
 
 from services.common.errors import InvalidInput
-from services.selection.policies.base import (
+from services.policies.base import (
     Decision,
     Observation,
     SelectContext,

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from services.selection.policies import log_weights
-from services.selection.policies.base import (
+from services.policies import log_weights
+from services.policies.base import (
     Decision,
     Observation,
     SelectContext,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from typing import ClassVar
 
-from services.selection.policies.base import (
+from services.policies.base import (
     ChangeDetector,
     Decision,
     Observation,
@@ -17,7 +17,7 @@ from services.selection.policies.base import (
     State,
     record_outcome,
 )
-from services.selection.policies.epsilon_greedy import DEFAULT_DECAY
+from services.policies.epsilon_greedy import DEFAULT_DECAY
 
 
 class ThompsonSampling:

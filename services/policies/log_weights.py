@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from services.selection.policies.base import State, model_stats
+from services.policies.base import State, model_stats
 
 MAX_RATIO = 1000.0
 

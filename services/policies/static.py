@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from services.common.errors import InvalidInput
-from services.selection.policies.base import (
+from services.policies.base import (
     Decision,
     Observation,
     SelectContext,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
-from services.selection.policies.base import (
+from services.policies.base import (
     ChangeDetector,
     Decision,
     Observation,
@@ -20,7 +20,7 @@ from services.selection.policies.base import (
     State,
     record_outcome,
 )
-from services.selection.policies.epsilon_greedy import DEFAULT_DECAY
+from services.policies.epsilon_greedy import DEFAULT_DECAY
 
 # UCB1's c = 1 bounds rewards in [0, 1] loosely: with discounted counts its bonus never
 # shrinks enough, and it kept 0.02-0.03 below the best model; 0.2 fits rewards whose
