@@ -8,7 +8,7 @@ import asyncio
 import gc
 import logging
 import signal
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -156,6 +156,15 @@ async def start_server(
     result = Server(server, health_servicer, bound, tuple(names), health_server, health_bound)
     await result.set_serving(False)
     return result
+
+
+@dataclass(frozen=True)
+class Running:
+    """A service started in this process: its port, and how to stop it (the steps of
+    its start undone in reverse)."""
+
+    port: int
+    stop: Callable[[], Awaitable[None]]
 
 
 def run_service(main: Coroutine[Any, Any, T]) -> T:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 from services.common.admission import Admission
@@ -16,7 +17,13 @@ from services.common.auth import (
 )
 from services.common.credentials import selection_token
 from services.common.metrics import serve_metrics
-from services.common.server import announce_ready, run_service, start_server, wait_for_signal
+from services.common.server import (
+    Running,
+    announce_ready,
+    run_service,
+    start_server,
+    wait_for_signal,
+)
 from services.common.stores import open_store
 from services.common.telemetry import setup_logging
 from services.frontend.config import Config, config_from_args
@@ -35,17 +42,22 @@ from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.generated.inference import grpc_service_pb2_grpc as oip_grpc
 
 
-async def main(cfg: Config) -> None:
+async def start(cfg: Config) -> Running:
+    """Start the frontend on `cfg.port` (0: a free one), serving; `stop()` it after."""
+    stack = contextlib.AsyncExitStack()
     serve_metrics("frontend", cfg.host, cfg.metrics_port)
     store = open_store(cfg.state)
+    stack.push_async_callback(store.aclose)
     registry = Registry(store, cfg.replica_ttl_s, cfg.limits)
     await registry.start()
+    stack.push_async_callback(registry.aclose)
     replicas = ReplicaTable(registry, cfg.mesh_secret,
                             cfg.client_tls.with_server_name(cfg.tls_container_name),
                             cfg.max_message_bytes)
     selection = SelectionClient(cfg.selection, selection_token(cfg.mesh_secret),
                                 tls=cfg.client_tls)
     cache = PredictionCache.open(cfg.cache, cfg.cache_size, cfg.cache_ttl_s)
+    stack.push_async_callback(cache.aclose)
     admission = Admission(cfg.admission)
     router = ModelRouter(registry, replicas, cache)
     query_path = QueryPath(registry, router, selection, cache, cfg.limits, admission,
@@ -72,21 +84,28 @@ async def main(cfg: Config) -> None:
         interceptors=[AuthInterceptor(auth_rules(cfg))],
     )
     await replicas.start()
+    stack.push_async_callback(replicas.aclose)
     await selection.start()
+    stack.push_async_callback(selection.aclose)
     await admission.lag.start()
+    stack.push_async_callback(admission.lag.aclose)
+
+    async def stop_serving() -> None:
+        await server.set_serving(False)  # not ready: load balancers stop sending
+        await server.stop(cfg.grace_s)  # refuses new calls; in-flight ones may finish
+
+    stack.push_async_callback(stop_serving)
     await server.set_serving(True)
-    announce_ready("frontend", server.port)
+    return Running(server.port, stack.aclose)
+
+
+async def main(cfg: Config) -> None:
+    running = await start(cfg)
+    announce_ready("frontend", running.port)
     try:
         await wait_for_signal()
     finally:
-        await server.set_serving(False)  # not ready: load balancers stop sending
-        await server.stop(cfg.grace_s)  # refuses new calls; in-flight ones may finish
-        await admission.lag.aclose()
-        await selection.aclose()
-        await replicas.aclose()
-        await cache.aclose()
-        await registry.aclose()
-        await store.aclose()
+        await running.stop()
 
 
 def auth_rules(cfg: Config) -> dict[str, Authenticator]:

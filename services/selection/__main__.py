@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 from services.common.admission import Admission
 from services.common.auth import FRONTEND, AuthInterceptor, rules_for, token_auth
 from services.common.metrics import serve_metrics
-from services.common.server import announce_ready, run_service, start_server, wait_for_signal
+from services.common.server import (
+    Running,
+    announce_ready,
+    run_service,
+    start_server,
+    wait_for_signal,
+)
 from services.common.stores import open_store
 from services.common.telemetry import setup_logging
 from services.generated.clipper.v1 import clipper_pb2 as pb
@@ -17,9 +24,12 @@ from services.selection.decider import Decider
 from services.selection.servicer import SelectionServicer
 
 
-async def main(cfg: Config) -> None:
+async def start(cfg: Config) -> Running:
+    """Start the selection service on `cfg.port` (0: a free one), serving; `stop()` it."""
+    stack = contextlib.AsyncExitStack()
     serve_metrics("selection", cfg.host, cfg.metrics_port)
     store = open_store(cfg.state, cfg.max_contexts)
+    stack.push_async_callback(store.aclose)
     admission = Admission(cfg.admission)
     decider = Decider(store, cfg.context_ttl_s, cfg.max_contexts, cfg.versions_kept)
     servicer = SelectionServicer(decider, admission)
@@ -35,17 +45,26 @@ async def main(cfg: Config) -> None:
             token_auth(cfg.token, FRONTEND, "selection")))],
     )
     await decider.start()  # ready: the state store answers (retried while it does not)
+    stack.push_async_callback(decider.aclose)
     await admission.lag.start()
+    stack.push_async_callback(admission.lag.aclose)
+
+    async def stop_serving() -> None:
+        await server.set_serving(False)  # not ready: load balancers stop sending
+        await server.stop(cfg.grace_s)  # refuses new calls; in-flight ones may finish
+
+    stack.push_async_callback(stop_serving)
     await server.set_serving(True)
-    announce_ready("selection", server.port)
+    return Running(server.port, stack.aclose)
+
+
+async def main(cfg: Config) -> None:
+    running = await start(cfg)
+    announce_ready("selection", running.port)
     try:
         await wait_for_signal()
     finally:
-        await server.set_serving(False)  # not ready: load balancers stop sending
-        await server.stop(cfg.grace_s)  # refuses new calls; in-flight ones may finish
-        await admission.lag.aclose()
-        await decider.aclose()
-        await store.aclose()
+        await running.stop()
 
 
 if __name__ == "__main__":
