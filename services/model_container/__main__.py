@@ -9,11 +9,13 @@ import os
 import secrets
 import sys
 import uuid
+from dataclasses import dataclass
 
 from services.common.auth import FRONTEND, AuthInterceptor, rules_for, token_auth
 from services.common.credentials import replica_credential
 from services.common.metrics import serve_metrics
 from services.common.server import (
+    Running,
     Server,
     announce_ready,
     run_service,
@@ -39,8 +41,17 @@ logger = logging.getLogger(__name__)
 LOOP_STALL_S = 10.0
 
 
-async def main(cfg: Config) -> int:
-    """Serve until SIGTERM (exit code 0) or until the model leaves a worker stuck (70)."""
+@dataclass(frozen=True)
+class Container:
+    """A container started in this process: serving, announced, and what stops it."""
+
+    running: Running
+    batcher: Batcher
+
+
+async def start(cfg: Config) -> Container:
+    """Load the model, serve on `cfg.port` (0: a free one) and announce this replica to
+    the frontends; ready once one of them knows it."""
     serve_metrics("model_container", cfg.host, cfg.metrics_port)
     runner = ModelRunner(cfg.model_ref, cfg.worker, cfg.batching.concurrency,
                          native_threads=cfg.native_threads)
@@ -80,19 +91,29 @@ async def main(cfg: Config) -> int:
     if cfg.frontends:  # ready once the model is loaded (above) and a frontend knows us
         await announcer.registered.wait()
     await server.set_serving(True)
-    announce_ready("model_container", server.port)
     logger.info("serving model %s version %s as replica %s", cfg.name, cfg.version,
                 replica_id)
+
+    async def stop() -> None:
+        await shut_down(cfg, server, announcer, batcher)
+        await watchdog.aclose()
+
+    return Container(Running(server.port, stop), batcher)
+
+
+async def main(cfg: Config) -> int:
+    """Serve until SIGTERM (exit code 0) or until the model leaves a worker stuck (70)."""
+    container = await start(cfg)
+    announce_ready("model_container", container.running.port)
     stop = asyncio.create_task(wait_for_signal())
-    unhealthy = asyncio.create_task(batcher.unhealthy.wait())
+    unhealthy = asyncio.create_task(container.batcher.unhealthy.wait())
     try:
         await asyncio.wait([stop, unhealthy], return_when=asyncio.FIRST_COMPLETED)
     finally:
         stop.cancel()
         unhealthy.cancel()
-        await shut_down(cfg, server, announcer, batcher)
-        await watchdog.aclose()
-    return EXIT_CODE if batcher.unhealthy.is_set() else 0
+        await container.running.stop()
+    return EXIT_CODE if container.batcher.unhealthy.is_set() else 0
 
 
 async def shut_down(cfg: Config, server: Server, announcer: Announcer, batcher: Batcher) -> None:
