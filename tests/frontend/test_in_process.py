@@ -1,0 +1,87 @@
+"""The frontend's routing, membership and errors, with the three services in the test's
+event loop (tests/helpers/inprocess.py) and a gated model: no process to start, no
+timing to guess."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from services.common import tensors
+from services.generated.clipper.v1 import clipper_pb2 as pb
+from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
+from tests.helpers.inprocess import Gate, InProcessMesh, in_process_mesh
+
+GATED = "tests.helpers.inprocess:GatedSum"
+
+
+@pytest.fixture
+async def mesh(tmp_path: Path) -> AsyncIterator[InProcessMesh]:
+    Gate.reset()
+    async with in_process_mesh(tmp_path, [(GATED, "gated")]) as mesh:
+        async with grpc.aio.insecure_channel(mesh.address) as channel:
+            app = pb.Application(name="app", input_spec=pb.TensorSpec(dtype="float32",
+                                                                      shape=[4]),
+                                 slo_ms=5000, linked_models=["gated"])
+            await mesh.management(channel).CreateApplication(
+                pb.ApplicationRequest(application=app), metadata=mesh.metadata, timeout=5)
+        yield mesh
+        Gate.opened.set()  # let any batch still waiting end
+
+
+async def replicas(mesh: InProcessMesh, channel: grpc.aio.Channel) -> list[pb.Replica]:
+    reply = await mesh.management(channel).ListReplicas(pb.ListReplicasRequest(),
+                                                        metadata=mesh.metadata, timeout=5)
+    return list(reply.replicas)
+
+
+async def test_a_query_waits_on_its_replica_and_is_answered_when_the_model_is(
+        mesh: InProcessMesh) -> None:
+    async with grpc.aio.insecure_channel(mesh.address) as channel:
+        query = pb.PredictRequest(application="app",
+                                  input=tensors.encode(np.arange(4, dtype=np.float32)))
+        call = asyncio.ensure_future(pb_grpc.FrontendStub(channel).Predict(query, timeout=5))
+        assert await asyncio.to_thread(Gate.entered.acquire, True, 5)  # in the model now
+        (replica,) = await replicas(mesh, channel)
+        assert replica.connected and replica.outstanding == 1
+        assert not call.done()
+        Gate.opened.set()
+        reply = await call
+        assert tensors.decode(reply.output).item() == 6.0
+        assert list(reply.models) == ["gated:1"] and not reply.default_used
+        (replica,) = await replicas(mesh, channel)
+        assert replica.outstanding == 0
+
+
+async def test_a_replica_that_leaves_is_dropped_from_the_table(mesh: InProcessMesh) -> None:
+    async with grpc.aio.insecure_channel(mesh.address) as channel:
+        assert len(await replicas(mesh, channel)) == 1
+        Gate.opened.set()
+        await mesh.containers.pop().running.stop()  # deregisters
+        assert await replicas(mesh, channel) == []
+        query = pb.PredictRequest(application="app",
+                                  input=tensors.encode(np.ones(4, dtype=np.float32)))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await pb_grpc.FrontendStub(channel).Predict(query, timeout=5)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_errors_keep_their_status(mesh: InProcessMesh) -> None:
+    async with grpc.aio.insecure_channel(mesh.address) as channel:
+        stub = pb_grpc.FrontendStub(channel)
+        for request, code in (
+            (pb.PredictRequest(application="nope",
+                               input=tensors.encode(np.ones(4, dtype=np.float32))),
+             grpc.StatusCode.NOT_FOUND),
+            (pb.PredictRequest(application="app",
+                               input=tensors.encode(np.ones(3, dtype=np.float32))),
+             grpc.StatusCode.INVALID_ARGUMENT),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Predict(request, timeout=5)
+            assert caught.value.code() == code
