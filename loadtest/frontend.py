@@ -9,14 +9,13 @@ Management API (the management token).
 
 from __future__ import annotations
 
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 
 import grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from services.common.auth import bearer
+from services.common.metrics import Samples, parse_metrics, read_metrics
 from services.common.tls import ClientTLS, sync_channel
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
@@ -86,9 +85,7 @@ class FrontendCounters:
     def snapshot(self) -> Counter[Series]:
         totals: Counter[Series] = Counter()
         for url in self.urls:
-            with urllib.request.urlopen(url, timeout=self.timeout_s) as reply:
-                text = reply.read().decode()
-            totals.update(parse(text))
+            totals.update(counted(read_metrics(url, self.timeout_s)))
         return totals
 
     def since(self, before: Counter[Series]) -> Counter[Series]:
@@ -98,17 +95,20 @@ class FrontendCounters:
 
 
 def parse(text: str) -> Counter[Series]:
-    """The counted series of one Prometheus exposition."""
+    """The counted series of one frontend's Prometheus exposition."""
+    return counted(parse_metrics(text))
+
+
+def counted(samples: Samples) -> Counter[Series]:
+    """The counted series among one frontend's samples."""
     totals: Counter[Series] = Counter()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name not in COUNTED:
-                continue
-            app = sample.labels.get("application", "")
-            key = {QUERIES: f"{app}:{sample.labels.get('outcome', '')}",
-                   DEFAULTS: f"{app}:{sample.labels.get('cause', '')}"}.get(
-                sample.name, sample.labels.get("model", ""))
-            totals[(sample.name, key)] += int(sample.value)
+    for name, labels, value in samples:
+        if name not in COUNTED:
+            continue
+        app = labels.get("application", "")
+        key = {QUERIES: f"{app}:{labels.get('outcome', '')}",
+               DEFAULTS: f"{app}:{labels.get('cause', '')}"}.get(name, labels.get("model", ""))
+        totals[(name, key)] += int(value)
     return totals
 
 

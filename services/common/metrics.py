@@ -44,13 +44,22 @@ def serve_metrics(service: str, host: str, port: int) -> int | None:
 Samples = list[tuple[str, dict[str, str], float]]
 
 
-def scrape(port: int, host: str = "127.0.0.1") -> Samples:
-    """A service's metrics as (sample name, labels, value), read from its /metrics (for
-    tests, benchmarks and tools that watch a service from outside)."""
-    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
+def read_metrics(url: str, timeout_s: float = 5.0) -> Samples:
+    """A service's metrics as (sample name, labels, value), read from its /metrics URL
+    (for tests, benchmarks and tools that watch a service from outside)."""
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        return parse_metrics(response.read().decode())
+
+
+def parse_metrics(text: str) -> Samples:
+    """The samples of a Prometheus text exposition."""
     return [(s.name, dict(s.labels), float(s.value))
             for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def scrape(port: int, host: str = "127.0.0.1") -> Samples:
+    """`read_metrics` of a service on `host:port`."""
+    return read_metrics(f"http://{host}:{port}/metrics")
 
 
 def sample(samples: Samples, name: str, **labels: str) -> float:

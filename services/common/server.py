@@ -81,6 +81,12 @@ class Server:
         for name in ("", *self.service_names):
             await self.health.set(name, status)
 
+    async def drain(self, grace_s: float | None) -> None:
+        """Not ready (load balancers stop sending), refuse new calls, and let those in
+        flight finish within `grace_s`."""
+        await self.set_serving(False)
+        await self.stop(grace_s)
+
     async def stop(self, grace_s: float | None) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)

@@ -57,7 +57,7 @@ class BackgroundTask:
             await asyncio.sleep(self.restart_s)
 
 
-def every(name: str, interval_s: float, work: Callable[[], Awaitable[None]]) -> BackgroundTask:
+def every(name: str, interval_s: float, work: Callable[[], Awaitable[object]]) -> BackgroundTask:
     """`work` each `interval_s` (first after one interval); a failed round is logged."""
     async def rounds() -> None:
         while True:

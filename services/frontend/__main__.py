@@ -89,12 +89,7 @@ async def start(cfg: Config) -> Running:
     stack.push_async_callback(selection.aclose)
     await admission.lag.start()
     stack.push_async_callback(admission.lag.aclose)
-
-    async def stop_serving() -> None:
-        await server.set_serving(False)  # not ready: load balancers stop sending
-        await server.stop(cfg.grace_s)  # refuses new calls; in-flight ones may finish
-
-    stack.push_async_callback(stop_serving)
+    stack.push_async_callback(server.drain, cfg.grace_s)
     await server.set_serving(True)
     return Running(server.port, stack.aclose)
 

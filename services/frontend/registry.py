@@ -78,7 +78,7 @@ class Registry:
         self.liveness = Liveness(replica_ttl_s)
         self.generation = GenerationGuard(store, "registry", self.restore)
         self._watcher = BackgroundTask("registry watch", self.watch, restart_s=1.0)
-        self._expiry = every("replica expiry", expiry_interval_s, self._expire)
+        self._expiry = every("replica expiry", expiry_interval_s, self.expire_replicas)
         self._replica_listeners: list[Callable[[], None]] = []
         # False while the change feed is down: replicas are not expired then, since
         # heartbeats other frontends receive do not reach this one.
@@ -380,9 +380,6 @@ class Registry:
         logger.info("replica %s of %s:%s left", replica_id[:8], replica.model, replica.version)
         self._replicas_changed()
         return True
-
-    async def _expire(self) -> None:
-        await self.expire_replicas()
 
     async def expire_replicas(self) -> list[str]:
         """Drop replicas whose heartbeat token has not changed for a TTL (here and in the

@@ -21,7 +21,6 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,13 +28,16 @@ import grpc
 import numpy as np
 
 from services.common import tensors
-from services.common.processes import ServiceProcess, start_service
+from services.common.processes import ServiceProcess
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
-from tests.helpers.mesh import ENV, MGMT, container_env
+from tests.helpers.mesh import MGMT, Mesh
 from tests.helpers.redis_server import RedisServer
 
 logger = logging.getLogger(__name__)
+
+FAULTS = ("kill -9 replica", "SIGSTOP replica", "kill -9 selection", "kill -9 frontend",
+          "redis restart", "redis wiped")
 
 APP, MODEL = "chaos", "sum"
 DEFAULT = tensors.encode(np.float64(-1))
@@ -81,48 +83,32 @@ class ChaosMesh:
     """Redis, one selection service, two frontends and `replicas` replicas of MODEL."""
 
     def __init__(self, workdir: Path, slo_ms: int = 100, replicas: int = 2) -> None:
-        self.workdir = workdir
         self.slo_ms = slo_ms
         self.redis = RedisServer(workdir / "redis")
-        self.selection: ServiceProcess | None = None
+        self.mesh = Mesh(workdir)
         self.frontends: list[ServiceProcess] = []
         self.containers: list[ServiceProcess] = []
         self.replica_count = replicas
-        self._names = itertools.count()
-
-    def _start(self, module: str, args: list[str], env: dict[str, str] | None = None,
-               ) -> ServiceProcess:
-        name = f"{module.rsplit('.', 1)[-1]}-{next(self._names)}"
-        return start_service(module, args, name=name, env=env or ENV,
-                             log_path=self.workdir / f"{name}.log")
 
     def start(self) -> None:
         self.redis.start()
-        self.selection = self.start_selection(0)
+        self.start_selection(0)
         self.frontends = [self.start_frontend(0) for _ in range(2)]
         self.containers = [self.start_container() for _ in range(self.replica_count)]
-        with grpc.insecure_channel(self.frontends[0].address) as channel:
-            app = pb.Application(name=APP, input_spec=pb.TensorSpec(dtype="float32", shape=[4]),
-                                 slo_ms=self.slo_ms, linked_models=[MODEL], default_output=DEFAULT,
-                                 policy="exp3")
-            pb_grpc.ManagementStub(channel).CreateApplication(
-                pb.ApplicationRequest(application=app), metadata=MGMT, timeout=5)
+        self.mesh.create_app(APP, [MODEL], slo_ms=self.slo_ms, policy="exp3", default=DEFAULT)
 
     def start_selection(self, port: int) -> ServiceProcess:
-        return self._start("services.selection", ["--port", str(port), "--state", self.redis.url])
+        return self.mesh.start_selection(port, state=self.redis.url)
 
     def start_frontend(self, port: int) -> ServiceProcess:
-        assert self.selection is not None
-        return self._start("services.frontend", [
-            "--port", str(port), "--selection", self.selection.address,
-            "--state", self.redis.url, "--cache", "none",
-            "--heartbeat-ms", "200", "--replica-ttl-s", "1.0"])
+        return self.mesh.start_frontend("--port", str(port), "--cache", "none",
+                                        state=self.redis.url)
 
     def start_container(self) -> ServiceProcess:
-        return self._start("services.model_container", [
-            "--model", "tests.helpers.models:SumModel", "--name", MODEL, "--version", "1",
-            "--frontend", ",".join(f.address for f in self.frontends), "--heartbeat-s", "0.2",
-        ], env=container_env(MODEL))
+        """A replica announcing to both frontends."""
+        return self.mesh.start_container(
+            "tests.helpers.models:SumModel", MODEL, "1",
+            "--frontend", ",".join(f.address for f in self.frontends))
 
     @property
     def target(self) -> str:
@@ -130,10 +116,9 @@ class ChaosMesh:
         return "ipv4:" + ",".join(f.address for f in self.frontends)
 
     def close(self) -> None:
-        for proc in [*self.containers, *self.frontends, self.selection]:
-            if proc is not None:
-                proc.proc.send_signal(signal.SIGCONT)
-                proc.stop()
+        for proc in self.mesh.procs:
+            proc.proc.send_signal(signal.SIGCONT)  # a stopped one can then stop
+        self.mesh.close()
         self.redis.stop()
 
     # ------------------------------------------------------------ health
@@ -177,10 +162,7 @@ class ChaosMesh:
         os.kill(victim.proc.pid, signal.SIGCONT)
 
     async def kill_selection(self) -> None:
-        assert self.selection is not None
-        port = self.selection.port
-        self.selection.kill()
-        self.selection = await asyncio.to_thread(self.start_selection, port)
+        await asyncio.to_thread(self.mesh.restart_selection)
 
     async def kill_frontend(self) -> None:
         victim = self.frontends[1]
@@ -197,15 +179,16 @@ class ChaosMesh:
         self.redis.wipe()
         await asyncio.to_thread(self.redis.start)
 
-    def faults(self) -> dict[str, Callable[[], Awaitable[None]]]:
-        return {
+    async def inject(self, fault: str) -> None:
+        """Inject one of FAULTS (the harness starts again what it killed)."""
+        await {
             "kill -9 replica": self.kill_replica,
             "SIGSTOP replica": self.stop_replica,
             "kill -9 selection": self.kill_selection,
             "kill -9 frontend": self.kill_frontend,
             "redis restart": self.restart_redis,
             "redis wiped": self.wipe_redis,
-        }
+        }[fault]()
 
 
 class Load:
@@ -325,7 +308,7 @@ async def run_fault(mesh: ChaosMesh, ledger: Ledger, name: str, settle_s: float 
     """Inject `name` under the running load, make a management change while it lasts,
     wait for full capacity and `settle_s` more."""
     since = time.monotonic()
-    await mesh.faults()[name]()
+    await mesh.inject(name)
     await asyncio.to_thread(ledger.change, mesh.frontends[0].address)
     try:
         await mesh.wait_full_capacity()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.harness import ChaosMesh, soak
+from tests.chaos.harness import FAULTS, soak
 
 RECOVER_S = 15.0
 # Share of queries allowed past the SLO + 10 ms: processes restarting on two shared
@@ -20,7 +20,7 @@ LATE_SHARE = 0.05
 
 @pytest.mark.timeout(420)
 async def test_every_fault_under_load_loses_nothing(tmp_path: Path) -> None:
-    result = await soak(tmp_path, list(ChaosMesh(tmp_path).faults()))
+    result = await soak(tmp_path, list(FAULTS))
     report = "\n" + result.text()
     assert not result.missing_changes, report
     for fault in result.reports:

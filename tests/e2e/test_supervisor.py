@@ -12,6 +12,7 @@ container stays down while the rest serve, and SIGTERM drains the mesh in order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -19,7 +20,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -106,6 +107,16 @@ class Load:
                 await asyncio.sleep(0.1)
             await asyncio.sleep(self.pause_s)
 
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Load]:
+        """Run the load while the block runs; then stop it and wait for its workers."""
+        task = asyncio.create_task(self.run())
+        try:
+            yield self
+        finally:
+            self.stop.set()
+            await asyncio.wait_for(task, 30)
+
     async def answered(self, more: int, timeout_s: float = 60.0, real: bool = True) -> None:
         """Wait until `more` further answers (real ones, unless `real` is False) came."""
         def count() -> int:
@@ -132,16 +143,11 @@ async def kill_under_load(launcher: Launcher, load: Load, module: str, model: st
 
 async def test_a_killed_replica_with_a_twin_fails_no_query(
         twins: Launcher, x_test: np.ndarray) -> None:
-    load = Load(twins.address, "digits", x_test)
-    running = asyncio.create_task(load.run())
-    try:
+    async with Load(twins.address, "digits", x_test).running() as load:
         _, line = await kill_under_load(
             twins, load, "services.model_container", "digits-logreg",
             r"digits-logreg-\d is back \(pid \d+, (127\.0\.0\.1:\d+)\)")
         await load.answered(100)
-    finally:
-        load.stop.set()
-        await asyncio.wait_for(running, 30)
     assert load.errors == []
     assert [r for _, r in load.answers if r.default_used] == []
     assert re.search(r"digits-logreg-\d killed by SIGKILL after [\d.]+ s; restarting in",
@@ -202,15 +208,11 @@ async def test_the_selection_service_comes_back_with_its_state_while_serving_goe
         learnt = await stub.Predict(query, timeout=10)
         assert tensors.decode(learnt.output).item() == svm_says and 0.5 < learnt.confidence
 
-        load = Load(twins.address, "learner", x_test)  # exp4 asks the selection service
-        running = asyncio.create_task(load.run())
-        try:
+        # exp4 asks the selection service
+        async with Load(twins.address, "learner", x_test).running() as load:
             await kill_under_load(twins, load, "services.selection", "",
                                   r"selection is back \(pid \d+, (127\.0\.0\.1:\d+)\)")
             await load.answered(100)
-        finally:
-            load.stop.set()
-            await asyncio.wait_for(running, 30)
         assert load.errors == []
         assert [r for _, r in load.answers if r.default_used] == []
 
@@ -243,16 +245,11 @@ async def test_clients_reconnect_to_a_restarted_frontend_that_kept_its_registry(
                              metadata=MGMT, timeout=5)
         apps = mgmt.ListApplications(pb.ListApplicationsRequest(), metadata=MGMT, timeout=5)
         models = mgmt.ListModels(pb.ListModelsRequest(), metadata=MGMT, timeout=5)
-    load = Load(twins.address, "kept", x_test)  # one channel throughout
-    running = asyncio.create_task(load.run())
-    try:
+    async with Load(twins.address, "kept", x_test).running() as load:  # one channel
         killed, _ = await kill_under_load(twins, load, "services.frontend", "",
                                           r"frontend is back \(pid \d+, (127\.0\.0\.1:\d+)\)")
         back = time.monotonic()
         await load.answered(100, timeout_s=REAL_AGAIN_S + 30)
-    finally:
-        load.stop.set()
-        await asyncio.wait_for(running, 30)
     # While it was down, and until the client reconnected: UNAVAILABLE, nothing else.
     assert load.errors and all(killed <= t < back + REAL_AGAIN_S for t, _ in load.errors)
     assert {code for _, code in load.errors} == {grpc.StatusCode.UNAVAILABLE}
@@ -269,15 +266,10 @@ async def test_with_one_replica_defaults_are_flagged_until_real_answers_return(
             name="solo", input_spec=pb.TensorSpec(dtype="float32", shape=[64]),
             slo_ms=int(SLO_MS), policy="static", linked_models=["digits-logreg"],
             default_output=tensors.encode(np.int64(-1)))), metadata=MGMT, timeout=5)
-    load = Load(singles.address, "solo", x_test)
-    running = asyncio.create_task(load.run())
-    try:
+    async with Load(singles.address, "solo", x_test).running() as load:
         killed, _ = await kill_under_load(singles, load, "services.model_container",
                                           "digits-logreg", r"digits-logreg-0 is back")
         await load.answered(50, timeout_s=REAL_AGAIN_S)
-    finally:
-        load.stop.set()
-        await asyncio.wait_for(running, 30)
     assert load.errors == []
     defaults = [(t, r) for t, r in load.answers if r.default_used]
     assert defaults, "no query came while the only replica was down"
@@ -307,14 +299,9 @@ async def test_past_the_limit_a_container_stays_down_the_rest_serve_and_sigterm_
             default_output=tensors.encode(np.int64(-1)))), metadata=MGMT, timeout=5)
     pair, ensemble = (Load(singles.address, app, x_test, max_queries=200)
                       for app in ("pair", "digits"))
-    running = asyncio.gather(pair.run(), ensemble.run())
-    try:
+    async with pair.running(), ensemble.running():
         await pair.answered(30)
         await ensemble.answered(10)
-    finally:
-        pair.stop.set()
-        ensemble.stop.set()
-        await asyncio.wait_for(running, 30)
     assert pair.errors == [] and ensemble.errors == []
     # The other models serve as before; the ensemble that includes the model left down
     # answers with the others, or with its flagged default: no query fails.

@@ -47,6 +47,7 @@ class Mesh:
         self.tls = tls
         self.procs: list[ServiceProcess] = []
         self.selection: ServiceProcess | None = None
+        self.selection_state = ""
         self.frontend: ServiceProcess | None = None
 
     def _start(self, module: str, args: list[str], name: str,
@@ -58,9 +59,10 @@ class Mesh:
         return proc
 
     def start_selection(self, port: int = 0, state: str = "") -> ServiceProcess:
+        self.selection_state = state or str(self.workdir / "selection.json")
         self.selection = self._start(
             "services.selection",
-            ["--port", str(port), "--state", state or str(self.workdir / "selection.json")],
+            ["--port", str(port), "--state", self.selection_state],
             f"selection-{len(self.procs)}",
         )
         return self.selection
@@ -70,7 +72,7 @@ class Mesh:
         assert self.selection is not None
         port = self.selection.port
         self.selection.kill()
-        return self.start_selection(port)
+        return self.start_selection(port, self.selection_state)
 
     def start_frontend(self, *extra: str, state: str = "") -> ServiceProcess:
         """A frontend; the first one started is `self.frontend`, where containers announce."""
