@@ -47,7 +47,7 @@ def add_listen_flags(p: argparse.ArgumentParser, service: str, default_port: int
 
 
 def add_lifecycle_flags(p: argparse.ArgumentParser, service: str) -> None:
-    """--grace-s, --metrics-port and --log-level, as every service has them."""
+    """--grace-s, --metrics-port, --log-level and --log-format, as every service has them."""
     p.add_argument("--grace-s", type=float,
                    default=env_default(service, "grace_s", 10.0, float),
                    help="on SIGTERM: how long in-flight work may take to finish")
@@ -56,6 +56,10 @@ def add_lifecycle_flags(p: argparse.ArgumentParser, service: str) -> None:
                    help="serve Prometheus metrics on this port (0: any free port; -1: off)")
     p.add_argument("--log-level", default=env_default(service, "log_level", "INFO", str),
                    help="logging level (DEBUG, INFO, WARNING, ERROR)")
+    p.add_argument("--log-format", choices=("text", "json"),
+                   default=env_default(service, "log_format", "text", str),
+                   help="text lines, or JSON lines: one object per event with the service, and "
+                   "for a query its id, application and trace id")
 
 
 def add_tls_flags(p: argparse.ArgumentParser, service: str, server: bool = True,

@@ -24,6 +24,7 @@ from typing import Any, ClassVar, TypeVar
 
 import grpc
 
+from services.common.rpc_stats import MethodStats
 from services.generated.clipper.v1 import clipper_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -133,10 +134,12 @@ Self = TypeVar("Self")
 def handle_errors(
     method: Callable[[Self, Req, grpc.aio.ServicerContext], Awaitable[Resp]],
 ) -> Callable[[Self, Req, grpc.aio.ServicerContext], Awaitable[Resp]]:
-    """Map exceptions of a unary servicer method to gRPC statuses."""
+    """Map exceptions of a unary servicer method to gRPC statuses (and count the call)."""
+    stats = MethodStats(method.__qualname__)
 
     @functools.wraps(method)
     async def wrapper(self: Self, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        call = stats.begin(context)
         try:
             return await method(self, request, context)
         except ClipperError as exc:
@@ -146,6 +149,8 @@ def handle_errors(
         except Exception:
             logger.exception("unhandled error in %s", method.__qualname__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        finally:
+            stats.end(call, context)
         raise AssertionError("unreachable")  # abort always raises
 
     return wrapper
@@ -154,12 +159,14 @@ def handle_errors(
 def handle_stream_errors(
     method: Callable[[Self, Any, grpc.aio.ServicerContext], AsyncIterator[Resp]],
 ) -> Callable[[Self, Any, grpc.aio.ServicerContext], AsyncIterator[Resp]]:
-    """Map exceptions of a streaming servicer method to gRPC statuses."""
+    """Map exceptions of a streaming servicer method to gRPC statuses (and count the call)."""
+    stats = MethodStats(method.__qualname__)
 
     @functools.wraps(method)
     async def wrapper(
         self: Self, request: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Resp]:
+        call = stats.begin(context)
         try:
             async for item in method(self, request, context):
                 yield item
@@ -170,6 +177,8 @@ def handle_stream_errors(
         except Exception:
             logger.exception("unhandled error in %s", method.__qualname__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        finally:
+            stats.end(call, context, detach=False)
 
     return wrapper
 

@@ -80,6 +80,8 @@ class StreamClient(Generic[Item, Reply]):
         self.connected_at = 0.0
         # When a response last came (clock.now()).
         self.last_heard = 0.0
+        # Streams accepted so far (more than one: it reconnected).
+        self.connects = 0
         self._connected = asyncio.Event()
         self._open_call = open_call
         self._wrap = wrap
@@ -177,6 +179,7 @@ class StreamClient(Generic[Item, Reply]):
                 MessagePacker(self._outbox, self._measure, self.send_limit_bytes),
                 call, self._wrap))
             self.connected_at = self.last_heard = clock.now()
+            self.connects += 1
             self._connected.set()
             logger.info("connected to %s (messages up to %d bytes)", self.address,
                         self.send_limit_bytes)

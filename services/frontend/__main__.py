@@ -26,6 +26,9 @@ from services.common.server import (
 )
 from services.common.stores import open_store
 from services.common.telemetry import setup_logging
+from services.common.tracing import setup_tracing
+from services.frontend import metrics
+from services.frontend.access_log import AccessLog
 from services.frontend.config import Config, config_from_args
 from services.frontend.inference_servicer import InferenceServicer
 from services.frontend.management_servicer import ManagementServicer, RegistryServicer
@@ -54,6 +57,7 @@ async def start(cfg: Config) -> Running:
     replicas = ReplicaTable(registry, cfg.mesh_secret,
                             cfg.client_tls.with_server_name(cfg.tls_container_name),
                             cfg.max_message_bytes)
+    metrics.watch_mesh(replicas)
     selection = SelectionClient(cfg.selection, selection_token(cfg.mesh_secret),
                                 tls=cfg.client_tls)
     cache = PredictionCache.open(cfg.cache, cfg.cache_size, cfg.cache_ttl_s)
@@ -61,7 +65,7 @@ async def start(cfg: Config) -> Running:
     admission = Admission(cfg.admission)
     router = ModelRouter(registry, replicas, cache)
     query_path = QueryPath(registry, router, selection, cache, cfg.limits, admission,
-                           Quotas(cfg.quotas))
+                           Quotas(cfg.quotas), AccessLog(cfg.access_log_sample))
     server = await start_server(
         [
             (functools.partial(pb_grpc.add_FrontendServicer_to_server,
@@ -118,5 +122,6 @@ def auth_rules(cfg: Config) -> dict[str, Authenticator]:
 
 if __name__ == "__main__":
     config = config_from_args()
-    setup_logging("frontend", config.log_level)
+    setup_logging("frontend", config.log_level, config.log_format)
+    setup_tracing("frontend")
     run_service(main(config))

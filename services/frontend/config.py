@@ -52,6 +52,9 @@ class Config:
     client_tls: ClientTLS = field(default_factory=ClientTLS)
     health_port: int = -1
     tls_container_name: str = ""
+    log_format: str = "text"
+    # Share of queries in the access log (0: off).
+    access_log_sample: float = 0.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_admission_flags(p, SERVICE)
     add_quota_flags(p, SERVICE)
     add_lifecycle_flags(p, SERVICE)
+    p.add_argument("--access-log-sample", type=float,
+                   default=env_default(SERVICE, "access_log_sample", 0.0, float),
+                   help="share of queries logged to the access log, logger clipper.access "
+                   "(status, latency, models, default; never inputs): 0 off, 1 every query")
     add_tls_flags(p, SERVICE)
     p.add_argument(
         "--tls-container-name", default=env("tls_container_name", ""),
@@ -115,6 +122,8 @@ def config_from_args(argv: list[str] | None = None) -> Config:
     require(args.cache in ("memory", "none") or args.cache.startswith(CACHE_SCHEMES),
             f"--cache={redact_url(args.cache)}: expected memory, none or "
             "redis[s]://[[USER]:PASSWORD@]HOST:PORT/DB")
+    require(0.0 <= args.access_log_sample <= 1.0,
+            f"--access-log-sample={args.access_log_sample}: must be within 0..1")
     require(args.cache_size > 0, f"--cache-size={args.cache_size}: must be > 0")
     require(args.cache_ttl_s > 0, f"--cache-ttl-s={args.cache_ttl_s}: must be > 0")
     require(args.max_message_bytes >= MIN_MESSAGE_BYTES,
@@ -136,6 +145,8 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         metrics_port=args.metrics_port,
         grace_s=args.grace_s,
         log_level=args.log_level,
+        log_format=args.log_format,
+        access_log_sample=args.access_log_sample,
         limits=limits_from_args(args),
         admission=admission_from_args(args),
         quotas=quotas_from_args(args),

@@ -8,8 +8,13 @@ another when the first fails, and hedges a slow one (replica_table.py).
 
 from __future__ import annotations
 
+import asyncio
 import functools
+from collections.abc import Awaitable
 
+from opentelemetry.trace import Span
+
+from services.common import tracing
 from services.frontend.prediction_cache import PredictionCache
 from services.frontend.registry import Registry
 from services.frontend.replica_table import ReplicaStatus, ReplicaTable
@@ -44,6 +49,21 @@ class ModelRouter:
                   pinned: str = "") -> tuple[str, pb.Tensor]:
         """("model:version", output): the cached answer, else a replica's."""
         version = self.version_of(model, pinned)
-        return await self.cache.answer(
-            model, version, value, deadline,
-            functools.partial(self.replicas.query, model, value, deadline, version))
+        fetch = functools.partial(self.replicas.query, model, value, deadline, version)
+        if not (tracing.enabled and tracing.active()):
+            return await self.cache.answer(model, version, value, deadline, fetch)
+        with tracing.tracer().start_as_current_span(
+                "clipper.model", attributes={"clipper.model": model,
+                                             "clipper.version": version}) as span:
+            return await _traced(span, self.cache.answer(model, version, value, deadline, fetch))
+
+
+async def _traced(span: Span, asking: Awaitable[tuple[str, pb.Tensor]]) -> tuple[str, pb.Tensor]:
+    """The model's answer, its span saying who served it or that it came too late."""
+    try:
+        served_by, output = await asking
+    except asyncio.CancelledError:
+        span.set_attribute("clipper.late", True)  # the query's deadline passed first
+        raise
+    span.set_attribute("clipper.served_by", served_by)
+    return served_by, output

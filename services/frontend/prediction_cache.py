@@ -31,7 +31,7 @@ from aiocache.base import BaseCache
 from aiocache.plugins import BasePlugin
 from aiocache.serializers import BaseSerializer
 
-from services.common import clock
+from services.common import clock, tracing
 from services.common.errors import ClipperError
 from services.common.redis_url import CACHE_SCHEMES, connection_kwargs, redact_url
 from services.frontend import metrics
@@ -135,7 +135,11 @@ class PredictionCache:
         if self.answers is None or not version:
             return await fetch()
         key = f"answer:{model}:{version}:{input_digest(value)}"
+        looked_up = clock.now()
         cached = await self._get(self.answers, key, deadline)
+        if tracing.enabled and tracing.active():
+            tracing.span_after("clipper.cache.lookup", None, looked_up, clock.now(),
+                               {"clipper.cache.hit": cached is not None})
         if cached is not None:
             self.hits += 1
             metrics.cache_hits.add(1, {"model": model})

@@ -17,6 +17,7 @@ given are kept there for feedback by query id.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.common import clock, tensors
+from services.common import clock, telemetry, tensors, tracing
 from services.common.admission import Admission, AdmissionLimits
 from services.common.auth import current_caller
 from services.common.errors import (
@@ -37,7 +38,8 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.limits import DEFAULT_LIMITS, Limits
-from services.frontend import access, metrics
+from services.frontend import access, metrics, query_trace
+from services.frontend.access_log import AccessLog
 from services.frontend.combine import Answer, combine
 from services.frontend.model_router import ModelRouter
 from services.frontend.prediction_cache import PredictionCache
@@ -103,6 +105,7 @@ class QueryPath:
         limits: Limits = DEFAULT_LIMITS,
         admission: Admission | None = None,
         quotas: Quotas | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.registry = registry
         self.router = router
@@ -111,6 +114,15 @@ class QueryPath:
         self.limits = limits
         self.admission = admission or Admission(AdmissionLimits())
         self.quotas = quotas or Quotas(QuotaLimits())
+        self.access_log = access_log or AccessLog()
+        # Decided once, here: with tracing off and no access log, a query does no
+        # observation work at all (services/frontend/query_trace.py).
+        if tracing.enabled or self.access_log.on:
+            self.predict = functools.partial(  # type: ignore[method-assign]
+                query_trace.observed_predict, self, QueryPath.predict)
+        if tracing.enabled:
+            self.feedback = functools.partial(  # type: ignore[method-assign]
+                query_trace.observed_feedback, self, QueryPath.feedback)
 
     def validate(self, app: Application, value: pb.Tensor) -> None:
         """Raise InvalidInput unless `value` is a tensor the application takes."""
@@ -204,11 +216,24 @@ class QueryPath:
         deadline: float, version: str,
     ) -> Prediction:
         """Select, fan out and combine, for an admitted query."""
+        telemetry.set_query(query_id, app.name)  # named in what is logged about it
+        if tracing.enabled:
+            query_trace.mark_admitted()
         if not app.linked_models:
             return self._fallback(app, query_id, _FanOut([], [], [], timed_out=False))
         decision = await self.selection.select(app, context_key, deadline,
                                                self.router.versions(app.linked_models, version))
         fan = await self._fan_out(decision, value, deadline, version)
+        if not tracing.enabled:
+            return self._combine(app, context_key, query_id, fan)
+        with query_trace.combine_span() as span:
+            prediction = self._combine(app, context_key, query_id, fan)
+            query_trace.describe_combine(span, prediction)
+            return prediction
+
+    def _combine(self, app: Application, context_key: str, query_id: str,
+                 fan: _FanOut) -> Prediction:
+        """The answer from what the models gave (kept for feedback), or the default."""
         if not fan.answers:
             return self._fallback(app, query_id, fan)
         combined = combine(fan.answers)
@@ -217,6 +242,7 @@ class QueryPath:
             outputs={a.model: a.output for a in fan.answers},
             weights={a.model: a.weight for a in fan.answers},
             versions=_answering_versions(fan.answers),
+            trace_context=tracing.carrier() if tracing.enabled else None,
         ))
         prediction = Prediction(
             query_id=query_id,
@@ -253,6 +279,7 @@ class QueryPath:
         """
         app = self._check_request(app_name, context_key, query_id)
         access.authorize(app, access.FEEDBACK)
+        telemetry.set_query(query_id, app.name)
         # A label that is not a number would make every reward NaN: never learnt from.
         _require_finite(tensors.decode(label, self.limits), "label")
         weights: dict[str, float] = {}
@@ -266,6 +293,8 @@ class QueryPath:
                                    f"{recent.context_key!r}, not {context_key!r}")
             context_key = context_key or recent.context_key
             outputs, weights = dict(recent.outputs), dict(recent.weights)
+            if tracing.enabled:
+                query_trace.link_query(recent.trace_context)
             versions.update(recent.versions)
         elif value is not None:
             self.validate(app, value)

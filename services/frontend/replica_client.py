@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from opentelemetry.trace import SpanKind
 
-from services.common import clock
+from services.common import clock, tracing
 from services.common.auth import bearer
 from services.common.channels import DEFAULT_MAX_MESSAGE_BYTES
 from services.common.errors import DeadlineExpired, error_from_code
@@ -36,17 +37,22 @@ class _Outgoing:
     id: int
     input: pb.Tensor
     deadline: float
+    trace_context: tracing.Carrier | None = None  # when the query is traced
     size: int = field(init=False)  # encoded, as a ContainerQuery (at most)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "size", self.input.ByteSize() + 6 + _QUERY_FIELDS_BYTES)
+        size = self.input.ByteSize() + 6 + _QUERY_FIELDS_BYTES
+        if self.trace_context:
+            size += sum(len(k) + len(v) + 6 for k, v in self.trace_context.items())
+        object.__setattr__(self, "size", size)
 
 
 def _request(queries: list[_Outgoing]) -> pb.ContainerRequest:
     now = clock.now()
     return pb.ContainerRequest(queries=[
         pb.ContainerQuery(id=q.id, input=q.input,
-                          budget_us=max(int((q.deadline - now - clock.REPLY_MARGIN_S) * 1e6), 0))
+                          budget_us=max(int((q.deadline - now - clock.REPLY_MARGIN_S) * 1e6), 0),
+                          trace_context=q.trace_context)
         for q in queries
     ])
 
@@ -100,6 +106,11 @@ class ReplicaClient:
     def outstanding(self) -> int:
         return self._stream.outstanding
 
+    @property
+    def reconnects(self) -> int:
+        """Times the stream to the replica was accepted again after the first."""
+        return max(self._stream.connects - 1, 0)
+
     def expected_load(self) -> tuple[int, float]:
         """Queries ahead of a new one (ours in flight, or the replica's queue when longer:
         other frontends send to it too), then its reported wait to break ties."""
@@ -111,17 +122,27 @@ class ReplicaClient:
     async def aclose(self) -> None:
         await self._stream.aclose()
 
-    async def query(self, value: pb.Tensor, deadline: float) -> pb.Tensor:
+    async def query(self, value: pb.Tensor, deadline: float,
+                    trace_context: tracing.Carrier | None = None) -> pb.Tensor:
         """Send one query; return the replica's output or raise its error."""
+        if tracing.enabled and trace_context is None and tracing.active():
+            return await self._traced_query(value, deadline)
         query_id = self._stream.next_id()
         try:
             reply = await self._stream.request(
-                query_id, _Outgoing(query_id, value, deadline), deadline)
+                query_id, _Outgoing(query_id, value, deadline, trace_context), deadline)
         except TimeoutError:
             raise DeadlineExpired(f"{self.record.address} did not answer in time") from None
         if reply.WhichOneof("result") == "output":
             return reply.output
         raise error_from_code(reply.error.code, reply.error.message)
+
+    async def _traced_query(self, value: pb.Tensor, deadline: float) -> pb.Tensor:
+        """`query` in its span (`clipper.replica`), whose context the query carries."""
+        with tracing.tracer().start_as_current_span(
+                "clipper.replica", kind=SpanKind.CLIENT,
+                attributes={"clipper.replica": self.record.address}):
+            return await self.query(value, deadline, tracing.carrier() or {})
 
     def _unwrap(self, response: pb.ContainerResponse) -> list[pb.ContainerReply]:
         self.queue_depth = response.load.queue_depth

@@ -15,7 +15,9 @@ import asyncio
 import logging
 from collections import OrderedDict
 
-from services.common import clock
+from opentelemetry import trace
+
+from services.common import clock, tracing
 from services.common.auth import bearer
 from services.common.errors import ClipperError, InvalidInput, Unavailable, error_from_code
 from services.common.stream_client import StreamClient
@@ -62,12 +64,16 @@ class SelectionClient:
         await self._stream.aclose()
 
     async def select(self, app: Application, context_key: str, deadline: float,
-                     versions: dict[str, str] | None = None) -> Decision:
+                     versions: dict[str, str] | None = None,
+                     trace_context: tracing.Carrier | None = None) -> Decision:
         """Models to ask and their weights; falls back rather than fail the query.
 
         A stateless policy (static, all) is evaluated here, with the selection
-        service's own code, rather than asked for over the stream.
+        service's own code, rather than asked for over the stream. `trace_context`:
+        what the request carries (set by the traced path).
         """
+        if tracing.enabled and trace_context is None and tracing.active():
+            return await self._traced_select(app, context_key, deadline, versions)
         policy = get_policy(app.policy)
         if policy.stateless:
             ctx = SelectContext(app.name, context_key, app.linked_models, app.policy_params)
@@ -81,17 +87,34 @@ class SelectionClient:
             versions=versions,
         )
         try:
-            reply = await self._call(pb.SelectionRequest(select=query), deadline)
+            reply = await self._call(pb.SelectionRequest(select=query,
+                                                         trace_context=trace_context), deadline)
             decision = [(m.model, m.weight) for m in reply.decision.models]
         except InvalidInput:
             raise  # the application's policy settings are wrong: say so
         except (ClipperError, TimeoutError) as exc:
             self.fallbacks += 1
             metrics.selection_fallbacks.add(1, {"application": app.name})
+            if trace_context:
+                trace.get_current_span().set_attribute("clipper.selection.fallback", True)
             logger.debug("selection fallback for %s: %r", app.name, exc)
             return self._fallback(app, context_key)
         self._remember(app, context_key, decision)
         return decision
+
+    async def _traced_select(self, app: Application, context_key: str, deadline: float,
+                             versions: dict[str, str] | None) -> Decision:
+        """`select` in its span (`clipper.select`: the policy and the models chosen)."""
+        with tracing.tracer().start_as_current_span(
+                "clipper.select", kind=trace.SpanKind.CLIENT,
+                attributes={"clipper.policy": app.policy,
+                            "clipper.selection.local": get_policy(app.policy).stateless},
+        ) as span:
+            decision = await self.select(app, context_key, deadline, versions,
+                                         tracing.carrier() or {})
+            span.set_attributes({"clipper.models": [m for m, _ in decision],
+                                 "clipper.weights": [w for _, w in decision]})
+            return decision
 
     async def observe(
         self, app: Application, context_key: str, label: pb.Tensor,
@@ -116,7 +139,9 @@ class SelectionClient:
             raise Unavailable(
                 "the selection service is unreachable; the feedback was not recorded"
             ) from None
-        await self._call(pb.SelectionRequest(observe=observation), deadline)
+        await self._call(pb.SelectionRequest(
+            observe=observation, trace_context=tracing.carrier() if tracing.enabled else None),
+            deadline)
 
     async def policy_state(self, app: Application, context_key: str,
                            versions: dict[str, str]) -> pb.PolicyState:

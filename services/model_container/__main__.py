@@ -24,6 +24,7 @@ from services.common.server import (
 )
 from services.common.telemetry import setup_logging
 from services.common.tensors import spec_to_proto
+from services.common.tracing import setup_tracing, shutdown_tracing
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.model_container.announcer import Announcer
@@ -132,6 +133,7 @@ async def shut_down(cfg: Config, server: Server, announcer: Announcer, batcher: 
 def exit_now(code: int) -> None:
     """Exit with `code` without waiting for worker threads: one may be stuck in the model,
     and the interpreter would join it for ever."""
+    shutdown_tracing()  # the spans still buffered go out first
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -140,5 +142,7 @@ def exit_now(code: int) -> None:
 
 if __name__ == "__main__":
     config = config_from_args()
-    setup_logging(f"container[{config.name}:{config.version}]", config.log_level)
+    setup_logging(f"container[{config.name}:{config.version}]", config.log_level,
+                  config.log_format)
+    setup_tracing("model-container")
     exit_now(run_service(main(config)))

@@ -45,10 +45,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from opentelemetry import context as otel_context
 
-from services.common import clock
+from services.common import clock, tracing
 from services.common.errors import ClipperError, DeadlineExpired, Overloaded, Unavailable
-from services.model_container import metrics
+from services.model_container import batch_trace, metrics
 from services.model_container.latency_model import LatencyModel
 from services.model_container.runner import ModelHung, ModelRunner, WorkerDied
 
@@ -106,6 +107,8 @@ class _Pending:
     future: asyncio.Future[Any] = field(compare=False)
     # Run even though it will be late: refreshes the latency of a model refused for long.
     probe: bool = field(default=False, compare=False)
+    # The frontend's trace context, for a traced query (batch_trace.py).
+    trace: otel_context.Context | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -175,8 +178,10 @@ class Batcher:
 
     # ------------------------------------------------------------ admission
 
-    def submit(self, value: np.ndarray, deadline: float) -> asyncio.Future[Any]:
-        """Queue one query; its future resolves to the model's output for it."""
+    def submit(self, value: np.ndarray, deadline: float,
+               trace: otel_context.Context | None = None) -> asyncio.Future[Any]:
+        """Queue one query; its future resolves to the model's output for it (`trace`: the
+        frontend's trace context, when the query is traced)."""
         loop = asyncio.get_running_loop()
         now = clock.now()
         if self.unhealthy.is_set():
@@ -210,7 +215,8 @@ class Batcher:
         budget = deadline - now
         self._budget_s = budget if self._budget_s is None else 0.9 * self._budget_s + 0.1 * budget
         future: asyncio.Future[Any] = loop.create_future()
-        heapq.heappush(self._heap, _Pending(deadline, next(self._seq), now, value, future, probe))
+        heapq.heappush(self._heap, _Pending(deadline, next(self._seq), now, value, future, probe,
+                                            trace))
         self._wakeup.set()
         return future
 
@@ -375,7 +381,7 @@ class Batcher:
         self._busy += 1
         expected_end = now + (self.latency.typical(len(batch)) or 0.0)
         self._running_until.append(expected_end)
-        task = asyncio.create_task(self._run_batch(batch, expected_end))
+        task = asyncio.create_task(self._run_batch(batch, expected_end, now))
         self._tasks.add(task)
         task.add_done_callback(self._batch_done)
 
@@ -404,14 +410,22 @@ class Batcher:
             raise ModelFailed(f"model returned {len(outputs)} outputs for a batch of {size}")
         return list(outputs)
 
-    async def _run_batch(self, batch: list[_Pending], expected_end: float) -> None:
+    async def _run_batch(self, batch: list[_Pending], expected_end: float,
+                         formed_at: float) -> None:
         started = clock.now()
+        traced = tracing.enabled and any(item.trace for item in batch)
         try:
             outputs = await self._attempt(batch)
         except (ModelHung, WorkerDied) as exc:
+            if traced:
+                batch_trace.record_batch(batch, formed_at, started, clock.now(),
+                                         expected_end - formed_at, exc.message)
             self._worker_failed(batch, exc)
             return
         except Exception as exc:
+            if traced:
+                batch_trace.record_batch(batch, formed_at, started, clock.now(),
+                                         expected_end - formed_at, f"model raised {exc!r}")
             logger.warning("model raised on a batch of %d: %r; running it by halves",
                            len(batch), exc)
             await self._by_halves(batch, exc)
@@ -424,6 +438,9 @@ class Batcher:
         self.batch_sizes.append(len(batch))
         metrics.batch_size.record(len(batch))
         metrics.batch_duration.record((finished - started) * 1000)
+        if traced:
+            batch_trace.record_batch(batch, formed_at, started, finished,
+                                     expected_end - formed_at)
         for item in batch:
             metrics.queue_delay.record((started - item.arrival) * 1000)
         met = finished <= min(item.deadline for item in batch)

@@ -50,6 +50,7 @@ class Config:
     tls: ServerTLS | None = None
     client_tls: ClientTLS = field(default_factory=ClientTLS)
     health_port: int = -1
+    log_format: str = "text"
 
 
 def parse_shape(raw: str) -> tuple[int, ...]:
@@ -174,6 +175,7 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         metrics_port=args.metrics_port,
         grace_s=args.grace_s,
         log_level=args.log_level,
+        log_format=args.log_format,
         tls=server_tls_from(args),
         client_tls=client_tls_from(args, args.tls_server_name),
         health_port=args.health_port,

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from services.common import clock, tensors
+from services.common import clock, tensors, tracing
 from services.common.channels import DEFAULT_MAX_MESSAGE_BYTES
 from services.common.errors import ClipperError, InvalidInput, handle_stream_errors, to_error_proto
 from services.common.streams import (
@@ -71,7 +71,9 @@ class ContainerServicer(pb_grpc.ModelContainerServicer):
                         if self.input_spec is not None:
                             self.input_spec.check(value)
                         deadline = clock.now() + query.budget_us / 1e6
-                        future = self.batcher.submit(value, deadline)
+                        future = self.batcher.submit(
+                            value, deadline, tracing.extract(query.trace_context)
+                            if tracing.enabled and query.trace_context else None)
                     except ClipperError as exc:
                         replies.put_nowait(_error_reply(query.id, exc))
                         continue

@@ -17,8 +17,10 @@ from services.common.server import (
 )
 from services.common.stores import open_store
 from services.common.telemetry import setup_logging
+from services.common.tracing import setup_tracing
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
+from services.selection import metrics
 from services.selection.config import Config, config_from_args
 from services.selection.decider import Decider
 from services.selection.servicer import SelectionServicer
@@ -32,6 +34,7 @@ async def start(cfg: Config) -> Running:
     stack.push_async_callback(store.aclose)
     admission = Admission(cfg.admission)
     decider = Decider(store, cfg.context_ttl_s, cfg.max_contexts, cfg.versions_kept)
+    metrics.watch_states(decider.memory.sizes)
     servicer = SelectionServicer(decider, admission)
     server = await start_server(
         [(functools.partial(pb_grpc.add_SelectionServicer_to_server, servicer),
@@ -64,5 +67,6 @@ async def main(cfg: Config) -> None:
 
 if __name__ == "__main__":
     config = config_from_args()
-    setup_logging("selection", config.log_level)
+    setup_logging("selection", config.log_level, config.log_format)
+    setup_tracing("selection")
     run_service(main(config))

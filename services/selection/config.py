@@ -37,6 +37,7 @@ class Config:
     health_port: int = -1
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)
     versions_kept: int = DEFAULT_VERSIONS_KEPT
+    log_format: str = "text"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,4 +86,4 @@ def config_from_args(argv: list[str] | None = None) -> Config:
     return Config(args.host, args.port, args.state, args.context_ttl_s, args.max_contexts,
                   token, args.metrics_port, args.grace_s, args.log_level,
                   server_tls_from(args), args.health_port, admission_from_args(args),
-                  args.versions_kept)
+                  args.versions_kept, args.log_format)

@@ -18,8 +18,9 @@ import math
 from collections.abc import AsyncIterator
 
 import grpc
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from services.common import clock
+from services.common import clock, tracing
 from services.common.admission import Admission, AdmissionLimits
 from services.common.channels import DEFAULT_MAX_MESSAGE_BYTES
 from services.common.errors import (
@@ -39,6 +40,7 @@ from services.common.streams import (
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.policies import DEFAULT_POLICY, Observation, SelectContext, get_policy
+from services.selection import metrics
 from services.selection.decider import Decider
 from services.selection.policy_state import describe
 from services.selection.reward import reward
@@ -72,7 +74,9 @@ class SelectionServicer(pb_grpc.SelectionServicer):
         """Start a task per request until the stream ends; then wait for them and close."""
         async def answer(request: pb.SelectionRequest, key: str) -> None:
             started = clock.now()
-            reply = await self._handle(request)
+            reply = await (self._traced(request) if tracing.enabled and request.trace_context
+                           else self._handle(request))
+            _count(request, reply, clock.now() - started)
             if request.budget_us:
                 self.admission.observe(key, clock.now() - started <= request.budget_us / 1e6)
             replies.put_nowait(reply)
@@ -130,6 +134,21 @@ class SelectionServicer(pb_grpc.SelectionServicer):
             logger.exception("selection request failed")
             return pb.SelectionReply(id=request.id, error=to_error_proto(exc))
 
+    async def _traced(self, request: pb.SelectionRequest) -> pb.SelectionReply:
+        """`_handle` in a span continuing the query's (or feedback's) trace."""
+        body = request.WhichOneof("body") or "unknown"
+        with tracing.tracer().start_as_current_span(
+                f"clipper.selection.{body}", context=tracing.extract(request.trace_context),
+                kind=SpanKind.SERVER,
+                attributes={"clipper.application": _application(request),
+                            "clipper.policy": _policy(request)}) as span:
+            reply = await self._handle(request)
+            if reply.HasField("decision"):
+                span.set_attribute("clipper.models", [m.model for m in reply.decision.models])
+            elif reply.HasField("error"):
+                span.set_status(Status(StatusCode.ERROR, reply.error.message))
+            return reply
+
     async def _inspect(self, q: pb.SelectQuery) -> pb.PolicyState:
         ctx = _context(q)
         state, source = await self.decider.inspect(ctx)
@@ -150,6 +169,26 @@ def _context(q: pb.SelectQuery | pb.Observation) -> SelectContext:
 def _application(request: pb.SelectionRequest) -> str:
     body = request.WhichOneof("body")
     return getattr(request, body).application if body else ""
+
+
+def _policy(request: pb.SelectionRequest) -> str:
+    body = request.WhichOneof("body")
+    policy = getattr(request, body).policy if body in ("select", "observe") else ""
+    return str(policy or DEFAULT_POLICY)
+
+
+def _count(request: pb.SelectionRequest, reply: pb.SelectionReply, elapsed_s: float) -> None:
+    """Decisions and feedback in the metrics, by policy and outcome."""
+    body = request.WhichOneof("body")
+    if body not in ("select", "observe"):
+        return
+    policy = _policy(request)
+    outcome = "error" if reply.HasField("error") else "ok"
+    if body == "select":
+        metrics.decisions.add(1, {"policy": policy, "outcome": outcome})
+        metrics.decision_duration.record(elapsed_s * 1000, {"policy": policy})
+    else:
+        metrics.feedback.add(1, {"policy": policy, "outcome": outcome})
 
 
 def _error_reply(request_id: int, exc: ClipperError) -> pb.SelectionReply:

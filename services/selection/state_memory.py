@@ -30,6 +30,10 @@ class StateMemory:
         # key -> (state, clock.now() when it expires or None), least recently updated first
         self._contexts: OrderedDict[str, tuple[State, float | None]] = OrderedDict()
 
+    def sizes(self) -> tuple[int, int]:
+        """(application-wide states, context states) held."""
+        return len(self._app_wide), len(self._contexts)
+
     def remember_app_wide(self, key: str, state: State) -> None:
         self._app_wide[key] = state
 
