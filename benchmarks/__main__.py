@@ -23,13 +23,14 @@ from benchmarks import (
     plots,
     selection_experiments,
     tls_cost,
+    tracing_cost,
 )
 from benchmarks.harness import capacity, workdir
 from benchmarks.loadgen import RunResult
 from services.mesh import digits
 
 SECTIONS = ("mesh", "container", "digits", "paper", "frontend", "slo", "burst", "overhead",
-            "limit", "selection", "tls", "overload")
+            "limit", "selection", "tls", "tracing", "overload")
 
 
 def _capacity_table(caps: list[gain.Capacity]) -> list[str]:
@@ -55,6 +56,8 @@ async def run(out: Path, sections: tuple[str, ...], queries: int) -> str:
             lines += [mesh_latency.run(out, queries), ""]
         if "tls" in sections:
             lines += [tls_cost.run(out, queries), ""]
+        if "tracing" in sections:
+            lines += [tracing_cost.run(out, queries), ""]
         if "overload" in sections:
             lines += [await asyncio.to_thread(overload.run, out, work / "overload"), ""]
         if "container" in sections:

@@ -36,7 +36,7 @@ NEW_CONNECTIONS = 50
 
 
 @dataclass
-class _Mesh:
+class MeshRun:
     label: str
     address: str
     pids: dict[str, list[int]]
@@ -50,7 +50,7 @@ def _cpu_by_kind(pids: dict[str, list[int]]) -> dict[str, float]:
     return {kind: sum(cpu_s(p) for p in found) for kind, found in pids.items()}
 
 
-def _create_exp4(address: str, tls: ClientTLS | None) -> None:
+def create_exp4(address: str, tls: ClientTLS | None) -> None:
     app = pb.Application(
         name="digits-exp4",
         input_spec=pb.TensorSpec(dtype=digits.INPUT_DTYPE, shape=list(digits.INPUT_SHAPE)),
@@ -61,7 +61,7 @@ def _create_exp4(address: str, tls: ClientTLS | None) -> None:
             pb.ApplicationRequest(application=app), metadata=bearer(TOKEN), timeout=10)
 
 
-def _block(mesh: _Mesh, stub: pb_grpc.FrontendStub, app: str, x: np.ndarray) -> None:
+def query_block(mesh: MeshRun, stub: pb_grpc.FrontendStub, app: str, x: np.ndarray) -> None:
     """`len(x)` queries one at a time; their latency and the mesh's CPU meanwhile."""
     before = _cpu_by_kind(mesh.pids)
     client_before = time.process_time()
@@ -80,7 +80,7 @@ def _block(mesh: _Mesh, stub: pb_grpc.FrontendStub, app: str, x: np.ndarray) -> 
     mesh.queries[app] = mesh.queries.get(app, 0) + len(x)
 
 
-def _new_connections(mesh: _Mesh, x: np.ndarray) -> list[float]:
+def _new_connections(mesh: MeshRun, x: np.ndarray) -> list[float]:
     samples = []
     for row in x[:NEW_CONNECTIONS]:
         started = time.perf_counter()
@@ -91,11 +91,11 @@ def _new_connections(mesh: _Mesh, x: np.ndarray) -> list[float]:
     return samples
 
 
-def _ms(samples: list[float], q: float) -> float:
+def percentile_ms(samples: list[float], q: float) -> float:
     return float(np.percentile(np.array(samples) * 1000, q))
 
 
-def _measure(meshes: list[_Mesh], x: np.ndarray) -> dict[str, list[float]]:
+def _measure(meshes: list[MeshRun], x: np.ndarray) -> dict[str, list[float]]:
     channels = [sync_channel(m.address, m.tls) for m in meshes]
     try:
         stubs = [pb_grpc.FrontendStub(c) for c in channels]
@@ -107,14 +107,14 @@ def _measure(meshes: list[_Mesh], x: np.ndarray) -> dict[str, list[float]]:
         for start in range(0, len(x), BLOCK):
             for app in APPS:
                 for mesh, stub in zip(meshes, stubs, strict=True):
-                    _block(mesh, stub, app, x[start:start + BLOCK])
+                    query_block(mesh, stub, app, x[start:start + BLOCK])
     finally:
         for channel in channels:
             channel.close()
     return {m.label: _new_connections(m, x) for m in meshes}
 
 
-def _report(meshes: list[_Mesh], connect: dict[str, list[float]], queries: int) -> str:
+def _report(meshes: list[MeshRun], connect: dict[str, list[float]], queries: int) -> str:
     plain, tls = meshes
     lines = [
         "## The cost of TLS per query (plaintext vs mTLS on every channel, same run)", "",
@@ -126,14 +126,14 @@ def _report(meshes: list[_Mesh], connect: dict[str, list[float]], queries: int) 
         "|---|---|---|---|---|---|",
     ]
     for app in APPS:
-        p50, p99 = _ms(plain.samples[app], 50), _ms(plain.samples[app], 99)
-        t50, t99 = _ms(tls.samples[app], 50), _ms(tls.samples[app], 99)
+        p50, p99 = percentile_ms(plain.samples[app], 50), percentile_ms(plain.samples[app], 99)
+        t50, t99 = percentile_ms(tls.samples[app], 50), percentile_ms(tls.samples[app], 99)
         lines.append(f"| `{app}` | {p50:.3f} | {p99:.3f} | {t50:.3f} | {t99:.3f} | "
                      f"{t50 / p50:.2f}x |")
-    c50p, c50t = _ms(connect[plain.label], 50), _ms(connect[tls.label], 50)
+    c50p, c50t = percentile_ms(connect[plain.label], 50), percentile_ms(connect[tls.label], 50)
     lines += [f"| new connection + one `digits` query ({NEW_CONNECTIONS}) | {c50p:.3f} | "
-              f"{_ms(connect[plain.label], 99):.3f} | {c50t:.3f} | "
-              f"{_ms(connect[tls.label], 99):.3f} | {c50t / c50p:.2f}x |", "",
+              f"{percentile_ms(connect[plain.label], 99):.3f} | {c50t:.3f} | "
+              f"{percentile_ms(connect[tls.label], 99):.3f} | {c50t / c50p:.2f}x |", "",
               "CPU per query (ms, user + system) by process, during each mesh's own blocks:",
               "", "| application | process | plaintext | mTLS | difference |",
               "|---|---|---|---|---|"]
@@ -165,8 +165,8 @@ def run(out: Path, queries: int) -> str:
             for label, flags, tls in (("plaintext", [], None), ("mTLS", tls_flags, client_tls)):
                 proc, address, _ = start_mesh(work / label, *flags, env=env)
                 procs.append(proc)
-                _create_exp4(address, tls)
-                meshes.append(_Mesh(label, address, mesh_processes(proc.pid), tls))
+                create_exp4(address, tls)
+                meshes.append(MeshRun(label, address, mesh_processes(proc.pid), tls))
             connect = _measure(meshes, x)
         except grpc.RpcError as exc:
             raise RuntimeError(f"a benchmark query failed: {exc.code().name}: "

@@ -53,7 +53,7 @@ def _plain(value: AnyValue) -> object:
     kind = value.WhichOneof("value")
     if kind == "array_value":
         return [_plain(v) for v in value.array_value.values]
-    return getattr(value, kind)
+    return getattr(value, kind or "string_value")
 
 
 class OtlpReceiver(otlp_grpc.TraceServiceServicer):
@@ -64,7 +64,7 @@ class OtlpReceiver(otlp_grpc.TraceServiceServicer):
 
     def Export(self, request: otlp.ExportTraceServiceRequest,
                context: grpc.ServicerContext) -> otlp.ExportTraceServiceResponse:
-        received = []
+        received: list[ReceivedSpan] = []
         for resource_spans in request.resource_spans:
             service = next((kv.value.string_value for kv in resource_spans.resource.attributes
                             if kv.key == "service.name"), "")
@@ -97,7 +97,8 @@ def otlp_receiver() -> Iterator[OtlpReceiver]:
     """A running receiver (spans go to its `endpoint`)."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     receiver = OtlpReceiver()
-    otlp_grpc.add_TraceServiceServicer_to_server(receiver, server)
+    otlp_grpc.add_TraceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        receiver, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     receiver.endpoint = f"http://127.0.0.1:{port}"
