@@ -46,14 +46,16 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Samp
     container refusal and a selection fallback."""
     mesh = Mesh(tmp_path_factory.mktemp("observability"))
     try:
-        mesh.flags["services.selection"] = ("--metrics-port", str(PORTS["selection"]))
+        # Nothing shed on a busy machine (--max-backlog-ms): the test counts queries.
+        mesh.flags["services.selection"] = ("--metrics-port", str(PORTS["selection"]),
+                                            "--max-backlog-ms", "60000")
         mesh.start_selection()
-        mesh.start_frontend("--metrics-port", str(PORTS["frontend"]))
+        mesh.start_frontend("--metrics-port", str(PORTS["frontend"]), "--max-backlog-ms", "60000")
         mesh.start_container("tests.helpers.models:SumModel", "sum", "1",
                              "--metrics-port", str(PORTS["sum"]))
         mesh.start_container("tests.helpers.models:SlowModel", "slow", "1",
                              "--metrics-port", str(PORTS["slow"]), "--max-queue", "1")
-        mesh.create_app("learns", ["sum"], policy="exp3")
+        mesh.create_app("learns", ["sum"], policy="exp3", slo_ms=10_000)
         mesh.create_app("late", ["slow"], slo_ms=100, default=tensors.encode(np.int64(-1)))
         mesh.wait_connected("sum", 1)
         mesh.wait_connected("slow", 1)
@@ -69,20 +71,20 @@ def drive(mesh: Mesh) -> dict[str, Samples]:
 
     with grpc.insecure_channel(mesh.address) as channel:
         stub = pb_grpc.FrontendStub(channel)
-        replies = [stub.Predict(query("learns"), timeout=5) for _ in range(3)]  # cache hits
+        replies = [stub.Predict(query("learns"), timeout=15) for _ in range(3)]  # cache hits
         stub.Feedback(pb.FeedbackRequest(application="learns", query_id=replies[0].query_id,
-                                         label=tensors.encode(np.float64(4.0))), timeout=5)
+                                         label=tensors.encode(np.float64(4.0))), timeout=15)
         bad = query("learns")
         bad.input.shape[:] = [5]
         with pytest.raises(grpc.RpcError):
-            stub.Predict(bad, timeout=5)
-        assert stub.Predict(query("late"), timeout=5).default_used
+            stub.Predict(bad, timeout=15)
+        assert stub.Predict(query("late"), timeout=15).default_used
         scrape_until(PORTS["slow"],
                      lambda s: sample(s, "clipper_batch_duration_milliseconds_count") > 0)
         # Three at once to the slow model (queue of one): one runs, one waits, one (at
         # least) is refused; each client gets the default.
         for attempt in range(5):
-            calls = [stub.Predict.future(query("late", 3 * attempt + i), timeout=5)
+            calls = [stub.Predict.future(query("late", 3 * attempt + i), timeout=15)
                      for i in range(3)]
             assert all(call.result().default_used for call in calls)
             if sample(scrape(PORTS["slow"]), "clipper_queries_refused_total") > 0:
@@ -91,7 +93,7 @@ def drive(mesh: Mesh) -> dict[str, Samples]:
         assert mesh.selection is not None
         mesh.selection.kill()  # the frontend falls back to its last decision
         for attempt in range(50):
-            stub.Predict(query("learns", 10 + attempt), timeout=5)
+            stub.Predict(query("learns", 10 + attempt), timeout=15)
             if sample(scrape(PORTS["frontend"]), "clipper_selection_fallbacks_total") > 0:
                 break
             time.sleep(0.1)
@@ -175,12 +177,14 @@ def test_selection_counts_decisions_and_feedback_per_policy(
     scraped: dict[str, Samples],
 ) -> None:
     selection = scraped["selection"]
+    # At least the first: on a busy machine a later one may come after the frontend's
+    # 50 ms for a decision, and be refused by the selection service's admission.
     assert sample(selection, "clipper_selection_decisions_total", policy="exp3",
-                  outcome="ok") >= 3
+                  outcome="ok") >= 1
     assert sample(selection, "clipper_selection_feedback_total", policy="exp3",
                   outcome="ok") == 1
     assert sample(selection, "clipper_selection_decision_duration_milliseconds_count",
-                  policy="exp3") >= 3
+                  policy="exp3") >= 1
     assert sample(selection, "clipper_selection_states", scope="application") >= 1
 
 
