@@ -22,13 +22,21 @@ from services.common.tensors import TensorSpec
 from services.common.tls import ClientTLS, ServerTLS
 from services.model_container.batcher import BATCHING_MODES, BatchingConfig
 from services.model_container.runner import WORKER_KINDS
+from services.model_container.runtimes import (
+    OUTPUTS,
+    RUNTIMES,
+    MissingRuntime,
+    runtime_for,
+)
+from services.model_container.runtimes import require as require_runtime
+from services.model_container.sdk import ModelSource
 
 SERVICE = "container"
 
 
 @dataclass(frozen=True)
 class Config:
-    model_ref: str
+    source: ModelSource
     name: str
     version: str
     frontends: tuple[str, ...]
@@ -63,9 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(
         prog="python -m services.model_container",
-        description="Serve a model: any importable object or a joblib file.",
+        description="Serve a model: any importable object, or a scikit-learn, ONNX, "
+        "XGBoost or LightGBM model file.",
     )
-    p.add_argument("--model", default=env("model", ""), help="package.module:attr or file.joblib")
+    p.add_argument("--model", default=env("model", ""),
+                   help="package.module:attr, or a model file: .joblib/.pkl (scikit-learn), "
+                   ".onnx, .ubj or XGBoost .json, LightGBM .txt")
+    p.add_argument("--runtime", choices=RUNTIMES, default=env("runtime", "auto"),
+                   help="what loads and runs --model (auto: by its file, else python)")
+    p.add_argument("--output", default=env("output", ""),
+                   help="what the model answers: predict, predict_proba or decision_function "
+                   "(scikit-learn, XGBoost, LightGBM; default predict), or an ONNX model's "
+                   "output name (default its first)")
     p.add_argument("--name", default=env("name", ""), help="model name applications link to")
     p.add_argument("--version", default=env("version", "1"),
                    help="model version this container serves")
@@ -129,6 +146,14 @@ def config_from_args(argv: list[str] | None = None) -> Config:
     args = build_parser().parse_args(argv)
     token = os.environ.get("CLIPPER_CONTAINER_TOKEN", "")
     require(bool(args.model), "--model (CLIPPER_CONTAINER_MODEL) is required")
+    runtime = runtime_for(args.model) if args.runtime == "auto" else args.runtime
+    try:
+        require_runtime(runtime)
+    except MissingRuntime as exc:
+        raise ConfigError(f"--model {args.model}: {exc}") from None
+    require(not args.output or runtime == "onnx" or args.output in OUTPUTS,
+            f"--output={args.output!r}: expected one of {', '.join(OUTPUTS)} (or, for an ONNX "
+            "model, the name of one of its outputs)")
     require(bool(args.name), "--name (CLIPPER_CONTAINER_NAME) is required")
     require(bool(token), "CLIPPER_CONTAINER_TOKEN must be set: this model's token, printed by "
             f"python -m services.cli tokens container {args.name or 'MODEL'}")
@@ -156,7 +181,7 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         spec = TensorSpec(args.input_dtype, parse_shape(args.input_shape))
     advertise = args.advertise_host or ("127.0.0.1" if args.host == "0.0.0.0" else args.host)
     return Config(
-        model_ref=args.model,
+        source=ModelSource(args.model, runtime, args.output),
         name=args.name,
         version=args.version,
         frontends=tuple(a.strip() for a in args.frontend.split(",") if a.strip()),
