@@ -33,6 +33,7 @@ from services.model_container.config import Config, config_from_args
 from services.model_container.runner import ModelRunner
 from services.model_container.sdk import ModelLoadFailed
 from services.model_container.servicer import ContainerServicer
+from services.model_container.warmup import WarmupFailed, warm_up
 from services.model_container.watchdog import EXIT_CODE, LoopWatchdog
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,9 @@ async def start(cfg: Config) -> Container:
     await batcher.start()
     try:
         input_spec = _input_spec(cfg, runner)
-    except ConfigError:
+        # Before the server starts: not ready (nor reachable) until the model is warm.
+        await warm_up(batcher, cfg.warmup, input_spec, cfg.output_spec)
+    except (ConfigError, WarmupFailed):
         await batcher.aclose()
         raise
     watchdog = LoopWatchdog(cfg.batching.batch_timeout_s or LOOP_STALL_S)
@@ -128,7 +131,7 @@ async def main(cfg: Config) -> int:
     exit code 2 when the model cannot be served."""
     try:
         container = await start(cfg)
-    except (ConfigError, ModelLoadFailed) as exc:
+    except (ConfigError, ModelLoadFailed, WarmupFailed) as exc:
         logger.error("the model cannot be served: %s", exc)
         return 2
     announce_ready("model_container", container.running.port)
