@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +23,14 @@ import numpy as np
 from benchmarks import plots
 from benchmarks.ghz_limit import GHZ, STRICT_APP, TOKEN, _register_strict_app
 from benchmarks.mesh_latency import _tree_rss_mb, start_mesh, stop_mesh
+from benchmarks.process_cpu import KINDS, CpuUse, measured, mesh_processes
 from services.mesh import digits
 
 SLO_S = 0.020
 CAPACITY_RATES = (50, 100, 150, 200, 250, 300, 400)
 MULTIPLES = (1, 2, 4)
 RUN_S = 4
+CORES = os.cpu_count() or 1
 SHEDDING_OFF = {"CLIPPER_FRONTEND_ADMISSION": "off"}
 
 
@@ -38,6 +41,7 @@ class Run:
     rate: int
     seconds: float
     calls: list[tuple[float, str]] = field(default_factory=list)
+    cpu: CpuUse = field(default_factory=CpuUse)
 
     @property
     def goodput(self) -> float:
@@ -118,7 +122,12 @@ def measure(work: Path, env: dict[str, str], capacity: int | None, payload: Path
         if capacity is None:
             capacity = strict_capacity(address, payload)
         before, _ = _tree_rss_mb(proc.pid)
-        runs = [ghz_run(address, payload, capacity * m, RUN_S) for m in MULTIPLES]
+        pids = mesh_processes(proc.pid)
+        runs = []
+        for multiple in MULTIPLES:
+            with measured(pids) as cpu:
+                runs.append(ghz_run(address, payload, capacity * multiple, RUN_S))
+            runs[-1].cpu = cpu
         after, _ = _tree_rss_mb(proc.pid)
     finally:
         stop_mesh(proc)
@@ -147,6 +156,17 @@ def run(out: Path, work: Path) -> str:
                 f"{r.goodput / base:.2f}x | {r.quantile_ms(0.5, 'OK'):.1f} / "
                 f"{r.quantile_ms(0.99, 'OK'):.1f} | {r.count('ResourceExhausted')} | "
                 f"{r.quantile_ms(0.99, 'ResourceExhausted'):.1f} | {other} |")
+    lines += ["", "CPU per offered query (ms) by process, and the share of the machine's "
+              f"{CORES} cores busy (the load generator shares them):", "",
+              "| frontend | offered | " + " | ".join(KINDS) + " | ghz | machine busy |",
+              "|---|---|" + "---|" * (len(KINDS) + 2)]
+    for name, runs in (("shedding on", on), ("shedding off", off)):
+        for r in runs:
+            offered = len(r.calls)
+            busy = (r.cpu.mesh_s + r.cpu.seconds.get("load", 0.0)) / r.seconds / CORES
+            lines.append(f"| {name} | {r.rate // capacity}x | " + " | ".join(
+                f"{r.cpu.per_query_ms(kind, offered):.2f}" for kind in (*KINDS, "load"))
+                + f" | {busy:.0%} |")
     lines += ["", f"Memory of the mesh's processes over the runs: {on_mb:+.0f} MB shedding on, "
               f"{off_mb:+.0f} MB off.", "", "![](overload.png)", ""]
     return "\n".join(lines)

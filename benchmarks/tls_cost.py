@@ -11,7 +11,6 @@ cost of a new connection: connect, handshake and one query.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import grpc
 import numpy as np
 
 from benchmarks.mesh_latency import start_mesh, stop_mesh
+from benchmarks.process_cpu import KINDS, cpu_s, mesh_processes
 from services.common import tensors
 from services.common.auth import bearer
 from services.common.tls import ClientTLS, sync_channel
@@ -31,10 +31,8 @@ from services.mesh.certs import make_ca, make_leaf
 
 TOKEN = "bench-management-token"
 APPS = ("digits", "digits-exp4")
-KINDS = ("frontend", "selection", "model_container")
 BLOCK = 50  # queries per block before switching meshes
 NEW_CONNECTIONS = 50
-TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -48,32 +46,8 @@ class _Mesh:
     queries: dict[str, int] = field(default_factory=dict)
 
 
-def _children(root: int) -> dict[str, list[int]]:
-    """The mesh's service processes by kind (from their command lines)."""
-    found: dict[str, list[int]] = {k: [] for k in KINDS}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
-        except (OSError, IndexError):
-            continue
-        if ppid != root:
-            continue
-        for kind in KINDS:
-            if f"services.{kind}" in cmdline:
-                found[kind].append(int(entry.name))
-    return found
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * TICK_S  # utime + stime
-
-
 def _cpu_by_kind(pids: dict[str, list[int]]) -> dict[str, float]:
-    return {kind: sum(_cpu_s(p) for p in found) for kind, found in pids.items()}
+    return {kind: sum(cpu_s(p) for p in found) for kind, found in pids.items()}
 
 
 def _create_exp4(address: str, tls: ClientTLS | None) -> None:
@@ -192,7 +166,7 @@ def run(out: Path, queries: int) -> str:
                 proc, address, _ = start_mesh(work / label, *flags, env=env)
                 procs.append(proc)
                 _create_exp4(address, tls)
-                meshes.append(_Mesh(label, address, _children(proc.pid), tls))
+                meshes.append(_Mesh(label, address, mesh_processes(proc.pid), tls))
             connect = _measure(meshes, x)
         except grpc.RpcError as exc:
             raise RuntimeError(f"a benchmark query failed: {exc.code().name}: "

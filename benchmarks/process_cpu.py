@@ -1,0 +1,80 @@
+"""CPU time (user + system, from /proc) of a mesh's processes by kind, over a stretch of
+load: what each process spent per query, which stays steadier than any rate on a
+shared machine."""
+
+from __future__ import annotations
+
+import os
+import resource
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+KINDS = ("frontend", "selection", "model_container")
+TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+
+
+def mesh_processes(root: int) -> dict[str, list[int]]:
+    """The service processes under `root` (at any depth), by kind (from their command lines)."""
+    children: dict[int, list[int]] = {}
+    commands: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            commands[int(entry.name)] = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except (OSError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found: dict[str, list[int]] = {kind: [] for kind in KINDS}
+    todo = list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        for kind in KINDS:
+            if f"services.{kind}" in commands.get(pid, ""):
+                found[kind].append(pid)
+    return found
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds `pid` has used (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) * TICK_S
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of this process's waited-for children (a load generator run to its end)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class CpuUse:
+    """CPU seconds per process kind over one stretch; `load` is the load generator's."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def per_query_ms(self, kind: str, queries: int) -> float:
+        return 1000 * self.seconds.get(kind, 0.0) / max(queries, 1)
+
+    @property
+    def mesh_s(self) -> float:
+        return sum(v for k, v in self.seconds.items() if k in KINDS)
+
+
+@contextmanager
+def measured(pids: dict[str, list[int]]) -> Iterator[CpuUse]:
+    """CPU used by `pids` (by kind) and by child processes run to their end in the block."""
+    use = CpuUse()
+    before = {kind: sum(cpu_s(p) for p in found) for kind, found in pids.items()}
+    load_before = children_cpu_s()
+    yield use
+    for kind, found in pids.items():
+        use.seconds[kind] = sum(cpu_s(p) for p in found) - before[kind]
+    use.seconds["load"] = children_cpu_s() - load_before
