@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
-import argparse
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from services.common.config import (
+    NON_NEGATIVE,
+    POSITIVE,
     ConfigError,
-    add_lifecycle_flags,
-    add_listen_flags,
-    add_tls_flags,
-    client_tls_from,
-    env_default,
+    DialingTLSFlags,
+    ServingTLSFlags,
+    flag,
+    grace_flag,
+    health_port_flag,
+    host_flag,
+    log_level_flag,
+    metrics_port_flag,
+    parse_config,
+    port_flag,
     require,
-    server_tls_from,
+    section,
 )
 from services.common.credentials import token_model
-from services.common.server import MIN_MESSAGE_BYTES, add_message_size_flag
+from services.common.server import max_message_bytes_flag
 from services.common.tensors import TensorSpec
 from services.common.tls import ClientTLS, ServerTLS
-from services.model_container.batcher import BATCHING_MODES, BatchingConfig
+from services.model_container.batcher import BatchingConfig
 from services.model_container.runner import WORKER_KINDS
 
 SERVICE = "container"
@@ -28,28 +34,45 @@ SERVICE = "container"
 
 @dataclass(frozen=True)
 class Config:
-    model_ref: str
-    name: str
-    version: str
-    frontends: tuple[str, ...]
-    token: str
-    replica_id: str
-    host: str
-    port: int
-    advertise_host: str
-    input_spec: TensorSpec | None
-    batching: BatchingConfig
-    worker: str
-    native_threads: int
-    heartbeat_s: float
-    max_message_bytes: int
-    metrics_port: int
-    grace_s: float
-    log_level: str
-    # TLS: served when set; used to dial the frontends when enabled.
+    model_ref: str = flag("", "package.module:attr or file.joblib", name="model")
+    name: str = flag("", "model name applications link to")
+    version: str = flag("1", "model version this container serves")
+    frontend: str = flag("127.0.0.1:1337",
+                         "frontend address(es) to announce to, comma-separated")
+    host: str = host_flag()
+    port: int = port_flag(0)
+    advertise_host: str = flag(
+        "", "host frontends dial (default: --host, or 127.0.0.1 when that is 0.0.0.0)")
+    replica_id: str = flag("", "this replica's id (default: a random one); the replica "
+                           "secret, not the id, keeps others from taking it over")
+    input_dtype: str = flag("", "e.g. float32")
+    input_shape: str = flag("", "e.g. 64 or 8,8")
+    batching: BatchingConfig = section(BatchingConfig)
+    native_threads: int = flag(1, "threads each worker's BLAS/OpenMP pools may use (0: the "
+                               "libraries' own default)", check=NON_NEGATIVE)
+    worker: str = flag(
+        "auto", "where batches run: auto (threads, moved to warm worker processes once "
+        "batches measurably stall the event loop), thread, or process (with one worker "
+        "thread, batches expected under 2 ms run on the event loop)", choices=WORKER_KINDS)
+    heartbeat_s: float = flag(1.0, "announce interval until a frontend answers with its own "
+                              "(--heartbeat-ms), and between retries", check=POSITIVE)
+    max_message_bytes: int = max_message_bytes_flag()
+    grace_s: float = grace_flag()
+    metrics_port: int = metrics_port_flag()
+    log_level: str = log_level_flag()
+    tls_flags: ServingTLSFlags = section(ServingTLSFlags, prefix="tls-")
+    health_port: int = health_port_flag()
+    dial_tls_flags: DialingTLSFlags = section(DialingTLSFlags, prefix="tls-")
+    tls_server_name: str = flag("", "name to verify in the frontends' certificates instead "
+                                "of the host of --frontend")
+    # From the environment only: this model's token.
+    token: str = ""
+    # From the flags above: --frontend split, --input-dtype with --input-shape, the TLS
+    # flags (served when set; used to dial the frontends when enabled).
+    frontends: tuple[str, ...] = ()
+    input_spec: TensorSpec | None = None
     tls: ServerTLS | None = None
     client_tls: ClientTLS = field(default_factory=ClientTLS)
-    health_port: int = -1
 
 
 def parse_shape(raw: str) -> tuple[int, ...]:
@@ -57,124 +80,34 @@ def parse_shape(raw: str) -> tuple[int, ...]:
     return tuple(int(part) for part in raw.split(",") if part.strip())
 
 
-def build_parser() -> argparse.ArgumentParser:
-    def env(name: str, default: str) -> str:
-        return env_default(SERVICE, name, default, str)
-
-    p = argparse.ArgumentParser(
-        prog="python -m services.model_container",
-        description="Serve a model: any importable object or a joblib file.",
-    )
-    p.add_argument("--model", default=env("model", ""), help="package.module:attr or file.joblib")
-    p.add_argument("--name", default=env("name", ""), help="model name applications link to")
-    p.add_argument("--version", default=env("version", "1"),
-                   help="model version this container serves")
-    p.add_argument(
-        "--frontend", default=env("frontend", "127.0.0.1:1337"),
-        help="frontend address(es) to announce to, comma-separated",
-    )
-    add_listen_flags(p, SERVICE, 0)
-    p.add_argument(
-        "--advertise-host", default=env("advertise_host", ""),
-        help="host frontends dial (default: --host, or 127.0.0.1 when that is 0.0.0.0)",
-    )
-    p.add_argument("--replica-id", default=env("replica_id", ""),
-                   help="this replica's id (default: a random one); the replica secret, "
-                   "not the id, keeps others from taking it over")
-    p.add_argument("--input-dtype", default=env("input_dtype", ""), help="e.g. float32")
-    p.add_argument("--input-shape", default=env("input_shape", ""), help="e.g. 64 or 8,8")
-    p.add_argument("--batching", choices=BATCHING_MODES, default=env("batching", "adaptive"),
-                   help="adaptive (deadline-aware) or fixed (size + timeout, a baseline)")
-    p.add_argument("--max-batch-size", type=int,
-                   default=env_default(SERVICE, "max_batch_size", 64, int),
-                   help="largest batch")
-    p.add_argument("--max-queue", type=int, default=env_default(SERVICE, "max_queue", 1024, int),
-                   help="queries waiting past this are rejected at once")
-    p.add_argument("--max-delay-ms", type=float,
-                   default=env_default(SERVICE, "max_delay_ms", 10.0, float),
-                   help="longest wait for a bigger batch after the oldest query came")
-    p.add_argument("--concurrency", type=int,
-                   default=env_default(SERVICE, "concurrency", 1, int),
-                   help="batches running at once, in as many worker threads or processes; a "
-                   "second starts beside a running one only when a full batch takes over a "
-                   "quarter of the queries' budget or a full batch waits")
-    p.add_argument("--batch-timeout-s", type=float,
-                   default=env_default(SERVICE, "batch_timeout_s", 0.0, float),
-                   help="a batch running longer fails (the frontend retries elsewhere); a "
-                   "worker thread it leaves stuck stops the container (0: 10 times the batch's "
-                   "latency by the latency model, at least 1 s; 30 s until it is known)")
-    p.add_argument("--native-threads", type=int,
-                   default=env_default(SERVICE, "native_threads", 1, int),
-                   help="threads each worker's BLAS/OpenMP pools may use (0: the libraries' "
-                   "own default)")
-    p.add_argument("--worker", choices=WORKER_KINDS, default=env("worker", "auto"),
-                   help="where batches run: auto (threads, moved to warm worker processes "
-                   "once batches measurably stall the event loop), thread, or process (with "
-                   "one worker thread, batches expected under 2 ms run on the event loop)")
-    p.add_argument(
-        "--heartbeat-s", type=float, default=env_default(SERVICE, "heartbeat_s", 1.0, float),
-        help="announce interval until a frontend answers with its own (--heartbeat-ms), "
-        "and between retries",
-    )
-    add_message_size_flag(p, SERVICE)
-    add_lifecycle_flags(p, SERVICE)
-    add_tls_flags(p, SERVICE)
-    p.add_argument("--tls-server-name", default=env("tls_server_name", ""),
-                   help="name to verify in the frontends' certificates instead of the host "
-                   "of --frontend")
-    return p
-
-
 def config_from_args(argv: list[str] | None = None) -> Config:
-    args = build_parser().parse_args(argv)
+    cfg = parse_config(Config, SERVICE, argv, prog="python -m services.model_container",
+                       description="Serve a model: any importable object or a joblib file.")
     token = os.environ.get("CLIPPER_CONTAINER_TOKEN", "")
-    require(bool(args.model), "--model (CLIPPER_CONTAINER_MODEL) is required")
-    require(bool(args.name), "--name (CLIPPER_CONTAINER_NAME) is required")
+    require(bool(cfg.model_ref), "--model (CLIPPER_CONTAINER_MODEL) is required")
+    require(bool(cfg.name), "--name (CLIPPER_CONTAINER_NAME) is required")
     require(bool(token), "CLIPPER_CONTAINER_TOKEN must be set: this model's token, printed by "
-            f"python -m services.cli tokens container {args.name or 'MODEL'}")
+            f"python -m services.cli tokens container {cfg.name or 'MODEL'}")
     try:
         token_model_name = token_model(token)
     except ValueError as exc:
         raise ConfigError(
             f"CLIPPER_CONTAINER_TOKEN: {exc}; the shared token of older versions is no "
-            f"longer accepted: python -m services.cli tokens container {args.name} prints "
+            f"longer accepted: python -m services.cli tokens container {cfg.name} prints "
             "this model's") from None
-    require(token_model_name == args.name,
+    require(token_model_name == cfg.name,
             f"CLIPPER_CONTAINER_TOKEN is the token of model {token_model_name!r}, "
-            f"not of --name {args.name!r}")
-    try:
-        batching = BatchingConfig(args.batching, args.max_batch_size, args.max_queue,
-                                  args.max_delay_ms, args.concurrency, args.batch_timeout_s)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
-    require(args.native_threads >= 0, f"--native-threads={args.native_threads}: must be >= 0")
-    require(args.heartbeat_s > 0, f"--heartbeat-s={args.heartbeat_s}: must be > 0")
-    require(args.max_message_bytes >= MIN_MESSAGE_BYTES,
-            f"--max-message-bytes={args.max_message_bytes}: must be >= {MIN_MESSAGE_BYTES}")
+            f"not of --name {cfg.name!r}")
     spec = None
-    if args.input_dtype:
-        spec = TensorSpec(args.input_dtype, parse_shape(args.input_shape))
-    advertise = args.advertise_host or ("127.0.0.1" if args.host == "0.0.0.0" else args.host)
-    return Config(
-        model_ref=args.model,
-        name=args.name,
-        version=args.version,
-        frontends=tuple(a.strip() for a in args.frontend.split(",") if a.strip()),
+    if cfg.input_dtype:
+        spec = TensorSpec(cfg.input_dtype, parse_shape(cfg.input_shape))
+    return replace(
+        cfg,
         token=token,
-        replica_id=args.replica_id,
-        host=args.host,
-        port=args.port,
-        advertise_host=advertise,
+        frontends=tuple(a.strip() for a in cfg.frontend.split(",") if a.strip()),
+        advertise_host=cfg.advertise_host or ("127.0.0.1" if cfg.host == "0.0.0.0"
+                                              else cfg.host),
         input_spec=spec,
-        batching=batching,
-        worker=args.worker,
-        native_threads=args.native_threads,
-        heartbeat_s=args.heartbeat_s,
-        max_message_bytes=args.max_message_bytes,
-        metrics_port=args.metrics_port,
-        grace_s=args.grace_s,
-        log_level=args.log_level,
-        tls=server_tls_from(args),
-        client_tls=client_tls_from(args, args.tls_server_name),
-        health_port=args.health_port,
+        tls=cfg.tls_flags.server_tls(),
+        client_tls=cfg.dial_tls_flags.client_tls(cfg.tls_server_name),
     )
