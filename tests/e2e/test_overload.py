@@ -18,7 +18,7 @@ from services.common.errors import PUSHBACK_KEY
 from services.common.processes import start_service
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
-from tests.helpers.mesh import ENV, SELECTION_TOKEN, Mesh
+from testkit.mesh import ENV, SELECTION_TOKEN, Mesh
 
 DEFAULT = tensors.encode(np.int64(-1))
 

@@ -28,7 +28,7 @@ from services.model_container import __main__ as container
 from services.model_container.config import config_from_args as container_config
 from services.selection import __main__ as selection
 from services.selection.config import config_from_args as selection_config
-from tests.helpers.mesh import ENV, MGMT, container_env
+from testkit.mesh import ENV, MGMT, container_env
 
 
 class Gate:
