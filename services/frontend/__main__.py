@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 
+from services.common import clock
 from services.common.admission import Admission
 from services.common.auth import (
     MANAGEMENT,
@@ -42,13 +43,14 @@ from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.generated.inference import grpc_service_pb2_grpc as oip_grpc
 
 
-async def start(cfg: Config) -> Running:
-    """Start the frontend on `cfg.port` (0: a free one), serving; `stop()` it after."""
+async def start(cfg: Config, now: clock.Now = clock.now) -> Running:
+    """Start the frontend on `cfg.port` (0: a free one), serving; `stop()` it after.
+    Replicas expire, and quota buckets refill, on the clock `now`."""
     stack = contextlib.AsyncExitStack()
     serve_metrics("frontend", cfg.host, cfg.metrics_port)
     store = open_store(cfg.state)
     stack.push_async_callback(store.aclose)
-    registry = Registry(store, cfg.replica_ttl_s, cfg.limits)
+    registry = Registry(store, cfg.replica_ttl_s, cfg.limits, now=now)
     await registry.start()
     stack.push_async_callback(registry.aclose)
     replicas = ReplicaTable(registry, cfg.mesh_secret,
@@ -61,7 +63,7 @@ async def start(cfg: Config) -> Running:
     admission = Admission(cfg.admission)
     router = ModelRouter(registry, replicas, cache)
     query_path = QueryPath(registry, router, selection, cache, cfg.limits, admission,
-                           Quotas(cfg.quotas))
+                           Quotas(cfg.quotas, now))
     server = await start_server(
         [
             (functools.partial(pb_grpc.add_FrontendServicer_to_server,

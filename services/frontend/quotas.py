@@ -51,8 +51,9 @@ class _Bucket:
 class Quotas:
     """The token buckets of the clients of every application."""
 
-    def __init__(self, limits: QuotaLimits) -> None:
+    def __init__(self, limits: QuotaLimits, now: clock.Now = clock.now) -> None:
         self.limits = limits
+        self._now = now
         self._buckets: OrderedDict[tuple[str, str], _Bucket] = OrderedDict()
 
     def rate(self, app: Application) -> tuple[float, float]:
@@ -69,7 +70,7 @@ class Quotas:
             return
         client = caller.api_key_sha256 if app.api_key_sha256 else caller.peer
         key = (app.name, client)
-        now = clock.now()
+        now = self._now()
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = _Bucket(burst, now)

@@ -15,6 +15,7 @@ import pytest
 from services.common import tensors
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
+from testkit.mesh import container_metadata
 from tests.helpers.inprocess import Gate, InProcessMesh, in_process_mesh
 
 GATED = "tests.helpers.inprocess:GatedSum"
@@ -85,3 +86,25 @@ async def test_errors_keep_their_status(mesh: InProcessMesh) -> None:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await stub.Predict(request, timeout=5)
             assert caught.value.code() == code
+
+
+async def test_a_silent_replica_expires_on_the_frontends_clock(mesh: InProcessMesh) -> None:
+    """A replica that announced once and then fell silent stays while the frontend's
+    clock is short of its TTL (1 s), however long the test really takes, and goes once
+    the clock passes it."""
+    async with grpc.aio.insecure_channel(mesh.address) as channel:
+        await pb_grpc.RegistryStub(channel).Announce(
+            pb.AnnounceRequest(model="gated", version="1", address="127.0.0.1:9",
+                               replica_id="silent", replica_secret="s" * 32),
+            metadata=container_metadata("gated"), timeout=5)
+        assert "silent" in {r.replica_id for r in await replicas(mesh, channel)}
+        mesh.clock.advance(0.9)
+        await asyncio.sleep(1.2)  # past the TTL in real time (expiry runs every 0.25 s)
+        assert "silent" in {r.replica_id for r in await replicas(mesh, channel)}
+        mesh.clock.advance(0.2)
+        for _ in range(100):  # the next expiry round drops it: at most 5 s
+            if "silent" not in {r.replica_id for r in await replicas(mesh, channel)}:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the silent replica was not expired past its TTL")
