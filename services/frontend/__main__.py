@@ -28,6 +28,7 @@ from services.common.server import (
 from services.common.stores import open_store
 from services.common.telemetry import setup_logging
 from services.frontend.config import Config, config_from_args
+from services.frontend.inference_plane import InferencePlane
 from services.frontend.inference_servicer import InferenceServicer
 from services.frontend.management_servicer import ManagementServicer, RegistryServicer
 from services.frontend.model_router import ModelRouter
@@ -69,7 +70,9 @@ async def start(cfg: Config, now: clock.Now = clock.now) -> Running:
             (functools.partial(pb_grpc.add_FrontendServicer_to_server,
                                FrontendServicer(query_path)), "clipper.v1.Frontend"),
             (functools.partial(oip_grpc.add_GRPCInferenceServiceServicer_to_server,
-                               InferenceServicer(query_path)), "inference.GRPCInferenceService"),
+                               InferenceServicer(InferencePlane(registry, router, query_path,
+                                                                cfg.limits))),
+             "inference.GRPCInferenceService"),
             (functools.partial(pb_grpc.add_ManagementServicer_to_server,
                                ManagementServicer(registry, router, selection)),
              "clipper.v1.Management"),
