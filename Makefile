@@ -111,8 +111,8 @@ chaos: proto
 	$(PY) -m tests.chaos $(CHAOS_ARGS)
 
 lint: proto
-	$(VENV)/bin/ruff check services tests benchmarks loadtest
-	$(VENV)/bin/mypy services benchmarks loadtest
+	$(VENV)/bin/ruff check services testkit tests benchmarks loadtest
+	$(VENV)/bin/mypy services testkit benchmarks loadtest
 
 bench: proto
 	@$(MAKE) -s ghz || echo "make bench: ghz did not build; its benchmark is skipped" >&2

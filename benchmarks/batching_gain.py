@@ -33,7 +33,7 @@ from benchmarks.loadgen import (
 )
 from services.common.processes import ServiceProcess
 from services.mesh import digits
-from tests.helpers.mesh import Mesh
+from testkit.mesh import Mesh
 
 SLO_S = 0.020
 SYNTHETIC = "benchmarks.models:Synthetic"

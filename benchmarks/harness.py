@@ -19,7 +19,7 @@ from benchmarks.loadgen import (
 )
 from services.common.credentials import container_token, replica_credential
 from services.common.processes import ServiceProcess, start_service
-from tests.helpers.mesh import MESH_SECRET, container_env
+from testkit.mesh import MESH_SECRET, container_env
 
 # Batchers compared everywhere: (label, container flags).
 BATCHERS: dict[str, list[str]] = {

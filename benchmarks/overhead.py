@@ -19,7 +19,7 @@ from benchmarks.mesh_latency import start_mesh, stop_mesh
 from benchmarks.models import NoOp
 from services.common.processes import start_service
 from services.mesh import digits
-from tests.helpers.mesh import Mesh
+from testkit.mesh import Mesh
 
 SLO_S = 0.020
 

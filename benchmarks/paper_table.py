@@ -32,7 +32,7 @@ from benchmarks.loadgen import ContainerStream, RunResult, closed_loop, open_loo
 from services.common.metrics import sample, scrape
 from services.common.processes import ServiceProcess
 from services.model_container.runner import ModelRunner
-from tests.helpers.redis_server import free_port
+from testkit.ports import free_port
 
 # (label, container flags). Batch size 1 on today's worker: the paper's baseline.
 FLAGS: dict[str, list[str]] = {

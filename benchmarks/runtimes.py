@@ -27,7 +27,7 @@ import numpy as np
 from benchmarks.harness import dial_credential, start_container, workdir
 from benchmarks.loadgen import ContainerStream
 from services.model_container.sdk import load_model
-from tests.helpers import model_files
+from testkit import model_files
 
 ROUNDS = 300
 SLO_S = 1.0

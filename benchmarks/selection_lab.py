@@ -21,7 +21,7 @@ import numpy as np
 from benchmarks import selection_models as models
 from services.client import AsyncClient
 from services.common import tensors
-from tests.helpers.mesh import Mesh
+from testkit.mesh import Mesh
 
 SLO_MS = 1000  # learning experiments: no deadline pressure
 MAIN = tuple(spec.name for spec in models.MODELS)

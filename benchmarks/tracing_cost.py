@@ -3,7 +3,7 @@ and on at 100%, same run.
 
 The three meshes run at once and are queried in alternating blocks, one query at a
 time (as in tls_cost.py); the two traced ones export over OTLP/gRPC to a receiver in
-this process (tests/helpers/otlp_receiver.py), which keeps what it gets. CPU per query
+this process (testkit/otlp_receiver.py), which keeps what it gets. CPU per query
 by process kind, from /proc, during each mesh's own blocks. `digits-exp4` (a learning
 policy) puts the frontend, the selection service and the 3 containers on every query.
 """
@@ -22,7 +22,7 @@ from benchmarks.tls_cost import BLOCK, TOKEN, MeshRun, create_exp4, percentile_m
 from services.common.tls import sync_channel
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.mesh import digits
-from tests.helpers.otlp_receiver import otlp_receiver
+from testkit.otlp_receiver import otlp_receiver
 
 APP = "digits-exp4"
 SETTINGS = (("off", None), ("on, 1%", "0.01"), ("on, 100%", "1.0"))

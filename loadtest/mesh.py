@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +13,8 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from testkit.ports import free_port
 
 MESH_READY = "Mesh ready"
 MESH_START_S = 180.0
@@ -53,7 +54,7 @@ def start_mesh(port: int, management_token: str = "") -> LocalMesh:
 
     The frontend serves its metrics on a free port found here (the mesh prints no
     metrics address), and the management token is `management_token` or a new one."""
-    metrics_port = _free_port()
+    metrics_port = free_port()
     token = management_token or secrets.token_urlsafe(16)
     env = {"CLIPPER_FRONTEND_METRICS_PORT": str(metrics_port),
            "CLIPPER_MANAGEMENT_TOKEN": token}
@@ -75,11 +76,4 @@ def start_mesh(port: int, management_token: str = "") -> LocalMesh:
         give_up.cancel()
     mesh.stop()
     raise RuntimeError(f"the local mesh did not start within {MESH_START_S:.0f} s")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 

@@ -1,30 +1,24 @@
-"""Every setting the services read, found by introspecting their argparse parsers.
+"""Every setting the services read, from the flags their `Config` declares.
 
-Each flag's default reads `CLIPPER_<SERVICE>_<NAME>` (services/common/config.py).
-Rather than trust that naming convention, `service_settings` proves each pairing:
-it sets the variable to a probe value, rebuilds the parser and checks that the
-flag's default took it. `settings_markdown` renders the table that
-deploy/README.md carries between the markers below; `python -m services.cli
+Each flag's default reads `CLIPPER_<SERVICE>_<NAME>` (services/common/config.py
+derives both names from the declaration). `settings_markdown` renders the table
+that deploy/README.md carries between the markers below; `python -m services.cli
 settings --write deploy/README.md` refreshes it and `--check` fails when stale.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import importlib
-import os
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.common.config import env_name
+from services.common.config import declared_flags
 
 BEGIN_MARKER = "<!-- settings:begin (python -m services.cli settings --write) -->"
 END_MARKER = "<!-- settings:end -->"
 
-# (service name in env vars, module with the parser, how it is started)
+# (service name in env vars, module with its Config, how it is started)
 SERVICES: tuple[tuple[str, str, str], ...] = (
     ("frontend", "services.frontend.config", "services.frontend"),
     ("selection", "services.selection.config", "services.selection"),
@@ -53,67 +47,22 @@ class Setting:
 
     service: str
     flag: str
-    env: str | None  # None: the flag has no environment default
+    env: str
     default: Any
     meaning: str
 
 
-def _parser_factory(module_name: str) -> Callable[[], argparse.ArgumentParser]:
-    """The service's `build_parser`, which reads the environment each time it runs."""
-    build: Callable[[], argparse.ArgumentParser] = importlib.import_module(
-        module_name).build_parser
-    return build
-
-
-@contextlib.contextmanager
-def _environment(**overrides: str) -> Iterator[None]:
-    """os.environ without any CLIPPER_* variable, plus `overrides`; restored after."""
-    saved = dict(os.environ)
-    try:
-        for key in [k for k in os.environ if k.startswith("CLIPPER_")]:
-            del os.environ[key]
-        os.environ.update(overrides)
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
-def _probe_value(action: argparse.Action) -> tuple[str, Any]:
-    """A raw environment value for the action and what the default should become."""
-    if action.type is int:
-        return "7919", 7919
-    if action.type is float:
-        return "79.19", 79.19
-    if action.choices:
-        choice = [c for c in action.choices if c != action.default][-1]
-        return str(choice), choice
-    return "probe-value", "probe-value"
-
-
-def _flags(parser: argparse.ArgumentParser) -> list[argparse.Action]:
-    return [a for a in parser._actions
-            if a.option_strings and not isinstance(a, argparse._HelpAction)]
-
-
 def service_settings(service: str, module_name: str) -> list[Setting]:
-    """The flags of one service with their (proven) environment variables."""
-    build = _parser_factory(module_name)
-    with _environment():
-        parser = build()
+    """The flags declared by the service's `Config`, with their environment variables."""
+    config = importlib.import_module(module_name).Config
     settings = []
-    for action in _flags(parser):
-        var = env_name(service, action.dest)
-        raw, expected = _probe_value(action)
-        with _environment(**{var: raw}):
-            probed = {a.dest: a.default for a in _flags(build())}
-        flag = max(action.option_strings, key=len)
-        meaning = " ".join((action.help or "").split())
-        if action.choices and not all(str(c) in meaning for c in action.choices):
-            choices = ", ".join(f"`{c}`" for c in action.choices)
-            meaning = f"{meaning} (one of {choices})" if meaning else f"one of {choices}"
-        settings.append(Setting(service, flag, var if probed[action.dest] == expected else None,
-                                action.default, meaning))
+    for d in declared_flags(config, service):
+        meaning = " ".join(d.spec.help.split())
+        choices = d.spec.choices
+        if choices and not all(c in meaning for c in choices):
+            listed = ", ".join(f"`{c}`" for c in choices)
+            meaning = f"{meaning} (one of {listed})" if meaning else f"one of {listed}"
+        settings.append(Setting(service, d.flag, d.env, d.spec.default, meaning))
     return settings
 
 
@@ -124,7 +73,7 @@ def all_settings() -> list[Setting]:
 
 def env_names() -> set[str]:
     """Every environment variable the services read."""
-    names = {s.env for s in all_settings() if s.env is not None}
+    names = {s.env for s in all_settings()}
     return names | {name for name, _, _ in SHARED_SETTINGS}
 
 
@@ -143,8 +92,8 @@ def settings_markdown() -> str:
                   "| flag | environment variable | default | meaning |", "|---|---|---|---|"]
         for s in settings:
             if s.service == service:
-                env = f"`{s.env}`" if s.env else "(flag only)"
-                lines.append(f"| `{s.flag}` | {env} | {_show_default(s.default)} | {s.meaning} |")
+                lines.append(f"| `{s.flag}` | `{s.env}` | {_show_default(s.default)} | "
+                             f"{s.meaning} |")
     lines += ["", "Shared by name (environment only):", "",
               "| environment variable | read by | meaning |", "|---|---|---|"]
     for name, readers, meaning in SHARED_SETTINGS:

@@ -27,7 +27,6 @@ the servicers send as the `grpc-retry-pushback-ms` trailer: when to try again.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import time
 from collections.abc import Iterable, Iterator
@@ -37,7 +36,7 @@ from dataclasses import dataclass
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from services.common.accept_probe import AcceptProbe
-from services.common.config import env_default, require
+from services.common.config import POSITIVE, flag
 from services.common.errors import Overloaded
 from services.common.tasks import BackgroundTask
 
@@ -79,15 +78,30 @@ class LoopLag:
             self.mean_s += (late - self.mean_s) / 5
 
 
+ADMISSION_MODES = ("adaptive", "fixed", "off")
+
+
 @dataclass(frozen=True)
 class AdmissionLimits:
-    max_inflight: int = 1024
-    max_inflight_per_key: int = 512
-    max_backlog_s: float = 0.05
+    """The admission flags of a service (`section(AdmissionLimits)`)."""
+
+    max_inflight: int = flag(
+        1024, "queries in flight at once; past it a query is shed at once "
+        "(RESOURCE_EXHAUSTED with grpc-retry-pushback-ms, or the flagged default)",
+        check=POSITIVE)
+    max_inflight_per_key: int = flag(512, "queries of one application in flight at once",
+                                     name="max-inflight-per-app", check=POSITIVE)
+    max_backlog_s: float = flag(
+        50.0, "shed queries while the service's own backlog (event loop lag) is longer "
+        "than this on average (and any query with less than twice the backlog left)",
+        name="max-backlog-ms", check=POSITIVE, scale=1 / 1000)
     min_inflight_per_key: int = 2
     # adaptive: the per-key limit follows deadline outcomes; fixed: it stays at the
     # maximum; off: nothing is refused here (a baseline for benchmarks).
-    mode: str = "adaptive"
+    mode: str = flag("adaptive", "adaptive: each application's in-flight limit follows "
+                     "whether its queries meet their deadlines; fixed: --max-inflight-per-app "
+                     "only; off: shed nothing (a baseline)", name="admission",
+                     choices=ADMISSION_MODES)
 
 
 @dataclass
@@ -96,9 +110,6 @@ class _KeyState:
     inflight: int = 0
     # Completions left before the limit may shrink again (one cut per window).
     cooldown: int = 0
-
-
-ADMISSION_MODES = ("adaptive", "fixed", "off")
 
 
 class Admission:
@@ -206,36 +217,6 @@ def _shed(reason: str, backlog_s: float) -> Overloaded:
     pushback_ms = int(min(max(2000 * backlog_s, MIN_PUSHBACK_MS), MAX_PUSHBACK_MS))
     return Overloaded(f"overloaded, retry in {pushback_ms} ms: {reason}",
                       retry_after_ms=pushback_ms)
-
-
-def add_admission_flags(p: argparse.ArgumentParser, service: str) -> None:
-    """--max-inflight, --max-inflight-per-app, --admission and --max-backlog-ms."""
-    p.add_argument("--max-inflight", type=int,
-                   default=env_default(service, "max_inflight", 1024, int),
-                   help="queries in flight at once; past it a query is shed at once "
-                   "(RESOURCE_EXHAUSTED with grpc-retry-pushback-ms, or the flagged default)")
-    p.add_argument("--max-inflight-per-app", type=int,
-                   default=env_default(service, "max_inflight_per_app", 512, int),
-                   help="queries of one application in flight at once")
-    p.add_argument("--admission", choices=ADMISSION_MODES,
-                   default=env_default(service, "admission", "adaptive", str),
-                   help="adaptive: each application's in-flight limit follows whether its "
-                   "queries meet their deadlines; fixed: --max-inflight-per-app only; off: "
-                   "shed nothing (a baseline)")
-    p.add_argument("--max-backlog-ms", type=float,
-                   default=env_default(service, "max_backlog_ms", 50.0, float),
-                   help="shed queries while the service's own backlog (event loop lag) is "
-                   "longer than this on average (and any query with less than twice the "
-                   "backlog left)")
-
-
-def admission_from_args(args: argparse.Namespace) -> AdmissionLimits:
-    require(args.max_inflight > 0, f"--max-inflight={args.max_inflight}: must be > 0")
-    require(args.max_inflight_per_app > 0,
-            f"--max-inflight-per-app={args.max_inflight_per_app}: must be > 0")
-    require(args.max_backlog_ms > 0, f"--max-backlog-ms={args.max_backlog_ms}: must be > 0")
-    return AdmissionLimits(args.max_inflight, args.max_inflight_per_app,
-                           args.max_backlog_ms / 1000, mode=args.admission)
 
 
 def export_metrics(admission: Admission, meter: Meter) -> None:

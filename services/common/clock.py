@@ -11,8 +11,13 @@ the loop's millisecond clock passes it (as every uvloop timer does).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 now = time.monotonic
+
+# A clock as its users take it: `now` by default, a test's own clock when injected
+# (the registry's replica expiry, the quotas' buckets).
+Now = Callable[[], float]
 
 # Kept back from a deadline for an answer's way back (a hop over loopback or a pod
 # network, and the frontend combining): the frontend settles its answer this long before

@@ -9,12 +9,11 @@ RESOURCE_EXHAUSTED. Each message names the limit and the flag that sets it.
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
-from services.common.config import env_default, require
+from services.common.config import POSITIVE, flag
 from services.common.errors import InvalidInput, Overloaded
 
 # Names of applications, models and versions: no separator of store keys ("/"),
@@ -24,22 +23,23 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 @dataclass(frozen=True)
 class Limits:
-    """Every bound, with its default; each is a flag `--max-<name>` of the frontend."""
+    """Every bound, with its default; each is a flag `--max-<name>` of the frontend
+    (`section(Limits, prefix="max-")`)."""
 
-    rank: int = 32
-    elements: int = 1 << 24
-    tensor_bytes: int = 64 << 20
-    name_length: int = 128
-    context_key_length: int = 256
-    query_id_length: int = 64
-    address_length: int = 256
-    policy_params: int = 64
-    param_length: int = 1024
-    applications: int = 1000
-    models: int = 1000
-    versions: int = 100
-    replicas: int = 256
-    linked_models: int = 32
+    rank: int = flag(32, "most dimensions of a tensor", check=POSITIVE)
+    elements: int = flag(1 << 24, "most elements of a tensor", check=POSITIVE)
+    tensor_bytes: int = flag(64 << 20, "most bytes of a tensor's data", check=POSITIVE)
+    name_length: int = flag(128, "longest application, model or version name", check=POSITIVE)
+    context_key_length: int = flag(256, "longest context key", check=POSITIVE)
+    query_id_length: int = flag(64, "longest query id", check=POSITIVE)
+    address_length: int = flag(256, "longest replica address", check=POSITIVE)
+    policy_params: int = flag(64, "most policy parameters of an application", check=POSITIVE)
+    param_length: int = flag(1024, "longest policy parameter value", check=POSITIVE)
+    applications: int = flag(1000, "most applications", check=POSITIVE)
+    models: int = flag(1000, "most models", check=POSITIVE)
+    versions: int = flag(100, "most versions of one model", check=POSITIVE)
+    replicas: int = flag(256, "most live replicas of one model", check=POSITIVE)
+    linked_models: int = flag(32, "most models linked to one application", check=POSITIVE)
 
     def check_shape(self, shape: Sequence[int], what: str = "tensor") -> int:
         """The element count of `shape`, once its rank, sizes and count are within bounds.
@@ -120,38 +120,3 @@ DEFAULT_LIMITS = Limits()
 def short_repr(value: str, keep: int = 40) -> str:
     """`value` for an error message, cut so that a hostile one is not echoed whole."""
     return repr(value if len(value) <= keep else value[:keep] + "...")
-
-
-def _flag(name: str) -> str:
-    return "--max-" + name.replace("_", "-")
-
-
-def add_limit_flags(p: argparse.ArgumentParser, service: str) -> None:
-    """One `--max-<limit>` flag per field of Limits (env CLIPPER_<SERVICE>_MAX_<LIMIT>)."""
-    meaning = {
-        "rank": "most dimensions of a tensor",
-        "elements": "most elements of a tensor",
-        "tensor_bytes": "most bytes of a tensor's data",
-        "name_length": "longest application, model or version name",
-        "context_key_length": "longest context key",
-        "query_id_length": "longest query id",
-        "address_length": "longest replica address",
-        "policy_params": "most policy parameters of an application",
-        "param_length": "longest policy parameter value",
-        "applications": "most applications",
-        "models": "most models",
-        "versions": "most versions of one model",
-        "replicas": "most live replicas of one model",
-        "linked_models": "most models linked to one application",
-    }
-    for f in fields(Limits):
-        p.add_argument(_flag(f.name), type=int, dest=f"max_{f.name}",
-                       default=env_default(service, f"max_{f.name}", f.default, int),
-                       help=meaning[f.name])
-
-
-def limits_from_args(args: argparse.Namespace) -> Limits:
-    values = {f.name: getattr(args, f"max_{f.name}") for f in fields(Limits)}
-    for name, value in values.items():
-        require(value > 0, f"{_flag(name)}={value}: must be > 0")
-    return Limits(**values)

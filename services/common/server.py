@@ -3,7 +3,6 @@ graceful stop."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import logging
@@ -23,7 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.channels import DEFAULT_MAX_MESSAGE_BYTES, server_options
-from services.common.config import env_default
+from services.common.config import at_least, flag
 from services.common.interceptors import RejectUndecodable
 from services.common.tls import ServerTLS, server_credentials
 
@@ -107,15 +106,13 @@ class Server:
 MIN_MESSAGE_BYTES = 4096
 
 
-def add_message_size_flag(p: argparse.ArgumentParser, service: str) -> None:
+def max_message_bytes_flag() -> Any:
     """--max-message-bytes: what `start_server(max_message_bytes=...)` receives and sends.
 
     A container or selection service states it to the frontends that open streams to it,
     and they pack their messages to fit (services/common/channels.py)."""
-    p.add_argument("--max-message-bytes", type=int,
-                   default=env_default(service, "max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES,
-                                       int),
-                   help="largest gRPC message received or sent")
+    return flag(DEFAULT_MAX_MESSAGE_BYTES, "largest gRPC message received or sent",
+                check=at_least(MIN_MESSAGE_BYTES))
 
 
 async def start_server(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 
+from services.common import clock
 from services.common.admission import Admission, export_metrics
 from services.common.auth import (
     MANAGEMENT,
@@ -30,6 +31,7 @@ from services.common.tracing import setup_tracing
 from services.frontend import metrics
 from services.frontend.access_log import AccessLog
 from services.frontend.config import Config, config_from_args
+from services.frontend.inference_plane import InferencePlane
 from services.frontend.inference_servicer import InferenceServicer
 from services.frontend.management_servicer import ManagementServicer, RegistryServicer
 from services.frontend.model_router import ModelRouter
@@ -45,13 +47,14 @@ from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.generated.inference import grpc_service_pb2_grpc as oip_grpc
 
 
-async def start(cfg: Config) -> Running:
-    """Start the frontend on `cfg.port` (0: a free one), serving; `stop()` it after."""
+async def start(cfg: Config, now: clock.Now = clock.now) -> Running:
+    """Start the frontend on `cfg.port` (0: a free one), serving; `stop()` it after.
+    Replicas expire, and quota buckets refill, on the clock `now`."""
     stack = contextlib.AsyncExitStack()
     serve_metrics("frontend", cfg.host, cfg.metrics_port)
     store = open_store(cfg.state)
     stack.push_async_callback(store.aclose)
-    registry = Registry(store, cfg.replica_ttl_s, cfg.limits)
+    registry = Registry(store, cfg.replica_ttl_s, cfg.limits, now=now)
     await registry.start()
     stack.push_async_callback(registry.aclose)
     replicas = ReplicaTable(registry, cfg.mesh_secret,
@@ -66,13 +69,15 @@ async def start(cfg: Config) -> Running:
     export_metrics(admission, meter("clipper.frontend"))
     router = ModelRouter(registry, replicas, cache)
     query_path = QueryPath(registry, router, selection, cache, cfg.limits, admission,
-                           Quotas(cfg.quotas), AccessLog(cfg.access_log_sample))
+                           Quotas(cfg.quotas, now), AccessLog(cfg.access_log_sample))
     server = await start_server(
         [
             (functools.partial(pb_grpc.add_FrontendServicer_to_server,
                                FrontendServicer(query_path)), "clipper.v1.Frontend"),
             (functools.partial(oip_grpc.add_GRPCInferenceServiceServicer_to_server,
-                               InferenceServicer(query_path)), "inference.GRPCInferenceService"),
+                               InferenceServicer(InferencePlane(registry, router, query_path,
+                                                                cfg.limits))),
+             "inference.GRPCInferenceService"),
             (functools.partial(pb_grpc.add_ManagementServicer_to_server,
                                ManagementServicer(registry, router, selection)),
              "clipper.v1.Management"),

@@ -29,8 +29,9 @@ def beat_of(record: dict[str, Any]) -> str:
 
 
 class Liveness:
-    def __init__(self, ttl_s: float) -> None:
+    def __init__(self, ttl_s: float, now: clock.Now = clock.now) -> None:
         self.ttl_s = ttl_s
+        self._now = now
         # replica id -> (last token seen, clock.now() when it changed)
         self._seen: dict[str, tuple[str, float]] = {}
 
@@ -40,19 +41,19 @@ class Liveness:
         for the first time gets a full TTL)."""
         seen = self._seen.get(replica_id)
         if seen is None or seen[0] != beat:
-            self._seen[replica_id] = (beat, clock.now())
+            self._seen[replica_id] = (beat, self._now())
 
     def beat(self, replica_id: str) -> str:
         return self._seen.get(replica_id, ("", 0.0))[0]
 
     def alive(self, replica_id: str) -> bool:
         seen = self._seen.get(replica_id)
-        return seen is not None and clock.now() - seen[1] < self.ttl_s
+        return seen is not None and self._now() - seen[1] < self.ttl_s
 
     def overdue(self, replica_ids: Iterable[str]) -> list[str]:
         """Those of `replica_ids` whose token has not changed for a TTL (one not seen
         yet counts as seen now)."""
-        now = clock.now()
+        now = self._now()
         overdue = []
         for rid in replica_ids:
             _, at = self._seen.setdefault(rid, ("", now))

@@ -168,6 +168,10 @@ class PredictionCache:
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
+    async def writes_done(self) -> None:
+        """Wait until the writes started in the background so far have ended."""
+        await asyncio.gather(*self._writes, return_exceptions=True)
+
     async def recall_query(self, query_id: str) -> pb.RecentQuery | None:
         # Feedback is not latency-bound: give the read a write's time (a new connection,
         # a TLS handshake to rediss:// say, takes longer than a query's cache read may).

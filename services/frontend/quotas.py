@@ -17,24 +17,29 @@ client idle long enough to be dropped would have refilled it anyway).
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from services.common import clock
 from services.common.auth import Caller
-from services.common.config import env_default, require
+from services.common.config import NON_NEGATIVE, POSITIVE, flag
 from services.common.errors import QuotaExceeded
 from services.frontend.records import Application
 
 
 @dataclass(frozen=True)
 class QuotaLimits:
+    """The quota flags of the frontend (`section(QuotaLimits)`)."""
+
     # Queries per second per client and application, when the application sets none; 0: none.
-    client_qps: float = 0.0
+    client_qps: float = flag(0.0, "queries per second each client (its API key, else its "
+                             "address) may send to an application that sets no "
+                             "client_quota_qps; 0: no quota", name="client-quota-qps",
+                             check=NON_NEGATIVE)
     # Buckets kept (clients x applications), least recently used dropped past it.
-    max_clients: int = 100_000
+    max_clients: int = flag(100_000, "client quota buckets kept, least recently used dropped "
+                            "past it", name="max-quota-clients", check=POSITIVE)
 
 
 @dataclass
@@ -46,8 +51,9 @@ class _Bucket:
 class Quotas:
     """The token buckets of the clients of every application."""
 
-    def __init__(self, limits: QuotaLimits) -> None:
+    def __init__(self, limits: QuotaLimits, now: clock.Now = clock.now) -> None:
         self.limits = limits
+        self._now = now
         self._buckets: OrderedDict[tuple[str, str], _Bucket] = OrderedDict()
 
     def rate(self, app: Application) -> tuple[float, float]:
@@ -64,7 +70,7 @@ class Quotas:
             return
         client = caller.api_key_sha256 if app.api_key_sha256 else caller.peer
         key = (app.name, client)
-        now = clock.now()
+        now = self._now()
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = _Bucket(burst, now)
@@ -81,22 +87,3 @@ class Quotas:
         raise QuotaExceeded(
             f"client quota of application {app.name!r} used up ({qps:g} queries/s, burst "
             f"{burst:g}): retry in {retry_ms} ms", retry_after_ms=retry_ms)
-
-
-def add_quota_flags(p: argparse.ArgumentParser, service: str) -> None:
-    """--client-quota-qps and --max-quota-clients."""
-    p.add_argument("--client-quota-qps", type=float,
-                   default=env_default(service, "client_quota_qps", 0.0, float),
-                   help="queries per second each client (its API key, else its address) may "
-                   "send to an application that sets no client_quota_qps; 0: no quota")
-    p.add_argument("--max-quota-clients", type=int,
-                   default=env_default(service, "max_quota_clients", 100_000, int),
-                   help="client quota buckets kept, least recently used dropped past it")
-
-
-def quotas_from_args(args: argparse.Namespace) -> QuotaLimits:
-    require(args.client_quota_qps >= 0,
-            f"--client-quota-qps={args.client_quota_qps}: must be >= 0")
-    require(args.max_quota_clients > 0,
-            f"--max-quota-clients={args.max_quota_clients}: must be > 0")
-    return QuotaLimits(args.client_quota_qps, args.max_quota_clients)

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
+from services.common import clock
 from services.common.errors import (
     AlreadyExists,
     ClipperError,
@@ -68,14 +69,15 @@ class Registry:
     """The frontend's view of applications, models and live replicas."""
 
     def __init__(self, store: KeyValueStore, replica_ttl_s: float,
-                 limits: Limits = DEFAULT_LIMITS, expiry_interval_s: float = 0.25) -> None:
+                 limits: Limits = DEFAULT_LIMITS, expiry_interval_s: float = 0.25,
+                 now: clock.Now = clock.now) -> None:
         self.store = store
         self.replica_ttl_s = replica_ttl_s
         self.limits = limits
         self.apps: dict[str, Application] = {}
         self.models: dict[str, ModelRecord] = {}
         self.replicas: dict[str, ReplicaRecord] = {}
-        self.liveness = Liveness(replica_ttl_s)
+        self.liveness = Liveness(replica_ttl_s, now)  # expiry on `now`'s clock
         self.generation = GenerationGuard(store, "registry", self.restore)
         self._watcher = BackgroundTask("registry watch", self.watch, restart_s=1.0)
         self._expiry = every("replica expiry", expiry_interval_s, self.expire_replicas)

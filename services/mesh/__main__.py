@@ -15,7 +15,6 @@ in `<state-dir>/tls/` first; `--mtls` also requires client certificates.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import secrets
@@ -32,6 +31,7 @@ import grpc
 from services.common.telemetry import setup_logging
 from services.mesh import digits
 from services.mesh.application import digits_apps, query_commands, register_apps
+from services.mesh.options import MeshOptions, parse_args
 from services.mesh.specs import (
     SELECTION,
     client_tls,
@@ -46,52 +46,7 @@ logger = logging.getLogger("mesh")
 CHECK_INTERVAL_S = 0.1
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m services.mesh", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--port", type=int, default=1337, help="frontend port (0: any free port)")
-    p.add_argument("--state-dir", default=".run", help="state files, trained models and logs")
-    p.add_argument("--replicas", type=int, default=1, help="containers per model")
-    p.add_argument("--slo-ms", type=int, default=100, help="SLO of the application digits")
-    p.add_argument("--grace-s", type=float, default=10.0,
-                   help="each service's grace period when the mesh stops (past it plus 5 s, "
-                   "a service is killed)")
-    p.add_argument("--max-restarts-per-min", type=int, default=5,
-                   help="a service that exits more often is left down")
-    p.add_argument("--max-backoff-s", type=float, default=30.0,
-                   help="longest wait before a restart (from 0.5 s, doubling per quick exit)")
-    p.add_argument("--tls-ca", default="", help="TLS on every channel: the CA file")
-    p.add_argument("--tls-cert", default="", help="certificate every service serves and "
-                   "presents (names 127.0.0.1, server and client use)")
-    p.add_argument("--tls-key", default="", help="key of --tls-cert")
-    p.add_argument("--tls-throwaway", action="store_true",
-                   help="make a throwaway CA and certificate in <state-dir>/tls/ and use them")
-    p.add_argument("--mtls", action="store_true", help="with TLS: require client certificates")
-    args = p.parse_args(argv)
-    for flag, ok in (("--port", 0 <= args.port <= 65535), ("--replicas", args.replicas >= 1),
-                     ("--slo-ms", args.slo_ms > 0), ("--grace-s", args.grace_s >= 0),
-                     ("--max-restarts-per-min", args.max_restarts_per_min >= 0),
-                     ("--max-backoff-s", args.max_backoff_s >= 0)):
-        if not ok:
-            p.error(f"{flag}={getattr(args, flag[2:].replace('-', '_'))}: out of range")
-    if args.tls_throwaway:
-        from services.mesh.certs import make_ca, make_leaf
-
-        try:
-            import cryptography  # noqa: F401
-        except ImportError:
-            p.error("--tls-throwaway needs the cryptography package (pip install -e '.[dev]')")
-        tls_dir = Path(args.state_dir) / "tls"
-        ca = make_ca(tls_dir, "ca", days=7)
-        leaf = make_leaf(tls_dir, "mesh", ca, days=7)
-        args.tls_ca, args.tls_cert, args.tls_key = str(ca.cert), str(leaf.cert), str(leaf.key)
-    if not all((args.tls_ca, args.tls_cert, args.tls_key)) and any(
-            (args.tls_ca, args.tls_cert, args.tls_key, args.mtls)):
-        p.error("TLS needs --tls-ca, --tls-cert and --tls-key (or --tls-throwaway)")
-    return args
-
-
-def start_mesh(args: argparse.Namespace, supervisor: Supervisor, management_token: str,
+def start_mesh(args: MeshOptions, supervisor: Supervisor, management_token: str,
                secret: str) -> tuple[str, list[str]]:
     """Train the example models if needed and start every service; the frontend address
     and the models served."""
@@ -113,7 +68,7 @@ def start_mesh(args: argparse.Namespace, supervisor: Supervisor, management_toke
     return frontend.address, list(models)
 
 
-def ready_banner(args: argparse.Namespace, address: str, selection: str, started: float,
+def ready_banner(args: MeshOptions, address: str, selection: str, started: float,
                  management_token: str, models: list[str]) -> str:
     secret_path = Path(args.state_dir) / "mesh-secret"
     cli, grpcurl, label = query_commands(address, Path(args.state_dir) / "models",
@@ -133,7 +88,7 @@ def ready_banner(args: argparse.Namespace, address: str, selection: str, started
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parse_args(argv, __doc__)
     setup_logging("mesh")
     started = time.monotonic()
     management_token = (os.environ.get("CLIPPER_MANAGEMENT_TOKEN")

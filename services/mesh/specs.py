@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import secrets
 from pathlib import Path
 
 from services.common.credentials import container_token, selection_token
 from services.common.tls import ClientTLS
+from services.mesh.options import MeshOptions
 from services.mesh.supervisor import ServiceSpec
 
 # Drain order: the frontend stops taking queries, containers finish their queues,
@@ -17,7 +17,7 @@ FRONTEND_STAGE, CONTAINER_STAGE, SELECTION_STAGE = 0, 1, 2
 SELECTION, FRONTEND = "selection", "frontend"
 
 
-def client_tls(args: argparse.Namespace) -> ClientTLS:
+def client_tls(args: MeshOptions) -> ClientTLS:
     """How the launcher (and the printed commands) dial the frontend."""
     if not args.tls_ca:
         return ClientTLS()
@@ -25,7 +25,7 @@ def client_tls(args: argparse.Namespace) -> ClientTLS:
         args.tls_ca)
 
 
-def tls_flags(args: argparse.Namespace, serve: bool, dial: bool) -> list[str]:
+def tls_flags(args: MeshOptions, serve: bool, dial: bool) -> list[str]:
     """The TLS flags of one service: serving, dialling, or both; none for plaintext."""
     if not args.tls_ca:
         return []
@@ -54,7 +54,7 @@ def mesh_secret(path: Path) -> str:
     return path.read_text().strip()
 
 
-def selection_spec(args: argparse.Namespace, secret: str) -> ServiceSpec:
+def selection_spec(args: MeshOptions, secret: str) -> ServiceSpec:
     """The selection service, on the same port after a restart, with its state file."""
     state = Path(args.state_dir)
     return ServiceSpec(
@@ -67,7 +67,7 @@ def selection_spec(args: argparse.Namespace, secret: str) -> ServiceSpec:
     )
 
 
-def frontend_spec(args: argparse.Namespace, secret: str, management_token: str,
+def frontend_spec(args: MeshOptions, secret: str, management_token: str,
                   selection_address: str) -> ServiceSpec:
     """The frontend on `--port` (the port it bound first, after a restart)."""
     state = Path(args.state_dir)
@@ -82,7 +82,7 @@ def frontend_spec(args: argparse.Namespace, secret: str, management_token: str,
     )
 
 
-def container_specs(args: argparse.Namespace, secret: str, frontend_address: str,
+def container_specs(args: MeshOptions, secret: str, frontend_address: str,
                     models: dict[str, list[str]]) -> list[ServiceSpec]:
     """`--replicas` containers of each example model (name -> the flags that load it),
     each with its model's token only; any free port (a replacement announces its new

@@ -48,6 +48,7 @@ import numpy as np
 from opentelemetry import context as otel_context
 
 from services.common import clock, tracing
+from services.common.config import flag
 from services.common.errors import ClipperError, DeadlineExpired, Overloaded, Unavailable
 from services.model_container import batch_trace, metrics
 from services.model_container.latency_model import LatencyModel
@@ -78,13 +79,23 @@ class ModelFailed(ClipperError):
 
 @dataclass(frozen=True)
 class BatchingConfig:
-    mode: str = "adaptive"
-    max_batch_size: int = 64
-    max_queue: int = 1024
-    max_delay_ms: float = 10.0
-    concurrency: int = 1
+    """The batching flags of a container (`section(BatchingConfig)`)."""
+
+    mode: str = flag("adaptive", "adaptive (deadline-aware) or fixed (size + timeout, a "
+                     "baseline)", name="batching", choices=BATCHING_MODES)
+    max_batch_size: int = flag(64, "largest batch")
+    max_queue: int = flag(1024, "queries waiting past this are rejected at once")
+    max_delay_ms: float = flag(10.0, "longest wait for a bigger batch after the oldest query "
+                               "came")
+    concurrency: int = flag(1, "batches running at once, in as many worker threads or "
+                            "processes; a second starts beside a running one only when a full "
+                            "batch takes over a quarter of the queries' budget or a full batch "
+                            "waits")
     # Longest one batch may run before it is failed (0: derived from the latency model).
-    batch_timeout_s: float = 0.0
+    batch_timeout_s: float = flag(0.0, "a batch running longer fails (the frontend retries "
+                                  "elsewhere); a worker thread it leaves stuck stops the "
+                                  "container (0: 10 times the batch's latency by the latency "
+                                  "model, at least 1 s; 30 s until it is known)")
 
     def __post_init__(self) -> None:
         if self.mode not in BATCHING_MODES:

@@ -31,7 +31,7 @@ from services.common import tensors
 from services.common.processes import ServiceProcess
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
-from tests.helpers.mesh import MGMT, Mesh
+from testkit.mesh import MGMT, Mesh
 from tests.helpers.redis_server import RedisServer
 
 logger = logging.getLogger(__name__)

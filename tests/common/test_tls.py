@@ -18,8 +18,8 @@ from services.common.server import Server, start_server
 from services.common.tls import ClientTLS, ReloadingChannel, ServerTLS
 from services.frontend.config import config_from_args as frontend_config
 from services.model_container.config import config_from_args as container_config
+from testkit.mesh import MESH_SECRET
 from tests.helpers.certs import Pki, make_pki
-from tests.helpers.mesh import MESH_SECRET
 
 
 @pytest.fixture(scope="module")

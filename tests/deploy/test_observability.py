@@ -22,8 +22,8 @@ from services.common import tensors
 from services.common.metrics import Samples, sample, scrape
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
-from tests.helpers.mesh import Mesh
-from tests.helpers.redis_server import free_port
+from testkit.mesh import Mesh
+from testkit.ports import free_port
 
 OBSERVABILITY = Path(__file__).resolve().parents[2] / "deploy" / "observability"
 DASHBOARD = OBSERVABILITY / "grafana-dashboard.json"

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 
+import pytest
+
 from services.cli import settings
+from services.common.config import ConfigError, build_parser, declared_flags, parse_config
+from services.frontend import config as frontend_config
 from tests.deploy.manifests import REPO
 
 README = REPO / "deploy" / "README.md"
@@ -16,9 +21,8 @@ def test_readme_table_is_up_to_date() -> None:
         "python -m services.cli settings --write deploy/README.md")
 
 
-def test_every_flag_has_an_environment_variable_and_a_meaning() -> None:
+def test_every_flag_has_a_meaning() -> None:
     for s in settings.all_settings():
-        assert s.env is not None, f"{s.service} {s.flag}: its default reads no CLIPPER_* variable"
         assert s.meaning, f"{s.service} {s.flag}: give it help text"
 
 
@@ -35,11 +39,37 @@ def test_every_variable_named_in_the_services_is_in_the_table() -> None:
             assert name in known, f"{path}: reads {name}, which deploy/README.md does not list"
 
 
-def test_the_probe_proves_the_variable_pairing() -> None:
+@pytest.mark.parametrize(("service", "module", "entrypoint"), settings.SERVICES)
+def test_each_variable_sets_its_flag(service: str, module: str, entrypoint: str,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Setting a flag's variable changes the parsed default, and a bad value is named."""
+    config = importlib.import_module(module).Config
+    for d in declared_flags(config, service):
+        probe = d.spec.choices[-1] if d.spec.choices else {int: "7919", float: "79.19"}.get(
+            d.spec.parse, "probe-value")
+        monkeypatch.setenv(d.env, probe)
+        parsed = build_parser(config, service).parse_args([])
+        assert getattr(parsed, d.dest) == d.spec.parse(probe), d.flag
+        monkeypatch.delenv(d.env)
     frontend = {s.flag: s for s in settings.service_settings("frontend",
                                                             "services.frontend.config")}
     assert frontend["--port"].env == "CLIPPER_FRONTEND_PORT"
-    assert frontend["--port"].default == 1337
-    container = {s.flag: s for s in settings.service_settings(
-        "container", "services.model_container.config")}
-    assert container["--advertise-host"].env == "CLIPPER_CONTAINER_ADVERTISE_HOST"
+    assert frontend["--max-backlog-ms"].default == 50.0
+
+
+def test_a_bad_variable_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLIPPER_FRONTEND_CACHE_SIZE", "lots")
+    with pytest.raises(ConfigError, match="CLIPPER_FRONTEND_CACHE_SIZE='lots' is not valid"):
+        build_parser(frontend_config.Config, "frontend")
+    monkeypatch.setenv("CLIPPER_FRONTEND_CACHE_SIZE", "0")
+    monkeypatch.setenv("CLIPPER_FRONTEND_ADMISSION", "sometimes")
+    with pytest.raises(ConfigError, match="CLIPPER_FRONTEND_ADMISSION='sometimes'"):
+        build_parser(frontend_config.Config, "frontend")
+    monkeypatch.delenv("CLIPPER_FRONTEND_ADMISSION")
+    with pytest.raises(ConfigError, match=r"--cache-size=0: must be > 0"):
+        parse_config(frontend_config.Config, "frontend", [])
+    monkeypatch.delenv("CLIPPER_FRONTEND_CACHE_SIZE")
+    with pytest.raises(ConfigError, match=r"--max-backlog-ms=-1.0: must be > 0"):
+        parse_config(frontend_config.Config, "frontend", ["--max-backlog-ms", "-1"])
+    cfg = parse_config(frontend_config.Config, "frontend", ["--max-backlog-ms", "20"])
+    assert cfg.admission.max_backlog_s == pytest.approx(0.02)

@@ -1,6 +1,6 @@
 """Fixtures for multi-process tests: trained digits models, and a channel to the module's mesh.
 
-Each test module defines a module-scoped `mesh` fixture (tests/helpers/mesh.py);
+Each test module defines a module-scoped `mesh` fixture (testkit/mesh.py);
 `channel` and `stub` talk to its frontend.
 """
 
@@ -14,7 +14,7 @@ import pytest
 
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.mesh import digits
-from tests.helpers.mesh import Mesh
+from testkit.mesh import Mesh
 
 
 @pytest.fixture(scope="session")

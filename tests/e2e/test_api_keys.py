@@ -22,7 +22,7 @@ from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.generated.inference import grpc_service_pb2 as oip
 from services.generated.inference import grpc_service_pb2_grpc as oip_grpc
-from tests.helpers.mesh import ENV, MGMT, Mesh
+from testkit.mesh import ENV, MGMT, Mesh
 
 KEY, ROTATED, FEEDBACK_KEY = "key-of-keyed", "next-key-of-keyed", "key-for-feedback"
 MISSING, WRONG = grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED

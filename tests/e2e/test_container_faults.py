@@ -16,7 +16,7 @@ from services.common import tensors
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.model_container.watchdog import EXIT_CODE
-from tests.helpers.mesh import Mesh
+from testkit.mesh import Mesh
 
 DEFAULT = tensors.encode(np.float64(-1))
 

@@ -29,7 +29,7 @@ from services.client import (
     UnavailableError,
 )
 from services.mesh import digits
-from tests.helpers.mesh import Mesh
+from testkit.mesh import Mesh
 from tests.helpers.tools import tool_missing
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

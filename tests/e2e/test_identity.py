@@ -15,7 +15,7 @@ from services.common.auth import bearer
 from services.common.credentials import container_token, replica_credential
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
-from tests.helpers.mesh import MANAGEMENT_TOKEN, MESH_SECRET, MGMT, SELECTION_TOKEN, Mesh
+from testkit.mesh import MANAGEMENT_TOKEN, MESH_SECRET, MGMT, SELECTION_TOKEN, Mesh
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 

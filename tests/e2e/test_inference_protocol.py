@@ -26,7 +26,7 @@ from services.frontend.inference_tensors import CONTENTS_FIELD, TO_DATATYPE
 from services.generated.inference import grpc_service_pb2 as oip
 from services.generated.inference import grpc_service_pb2_grpc as oip_grpc
 from services.mesh import digits
-from tests.helpers.mesh import Mesh
+from testkit.mesh import Mesh
 from tests.helpers.tools import tool_missing
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ import pytest
 from services.common import tensors
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
-from tests.helpers.mesh import Mesh
+from testkit.mesh import Mesh
 
 
 @pytest.fixture
@@ -76,7 +76,8 @@ async def test_a_frontend_stopped_under_load_answers_what_it_accepted(mesh: Mesh
         await stub.Predict(query(0.0), timeout=5)  # connected
         calls = [asyncio.ensure_future(stub.Predict(query(float(i)), timeout=10))
                  for i in range(1, 31)]  # 30 queries, one at a time: about 0.3 s of work
-        await asyncio.sleep(0.05)
+        # The first answer is back: the frontend has taken the queries sent before it.
+        await asyncio.wait(calls, timeout=10, return_when=asyncio.FIRST_COMPLETED)
         exit_code = await asyncio.to_thread(mesh.frontend.stop)
         replies = await asyncio.gather(*calls)
     assert exit_code == 0

@@ -15,7 +15,7 @@ import pytest
 from loadtest.__main__ import main as loadtest_main
 from loadtest.ghz import CONFIGS
 from services.mesh import digits
-from tests.helpers.mesh import MANAGEMENT_TOKEN, Mesh
+from testkit.mesh import MANAGEMENT_TOKEN, Mesh
 from tests.helpers.tools import require_tool
 
 CALLS = 200

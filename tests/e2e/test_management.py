@@ -19,7 +19,7 @@ from services.common.auth import bearer
 from services.common.processes import REPO_ROOT
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
-from tests.helpers.mesh import ENV, MANAGEMENT_TOKEN, MGMT, Mesh
+from testkit.mesh import ENV, MANAGEMENT_TOKEN, MGMT, Mesh
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ from services.common.metrics import sample, scrape
 from services.common.processes import start_service
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
-from tests.helpers.mesh import ENV, SELECTION_TOKEN, Mesh
-from tests.helpers.redis_server import free_port
+from testkit.mesh import ENV, SELECTION_TOKEN, Mesh
+from testkit.ports import free_port
 
 DEFAULT = tensors.encode(np.int64(-1))
 METRICS_PORT = free_port()
@@ -82,7 +82,7 @@ def test_what_admission_decides_on_is_exported(mesh: Mesh) -> None:
     backlog = {labels["of"]: value for name, labels, value in samples
                if name == "clipper_admission_backlog_milliseconds"}
     assert set(backlog) == {"loop_lag", "accept_wait"}
-    assert backlog["accept_wait"] == 0  # an idle frontend is not probed
+    assert 0 <= backlog["accept_wait"] < 50  # a frontend this lightly used: no queue
 
 
 async def test_an_application_with_a_default_answers_it_flagged_when_shedding(

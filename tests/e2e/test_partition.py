@@ -25,7 +25,7 @@ from services.common import tensors
 from services.common.processes import ServiceProcess
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
-from tests.helpers.mesh import Mesh
+from testkit.mesh import Mesh
 
 SLO_S = 1.0
 _inputs = itertools.count()

@@ -22,7 +22,7 @@ from services.common.errors import PUSHBACK_KEY
 from services.common.processes import REPO_ROOT
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
-from tests.helpers.mesh import ENV, MGMT, Mesh
+from testkit.mesh import ENV, MGMT, Mesh
 
 KEYS = ("key-one", "key-two")
 

@@ -15,7 +15,7 @@ from services.common.errors import Unavailable
 from services.common.redis_store import RedisStore
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
-from tests.helpers.mesh import Mesh
+from testkit.mesh import Mesh
 from tests.helpers.redis_server import RedisServer
 
 PASSWORD = "pa55-for-redis-tests"

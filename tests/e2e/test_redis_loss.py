@@ -18,7 +18,7 @@ from services.common.redis_store import RedisStore
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.selection.decider import state_key
-from tests.helpers.mesh import MGMT, Mesh
+from testkit.mesh import MGMT, Mesh
 from tests.helpers.redis_server import RedisServer
 
 SUM = "tests.helpers.models:SumModel"

@@ -13,7 +13,7 @@ import pytest
 from services.common import tensors
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
-from tests.helpers.mesh import Mesh
+from testkit.mesh import Mesh
 
 
 @pytest.fixture(scope="module")

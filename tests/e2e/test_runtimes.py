@@ -16,8 +16,8 @@ import pytest
 from services.common import tensors
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
-from tests.helpers import model_files
-from tests.helpers.mesh import MGMT, Mesh
+from testkit import model_files
+from testkit.mesh import MGMT, Mesh
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("skl2onnx")

@@ -17,7 +17,7 @@ from services.common import tensors
 from services.common.processes import REPO_ROOT
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
-from tests.helpers.mesh import ENV, MGMT, Mesh
+from testkit.mesh import ENV, MGMT, Mesh
 
 RIGHT = 1  # the label every feedback gives: flip v1 (VersionOne) is right, v2 and other wrong
 

@@ -15,7 +15,7 @@ from services.common.redis_store import RedisStore
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.selection.decider import state_key
-from tests.helpers.mesh import ENV, SELECTION_TOKEN
+from testkit.mesh import ENV, SELECTION_TOKEN
 
 ROUNDS = 60  # per client, two clients per selection replica
 

@@ -19,7 +19,7 @@ import pytest
 from services.common import tensors
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
-from tests.helpers.mesh import Mesh
+from testkit.mesh import Mesh
 
 LIMIT = 256 * 1024
 SMALL, MEDIUM, LARGE = 4096, 50_000, 80_000  # float32 elements: 16 KiB, 195 KiB, 312 KiB

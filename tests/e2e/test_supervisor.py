@@ -32,8 +32,8 @@ from services.common import tensors
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.mesh import digits
+from testkit.mesh import ENV, MGMT
 from tests.helpers.launcher import Launcher
-from tests.helpers.mesh import ENV, MGMT
 
 # A replacement container loads its model before it serves: seconds on a quiet
 # machine; this bound allows for a busy 2-core one.

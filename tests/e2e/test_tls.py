@@ -33,8 +33,8 @@ from services.common.tls import sync_channel
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.mesh import digits
+from testkit.mesh import ENV, Mesh
 from tests.helpers.certs import Pki, make_pki
-from tests.helpers.mesh import ENV, Mesh
 from tests.helpers.tools import require_tool, tool_missing
 
 APP = "digits"

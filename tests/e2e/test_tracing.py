@@ -14,8 +14,8 @@ import pytest
 from services.common import tensors
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
-from tests.helpers.mesh import MANAGEMENT_TOKEN, MESH_SECRET, SELECTION_TOKEN, Mesh
-from tests.helpers.otlp_receiver import OtlpReceiver, ReceivedSpan, otlp_receiver
+from testkit.mesh import MANAGEMENT_TOKEN, MESH_SECRET, SELECTION_TOKEN, Mesh
+from testkit.otlp_receiver import OtlpReceiver, ReceivedSpan, otlp_receiver
 
 CLIENT_SPAN_ID = "00f067aa0ba902b7"
 # Values that would show up in a log that printed the input or the caller's credential.

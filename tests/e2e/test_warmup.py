@@ -11,7 +11,7 @@ import pytest
 
 from services.common.metrics import read_metrics, sample
 from services.common.processes import start_service
-from tests.helpers.mesh import container_env
+from testkit.mesh import container_env
 
 MODEL = "tests.helpers.models:RecordsBatches"
 

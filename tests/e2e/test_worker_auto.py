@@ -19,8 +19,8 @@ from services.common.metrics import sample, scrape
 from services.common.processes import ServiceProcess, start_service
 from services.frontend.registry import ReplicaRecord
 from services.frontend.replica_client import ReplicaClient
-from tests.helpers.mesh import MESH_SECRET, container_env
-from tests.helpers.redis_server import free_port
+from testkit.mesh import MESH_SECRET, container_env
+from testkit.ports import free_port
 
 BUDGET_S = 0.040  # a 40 ms SLO: a stall of a few milliseconds costs deadlines
 RATE_QPS = 100

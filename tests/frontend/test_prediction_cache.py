@@ -53,7 +53,7 @@ async def test_repeats_are_served_from_memory_within_the_bound() -> None:
 async def test_entries_expire() -> None:
     cache, model = PredictionCache.open("memory", max_entries=10, ttl_s=0.05), Model()
     await answer(cache, model, 1.0)
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1)  # past the TTL: aiocache expires entries on the loop's timers
     assert await answer(cache, model, 1.0) == 2
     await cache.aclose()
 
@@ -78,7 +78,7 @@ async def test_off_always_asks_the_model_but_keeps_queries_for_feedback() -> Non
     cache, model = PredictionCache.open("none", max_entries=10, ttl_s=60), Model()
     assert [await answer(cache, model, 1.0) for _ in range(2)] == [1, 2]
     cache.remember_query("q", pb.RecentQuery(application="a"))
-    await asyncio.sleep(0.01)  # written in the background
+    await cache.writes_done()  # written in the background
     assert await cache.recall_query("q") == pb.RecentQuery(application="a")
     await cache.aclose()
 
@@ -120,7 +120,7 @@ async def test_redis_shares_answers_and_queries_between_frontends(redis_url: str
     record = pb.RecentQuery(application="app", context_key="u",
                             outputs={"m": tensors.encode(np.int64(4))})
     first.remember_query("q1", record)
-    await asyncio.sleep(0.05)  # written in the background
+    await first.writes_done()  # written in the background
     assert await second.recall_query("q1") == record
     assert await second.recall_query("q2") is None
     await first.aclose()

@@ -5,27 +5,17 @@ from __future__ import annotations
 
 import pytest
 
-from services.common import clock
 from services.common.auth import CLIENT, Caller, peer_host
 from services.common.errors import QuotaExceeded
 from services.common.tensors import TensorSpec
 from services.frontend.quotas import QuotaLimits, Quotas
 from services.frontend.records import Application
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
+from tests.helpers.clock import ManualClock
 
 
 @pytest.fixture
-def now(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(clock, "now", fake)
-    return fake
+def now() -> ManualClock:
+    return ManualClock()
 
 
 def app(qps: float = 0.0, burst: int = 0, keys: tuple[str, ...] = ()) -> Application:
@@ -49,35 +39,35 @@ def spend(quotas: Quotas, application: Application, caller: Caller, n: int) -> i
     return taken
 
 
-def test_no_quota_by_default(now: FakeClock) -> None:
-    assert spend(Quotas(QuotaLimits()), app(), client(), 10_000) == 10_000
+def test_no_quota_by_default(now: ManualClock) -> None:
+    assert spend(Quotas(QuotaLimits(), now.now), app(), client(), 10_000) == 10_000
 
 
-def test_a_burst_then_the_rate_with_a_pushback_until_the_next_token(now: FakeClock) -> None:
-    quotas, a = Quotas(QuotaLimits()), app(qps=4, burst=2)
+def test_a_burst_then_the_rate_with_a_pushback_until_the_next_token(now: ManualClock) -> None:
+    quotas, a = Quotas(QuotaLimits(), now.now), app(qps=4, burst=2)
     assert spend(quotas, a, client(), 5) == 2
     with pytest.raises(QuotaExceeded) as caught:
         quotas.take(a, client())
     assert caught.value.retry_after_ms == 250 and "4 queries/s" in caught.value.message
-    now.t += 0.125  # half a token
+    now.advance(0.125)  # half a token
     with pytest.raises(QuotaExceeded) as caught:
         quotas.take(a, client())
     assert caught.value.retry_after_ms == 125
-    now.t += 0.125
+    now.advance(0.125)
     assert spend(quotas, a, client(), 3) == 1
-    now.t += 100  # refills to the burst, no further
+    now.advance(100)  # refills to the burst, no further
     assert spend(quotas, a, client(), 5) == 2
 
 
-def test_the_frontend_default_applies_to_applications_that_set_none(now: FakeClock) -> None:
-    quotas = Quotas(QuotaLimits(client_qps=3))
+def test_the_frontend_default_applies_to_applications_that_set_none(now: ManualClock) -> None:
+    quotas = Quotas(QuotaLimits(client_qps=3), now.now)
     assert quotas.rate(app()) == (3, 3)  # burst: one second's worth
     assert quotas.rate(app(qps=0.5)) == (0.5, 1)
     assert spend(quotas, app(), client(), 10) == 3
 
 
-def test_clients_are_told_apart_by_host_or_by_checked_key(now: FakeClock) -> None:
-    quotas = Quotas(QuotaLimits())
+def test_clients_are_told_apart_by_host_or_by_checked_key(now: ManualClock) -> None:
+    quotas = Quotas(QuotaLimits(), now.now)
     open_app, keyed = app(qps=1), app(qps=1, keys=("k1", "k2"))
     assert spend(quotas, open_app, client("10.0.0.1", key="k1"), 2) == 1
     # On an open application a made-up key buys nothing: the host is the client.
@@ -88,8 +78,8 @@ def test_clients_are_told_apart_by_host_or_by_checked_key(now: FakeClock) -> Non
     assert spend(quotas, keyed, client("10.0.0.1", key="k2"), 2) == 1
 
 
-def test_buckets_kept_are_bounded(now: FakeClock) -> None:
-    quotas = Quotas(QuotaLimits(max_clients=10))
+def test_buckets_kept_are_bounded(now: ManualClock) -> None:
+    quotas = Quotas(QuotaLimits(max_clients=10), now.now)
     for i in range(1000):
         quotas.take(app(qps=1), client(f"10.0.{i // 256}.{i % 256}"))
     assert len(quotas._buckets) == 10

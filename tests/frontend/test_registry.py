@@ -10,6 +10,7 @@ from services.common.redis_store import RedisStore
 from services.common.tensors import TensorSpec
 from services.frontend.records import Application, ReplicaRecord
 from services.frontend.registry import Registry
+from tests.helpers.clock import ManualClock
 
 
 async def test_two_frontends_changing_one_record_lose_nothing(redis_url: str) -> None:
@@ -149,14 +150,15 @@ async def test_liveness_reads_no_wall_clock(redis_url: str) -> None:
     past its time says it expired; one whose record stops changing is dropped after a TTL
     of this frontend's own clock, however far in the future its time says it expires."""
     store = RedisStore(redis_url)
-    registry = Registry(store, replica_ttl_s=0.5)
+    clock = ManualClock()
+    registry = Registry(store, replica_ttl_s=0.5, now=clock.now)
     now = time.time()
     await store.put("replica/behind", replica_data("behind", expires_at=now - 86400))
     await store.put("replica/ahead", replica_data("ahead", expires_at=now + 86400))
     await registry.load()
     dropped: list[str] = []
     for i in range(16):  # 1.6 s: three TTLs
-        await asyncio.sleep(0.1)
+        clock.advance(0.1)
         # The clock behind a day heartbeats "behind" (through another frontend).
         await store.put("replica/behind", replica_data("behind", expires_at=now - 86400 + i))
         dropped += await registry.expire_replicas()
@@ -182,14 +184,15 @@ async def test_a_replica_heartbeating_only_elsewhere_stays_and_one_that_stops_go
     redis_url: str,
 ) -> None:
     stores = [RedisStore(redis_url), RedisStore(redis_url)]
-    a, b = (Registry(store, replica_ttl_s=0.5) for store in stores)
+    clock = ManualClock()
+    a, b = (Registry(store, replica_ttl_s=0.5, now=clock.now) for store in stores)
     await b.start()  # b follows the change feed; replicas announce to a only
     try:
         for i in range(16):  # 1.6 s: three TTLs
             await a.announce(ReplicaRecord("steady", "m", "1", "127.0.0.1:1"), SPEC)
             if i < 2:
                 await a.announce(ReplicaRecord("stops", "m", "1", "127.0.0.1:2"), SPEC)
-            await asyncio.sleep(0.1)
+            clock.advance(0.1)
             await b.expire_replicas()
         assert set(b.replicas) == {"steady"}
         assert await stores[0].get("replica/stops") is None  # dropped from the store too

@@ -32,7 +32,7 @@ from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.generated.inference import grpc_service_pb2 as oip
 from services.generated.inference import grpc_service_pb2_grpc as oip_grpc
-from tests.helpers.mesh import MGMT, Mesh, container_metadata
+from testkit.mesh import MGMT, Mesh, container_metadata
 
 settings.register_profile("ci", max_examples=50, derandomize=True, deadline=None,
                           suppress_health_check=list(HealthCheck), database=None)

@@ -3,7 +3,9 @@
 The same `start(cfg)` the processes run (services/*/__main__.py), so a test drives the
 real servicers over real gRPC, but without starting processes: fast enough for unit
 tests of routing, membership, streams and errors, and deterministic with a gated
-model (`Gate`): its batches wait until the test opens the gate.
+model (`Gate`): its batches wait until the test opens the gate, and with the
+frontend's clock (`mesh.clock`: replica expiry, quotas), which moves only when the
+test advances it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from services.model_container import __main__ as container
 from services.model_container.config import config_from_args as container_config
 from services.selection import __main__ as selection
 from services.selection.config import config_from_args as selection_config
-from tests.helpers.mesh import ENV, MGMT, container_env
+from testkit.mesh import ENV, MGMT, container_env
+from tests.helpers.clock import ManualClock
 
 
 class Gate:
@@ -57,6 +60,7 @@ class GatedSum:
 class InProcessMesh:
     selection: Running
     frontend: Running
+    clock: ManualClock
     containers: list[container.Container] = field(default_factory=list)
 
     @property
@@ -76,6 +80,7 @@ async def in_process_mesh(workdir: Path, models: Sequence[tuple[str, str]] = (),
                           *frontend_flags: str) -> AsyncIterator[InProcessMesh]:
     """Selection service, frontend and one container per (model reference, name), in
     this event loop; all stopped on exit."""
+    clock = ManualClock()
     async with AsyncExitStack() as stack:
         with mock.patch.dict(os.environ, ENV):
             sel = await selection.start(selection_config(
@@ -84,9 +89,10 @@ async def in_process_mesh(workdir: Path, models: Sequence[tuple[str, str]] = (),
             front = await frontend.start(frontend_config(
                 ["--port", "0", "--selection", f"127.0.0.1:{sel.port}",
                  "--state", str(workdir / "frontend.json"), "--cache", "none",
-                 "--heartbeat-ms", "200", "--replica-ttl-s", "1.0", *frontend_flags]))
+                 "--heartbeat-ms", "200", "--replica-ttl-s", "1.0", *frontend_flags]),
+                now=clock.now)
             stack.push_async_callback(front.stop)
-        mesh = InProcessMesh(sel, front)
+        mesh = InProcessMesh(sel, front, clock)
         for ref, name in models:
             with mock.patch.dict(os.environ, container_env(name)):
                 cfg = container_config(["--model", ref, "--name", name, "--version", "1",

@@ -23,7 +23,7 @@ from services.common.processes import REPO_ROOT
 from services.common.tls import sync_channel
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
-from tests.helpers.mesh import ENV, MGMT
+from testkit.mesh import ENV, MGMT
 
 READY = re.compile(r"Mesh ready in [\d.]+ s: frontend on (\S+)")
 

@@ -10,14 +10,8 @@ import time
 from pathlib import Path
 from typing import IO
 
+from testkit.ports import free_port
 from tests.helpers.tools import require_tool
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class RedisServer:

@@ -15,7 +15,7 @@ from services.common.tensors import TensorSpec
 from services.model_container.runner import ModelRunner
 from services.model_container.runtimes import runtime_for
 from services.model_container.sdk import ModelLoadFailed, ModelSource, load_model
-from tests.helpers import model_files
+from testkit import model_files
 
 X, Y = model_files.digits()
 QUERIES = [X[i] for i in range(0, 40, 3)]  # 14 distinct digits

@@ -23,10 +23,10 @@ from __future__ import annotations
 import base64
 import copy
 import re
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 
+from testkit.ports import free_port
 from tests.deploy.conftest import DEPLOY, render
 
 OVERLAY = DEPLOY / "overlays" / "podman"
@@ -48,15 +48,6 @@ class Playable:
 
     def port(self, deployment: str, declared: int) -> int:
         return self.ports[(deployment, declared)]
-
-
-def free_port() -> int:
-    """A port the kernel has free now (the pods bind it a moment later: the host network
-    leaves no port 0 to ask for, since probes and Services name the port in advance)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _secret(doc: Doc) -> dict[str, str]:
@@ -90,6 +81,8 @@ def _move_ports(dep: Doc, ports: dict[tuple[str, int], int]) -> None:
         moved: dict[int, int] = {}
         by_name: dict[str, int] = {}
         for port in container.get("ports", []):
+            # The pods bind it a moment later: the host network leaves no port 0 to ask
+            # for, since probes and Services name the port in advance.
             new = ports[(name, port["containerPort"])] = free_port()
             moved[port["containerPort"]] = new
             by_name[port["name"]] = new
