@@ -29,6 +29,7 @@ Local commands (no frontend needed):
   settings [--check FILE | --write FILE]   every setting the services read, as Markdown
   tokens container MODEL | tokens selection   credentials derived from CLIPPER_MESH_SECRET
   tokens api-key                              a new API key and its SHA-256
+  prometheus-rule RULES.yaml   a Prometheus rule file as a PrometheusRule resource
 """
 
 from __future__ import annotations
