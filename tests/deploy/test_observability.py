@@ -125,7 +125,7 @@ def test_the_dashboard_queries_only_exported_metrics(scraped: dict[str, Samples]
     dashboard = json.loads(DASHBOARD.read_text())
     titles = " ".join(p["title"] for p in dashboard["panels"]).lower()
     for topic in ("request rate", "p99", "slo", "defaults", "shed", "batch size",
-                  "queue delay", "replicas", "cache", "selection"):
+                  "queue delay", "replicas", "cache", "selection", "weights"):
         assert topic in titles, topic
     names = set().union(*map(metric_names, dashboard_exprs()))
     assert len(names) > 15
@@ -250,6 +250,10 @@ def test_selection_counts_decisions_and_feedback_per_policy(
     assert sample(selection, "clipper_selection_decision_duration_milliseconds_count",
                   policy="exp3") >= 1
     assert sample(selection, "clipper_selection_states", scope="application") >= 1
+    # Its one model, weighed by its policy, and right once (the feedback's label).
+    arm = {"application": "learns", "policy": "exp3", "model": "sum", "version": "1"}
+    assert sample(selection, "clipper_selection_weight", **arm) == 1.0
+    assert sample(selection, "clipper_selection_reward_estimate", **arm) == 1.0
 
 
 def test_the_frontend_reports_each_replica_stream(scraped: dict[str, Samples]) -> None:
