@@ -21,6 +21,7 @@ from benchmarks import (
     overload,
     paper_table,
     plots,
+    runtimes,
     selection_experiments,
     tls_cost,
     tracing_cost,
@@ -30,7 +31,7 @@ from benchmarks.loadgen import RunResult
 from services.mesh import digits
 
 SECTIONS = ("mesh", "container", "digits", "paper", "frontend", "slo", "burst", "overhead",
-            "limit", "selection", "tls", "tracing", "overload")
+            "limit", "selection", "tls", "tracing", "overload", "runtimes")
 
 
 def _capacity_table(caps: list[gain.Capacity]) -> list[str]:
@@ -54,6 +55,8 @@ async def run(out: Path, sections: tuple[str, ...], queries: int) -> str:
     with workdir() as work:
         if "mesh" in sections:
             lines += [mesh_latency.run(out, queries), ""]
+        if "runtimes" in sections:
+            lines += [await runtimes.measure(work / "runtimes"), ""]
         if "tls" in sections:
             lines += [tls_cost.run(out, queries), ""]
         if "tracing" in sections:

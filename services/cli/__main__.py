@@ -27,7 +27,8 @@ CLIPPER_CLI_TLS_CA, CLIPPER_CLI_TLS_CERT, CLIPPER_CLI_TLS_KEY).
 
 Local commands (no frontend needed):
 
-  deploy-model --image IMG --model REF --name N [--version V] [--replicas R]
+  deploy-model --image IMG (--model REF | --model-pvc CLAIM | --model-image IMG) --name N
+               [--version V] [--replicas R]
                [--max-batch-size ...] [--worker process] [--max-replicas M] | kubectl apply -f -
   settings [--check FILE | --write FILE]   every setting the services read, as Markdown
   tokens container MODEL | tokens selection   credentials derived from CLIPPER_MESH_SECRET

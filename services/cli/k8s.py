@@ -39,6 +39,9 @@ METRICS_PORT = 9090
 # and where a certificate's Secret is mounted.
 HEALTH_PORT = 8081
 TLS_MOUNT = "/etc/clipper/tls"
+# Where a model directory (model file and model.json) is mounted: from a PVC, or copied
+# there by an init container from an image that holds it.
+MODEL_MOUNT = "/models"
 # The image's user (Dockerfile USER); pods run as it.
 IMAGE_UID = 10001
 CONTAINER_ENTRYPOINT = "services.model_container"
@@ -47,6 +50,7 @@ MODEL_LABEL = "clipper.io/model"
 VERSION_LABEL = "clipper.io/model-version"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
 
@@ -68,13 +72,36 @@ class ModelSpec:
     memory: str = "512Mi"
     max_replicas: int = 0  # > replicas: a HorizontalPodAutoscaler on CPU as well
     tls_secret: str = ""  # a certificate's Secret: mounted, and probes on HEALTH_PORT
+    # A model directory served with --model-dir, from one of two sources:
+    model_pvc: str = ""  # a PersistentVolumeClaim holding it (mounted read-only)
+    model_pvc_path: str = ""  # the directory inside the claim (default: its root)
+    model_image: str = ""  # an image holding it, copied by an init container
+    model_image_path: str = "/model"  # the directory inside that image
+
+    @property
+    def model_dir(self) -> bool:
+        """The model comes from a model directory on a volume, not from the image."""
+        return bool(self.model_pvc or self.model_image)
 
     def __post_init__(self) -> None:
         problems = []
         if not self.image:
             problems.append("--image is required")
-        if not self.model:
-            problems.append("--model is required")
+        if not self.model and not self.model_dir:
+            problems.append("--model is required (or a model directory: --model-pvc or "
+                            "--model-image)")
+        if self.model and self.model_dir:
+            problems.append("--model names a model in the image; a model directory "
+                            "(--model-pvc, --model-image) names its own in model.json")
+        if self.model_pvc and self.model_image:
+            problems.append("--model-pvc and --model-image: one source of the model directory")
+        if self.model_pvc and not _DNS_SUBDOMAIN.match(self.model_pvc):
+            problems.append(f"--model-pvc={self.model_pvc!r}: not a valid claim name")
+        if self.model_pvc_path.startswith("/") or ".." in self.model_pvc_path.split("/"):
+            problems.append(f"--model-pvc-path={self.model_pvc_path!r}: a relative path "
+                            "inside the claim")
+        if self.model_image and not self.model_image_path.startswith("/"):
+            problems.append(f"--model-image-path={self.model_image_path!r}: an absolute path")
         if not _DNS_LABEL.match(self.name):
             problems.append(f"--name={self.name!r}: lower-case letters, digits and '-'")
         if not _LABEL_VALUE.match(self.version) or not self.version:
@@ -148,8 +175,10 @@ def _env(name: str, value: str) -> dict[str, Any]:
 
 
 def _container_env(spec: ModelSpec) -> list[dict[str, Any]]:
+    source = (_env("CLIPPER_CONTAINER_MODEL_DIR", MODEL_MOUNT) if spec.model_dir
+              else _env("CLIPPER_CONTAINER_MODEL", spec.model))
     env = [
-        _env("CLIPPER_CONTAINER_MODEL", spec.model),
+        source,
         _env("CLIPPER_CONTAINER_NAME", spec.name),
         _env("CLIPPER_CONTAINER_VERSION", spec.version),
         _env("CLIPPER_CONTAINER_HOST", "0.0.0.0"),
@@ -219,6 +248,7 @@ def model_deployment(spec: ModelSpec) -> dict[str, Any]:
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}]
+    init_containers = _model_volume(spec, container, volumes)
     if spec.tls_secret:
         # The whole Secret, no subPath: cert-manager's renewals reach the running pod.
         container["ports"].append({"name": "health", "containerPort": HEALTH_PORT,
@@ -243,12 +273,41 @@ def model_deployment(spec: ModelSpec) -> dict[str, Any]:
                     # The container deregisters and finishes its batches on SIGTERM.
                     "terminationGracePeriodSeconds": 30,
                     "securityContext": pod_security_context(),
+                    **({"initContainers": init_containers} if init_containers else {}),
                     "containers": [container],
                     "volumes": volumes,
                 },
             },
         },
     }
+
+
+def _model_volume(spec: ModelSpec, container: dict[str, Any],
+                  volumes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mount the model directory at MODEL_MOUNT (read-only); the init containers that
+    fill it. A new model, or a new version, is a new directory: not a new image."""
+    if not spec.model_dir:
+        return []
+    mount: dict[str, Any] = {"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True}
+    container["volumeMounts"].append(mount)
+    if spec.model_pvc:
+        if spec.model_pvc_path:
+            mount["subPath"] = spec.model_pvc_path
+        volumes.append({"name": "model", "persistentVolumeClaim": {
+            "claimName": spec.model_pvc, "readOnly": True}})
+        return []
+    volumes.append({"name": "model", "emptyDir": {"sizeLimit": "2Gi"}})
+    return [{
+        "name": "copy-model",
+        "image": spec.model_image,
+        "imagePullPolicy": "IfNotPresent",
+        # The image needs only `cp` and the directory, readable by the pod's user.
+        "command": ["cp", "-R", f"{spec.model_image_path.rstrip('/')}/.", MODEL_MOUNT],
+        "resources": {"requests": {"cpu": "100m", "memory": "64Mi"},
+                      "limits": {"memory": "256Mi"}},
+        "securityContext": container_security_context(),
+        "volumeMounts": [{"name": "model", "mountPath": MODEL_MOUNT}],
+    }]
 
 
 def model_autoscaler(spec: ModelSpec) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 from services.cli import k8s, monitoring, tokens
 from services.model_container.batcher import BATCHING_MODES
 from services.model_container.runner import WORKER_KINDS
+from services.model_container.runtimes import RUNTIMES
 
 # Batching and worker flags of deploy-model, passed to the container as CLIPPER_CONTAINER_*.
 _CONTAINER_FLAGS: tuple[tuple[str, Any, dict[str, Any]], ...] = (
@@ -22,6 +23,7 @@ _CONTAINER_FLAGS: tuple[tuple[str, Any, dict[str, Any]], ...] = (
     ("--max-delay-ms", float, {}),
     ("--concurrency", int, {}),
     ("--worker", str, {"choices": WORKER_KINDS}),
+    ("--runtime", str, {"choices": RUNTIMES}),
     ("--heartbeat-s", float, {}),
     ("--log-level", str, {}),
 )
@@ -38,8 +40,19 @@ def add_commands(sub: Any) -> None:
     )
     deploy.add_argument("--image", required=True,
                         help="image with the model (built FROM the clipper-mesh image)")
-    deploy.add_argument("--model", required=True,
-                        help="package.module:attr or a .joblib path inside the image")
+    deploy.add_argument("--model", default="",
+                        help="package.module:attr or a model file path inside the image")
+    deploy.add_argument("--model-pvc", default="", metavar="CLAIM",
+                        help="serve the model directory (model file and model.json) on this "
+                        "PersistentVolumeClaim, mounted read-only: a new model needs no new "
+                        "image")
+    deploy.add_argument("--model-pvc-path", default="",
+                        help="the model directory inside the claim (default: its root)")
+    deploy.add_argument("--model-image", default="",
+                        help="serve the model directory held in this image, copied by an "
+                        "init container (the image needs cp)")
+    deploy.add_argument("--model-image-path", default="/model",
+                        help="the model directory inside --model-image")
     deploy.add_argument("--name", required=True, help="model name applications link to")
     deploy.add_argument("--version", default="1")
     deploy.add_argument("--replicas", type=int, default=1)
@@ -91,7 +104,9 @@ def _model_spec(args: argparse.Namespace) -> k8s.ModelSpec:
         replicas=args.replicas, namespace=args.namespace or None,
         input_dtype=args.input_dtype, input_shape=args.input_shape, env=env,
         cpu=args.cpu, memory=args.memory, max_replicas=args.max_replicas,
-        tls_secret=args.tls_secret,
+        tls_secret=args.tls_secret, model_pvc=args.model_pvc,
+        model_pvc_path=args.model_pvc_path, model_image=args.model_image,
+        model_image_path=args.model_image_path,
     )
 
 

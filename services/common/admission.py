@@ -1,8 +1,13 @@
 """Admission before work: a service sheds a query it cannot serve in time, at once, instead
 of queueing it behind others that will all be late.
 
-Two signals decide, both cheap to read:
+Three signals decide, all cheap to read:
 
+- the wait before the handler: how long a new call waits inside gRPC core before any
+  handler runs, as the service's accept probe sees it (services/common/accept_probe.py;
+  the frontend has one). Past capacity this is where queries queue, out of every
+  handler's sight; while it is over a quarter of the time a query has left, queries
+  are refused, which shortens the loop's turns, and the queue drains;
 - the backlog: how late the event loop runs its callbacks (`LoopLag`). Every
   message and every query waits behind that much work, so when it passes half the
   time a query has left, the query is refused; and while it stays over `max_backlog_s`
@@ -25,10 +30,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+
+from services.common.accept_probe import AcceptProbe
 from services.common.config import env_default, require
 from services.common.errors import Overloaded
 from services.common.tasks import BackgroundTask
@@ -36,6 +44,10 @@ from services.common.tasks import BackgroundTask
 # Longest a refused client is asked to wait before trying again.
 MAX_PUSHBACK_MS = 1000
 MIN_PUSHBACK_MS = 10
+# New queries are refused while calls wait inside gRPC core longer than this share of
+# the time the query has left: the queue that forms there only drains as fast as the
+# loop takes calls, and refusing is the cheapest way to shorten the loop's turns.
+ACCEPT_SHARE = 4
 
 
 class LoopLag:
@@ -90,13 +102,35 @@ ADMISSION_MODES = ("adaptive", "fixed", "off")
 
 
 class Admission:
-    """Counts queries in flight per key and refuses those that cannot be served in time."""
+    """Counts queries in flight per key and refuses those that cannot be served in time.
+
+    `probe`, when the service has one, says how long a new call waits inside gRPC core
+    before its handler runs (services/common/accept_probe.py): that wait is part of the
+    backlog, and a query that went through it has that much less time left."""
 
     def __init__(self, limits: AdmissionLimits, lag: LoopLag | None = None) -> None:
         self.limits = limits
         self.lag = lag or LoopLag()
+        self.probe: AcceptProbe | None = None
         self.inflight = 0
+        self.checked = 0  # queries checked so far (the probe runs while this moves)
         self._keys: dict[str, _KeyState] = {}
+
+    @property
+    def accept_wait_s(self) -> float:
+        """How long a call waits inside gRPC core before its handler runs, as now seen."""
+        return self.probe.wait_s if self.probe is not None else 0.0
+
+    def attach_probe(self, address: str) -> AcceptProbe:
+        """Probe the server at `address` (its `probe_address`) while queries come."""
+        seen = [self.checked]
+
+        def in_use() -> bool:
+            moved, seen[0] = self.checked != seen[0], self.checked
+            return moved or self.inflight > 0
+
+        self.probe = AcceptProbe(address, in_use)
+        return self.probe
 
     def limit(self, key: str) -> float:
         """The adaptive limit of queries of `key` in flight."""
@@ -141,9 +175,15 @@ class Admission:
     def check(self, key: str, remaining_s: float) -> None:
         """Raise Overloaded, with a pushback, unless a query of `key` with `remaining_s`
         left can be taken now."""
-        limits, backlog_s = self.limits, self.lag.lag_s
+        self.checked += 1
+        limits = self.limits
         if limits.mode == "off":
             return
+        backlog_s, waited_s = self.lag.lag_s, self.accept_wait_s
+        if waited_s > remaining_s / ACCEPT_SHARE:
+            raise _shed(f"calls wait {waited_s * 1000:.0f} ms inside gRPC core before they "
+                        f"are handled, over a {ACCEPT_SHARE:g}th of the {remaining_s * 1000:.0f} "
+                        "ms a query has left", waited_s)
         if backlog_s > remaining_s / 2:
             raise _shed(f"backlog of {backlog_s * 1000:.0f} ms: a query with "
                         f"{remaining_s * 1000:.0f} ms left would be late", backlog_s)
@@ -196,3 +236,24 @@ def admission_from_args(args: argparse.Namespace) -> AdmissionLimits:
     require(args.max_backlog_ms > 0, f"--max-backlog-ms={args.max_backlog_ms}: must be > 0")
     return AdmissionLimits(args.max_inflight, args.max_inflight_per_app,
                            args.max_backlog_ms / 1000, mode=args.admission)
+
+
+def export_metrics(admission: Admission, meter: Meter) -> None:
+    """Gauges of what admission decides on, read when scraped: the backlog (the loop's
+    lag, and the wait inside gRPC core its probe sees), and per key its limit and load."""
+    def backlog(_: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(admission.lag.mean_s * 1000, {"of": "loop_lag"}),
+                Observation(admission.accept_wait_s * 1000, {"of": "accept_wait"})]
+
+    def per_key(_: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(value, {"application": key, "of": of})
+                for key, state in list(admission._keys.items())
+                for of, value in (("limit", state.limit), ("inflight", state.inflight))]
+
+    meter.create_observable_gauge(
+        "clipper.admission.backlog", unit="ms", callbacks=[backlog],
+        description="The backlog admission sheds by: the event loop's lag (average) and "
+        "how long a new call waits inside gRPC core before its handler runs")
+    meter.create_observable_gauge(
+        "clipper.admission.queries", callbacks=[per_key],
+        description="Per application: its adaptive in-flight limit and the queries in flight")

@@ -7,7 +7,10 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
+import shutil
 import signal
+import tempfile
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -71,6 +74,9 @@ class Server:
     # The plaintext health-only server (`health_port`), when there is one.
     health_server: grpc.aio.Server | None = None
     health_port: int = -1
+    # A Unix socket of this same server, private to this process's user, that
+    # services/common/accept_probe.py calls through (`probe_socket`); "" when none.
+    probe_address: str = ""
 
     async def set_serving(self, serving: bool) -> None:
         status = (
@@ -92,6 +98,9 @@ class Server:
         await self.server.stop(grace_s)
         if self.health_server is not None:
             await self.health_server.stop(None)
+        if self.probe_address:
+            shutil.rmtree(os.path.dirname(self.probe_address.removeprefix("unix:")),
+                          ignore_errors=True)
 
 
 # The smallest --max-message-bytes: a message must hold a query and its framing.
@@ -118,13 +127,16 @@ async def start_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     tls: ServerTLS | None = None,
     health_port: int = -1,
+    probe_socket: bool = False,
 ) -> Server:
     """Start a server on `host:port` (0 picks a free port), with TLS when `tls` is given.
 
     `add_servicers` holds `(add_to_server, full service name)` pairs. Health reports
     NOT_SERVING until the caller says `set_serving(True)`. With `health_port` >= 0, a
     second, plaintext server on that port answers health checks only (the same status),
-    for probes that cannot speak TLS, such as Kubernetes' gRPC probes.
+    for probes that cannot speak TLS, such as Kubernetes' gRPC probes. With
+    `probe_socket`, the server also listens on a Unix socket in a directory only this
+    user can enter, for its own accept probe (`Server.probe_address`).
     """
     server = grpc.aio.server(
         interceptors=[RejectUndecodable(), *interceptors],
@@ -148,6 +160,11 @@ async def start_server(
              else server.add_insecure_port(address))
     if bound == 0:
         raise OSError(f"could not bind {host}:{port}")
+    probe_address = ""
+    if probe_socket:
+        probe_address = f"unix:{tempfile.mkdtemp(prefix='clipper-probe-')}/accept.sock"
+        if server.add_insecure_port(probe_address) == 0:
+            raise OSError(f"could not bind {probe_address}")
     health_server, health_bound = None, -1
     if health_port >= 0:
         health_server = grpc.aio.server(
@@ -159,7 +176,8 @@ async def start_server(
         await health_server.start()
         logger.info("health checks (plaintext, health only) on port %d", health_bound)
     await server.start()
-    result = Server(server, health_servicer, bound, tuple(names), health_server, health_bound)
+    result = Server(server, health_servicer, bound, tuple(names), health_server, health_bound,
+                    probe_address)
     await result.set_serving(False)
     return result
 

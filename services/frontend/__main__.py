@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 
-from services.common.admission import Admission
+from services.common.admission import Admission, export_metrics
 from services.common.auth import (
     MANAGEMENT,
     Authenticator,
@@ -16,7 +16,7 @@ from services.common.auth import (
     token_auth,
 )
 from services.common.credentials import selection_token
-from services.common.metrics import serve_metrics
+from services.common.metrics import meter, serve_metrics
 from services.common.server import (
     Running,
     announce_ready,
@@ -63,6 +63,7 @@ async def start(cfg: Config) -> Running:
     cache = PredictionCache.open(cfg.cache, cfg.cache_size, cfg.cache_ttl_s)
     stack.push_async_callback(cache.aclose)
     admission = Admission(cfg.admission)
+    export_metrics(admission, meter("clipper.frontend"))
     router = ModelRouter(registry, replicas, cache)
     query_path = QueryPath(registry, router, selection, cache, cfg.limits, admission,
                            Quotas(cfg.quotas), AccessLog(cfg.access_log_sample))
@@ -86,6 +87,7 @@ async def start(cfg: Config) -> Running:
         tls=cfg.tls,
         health_port=cfg.health_port,
         interceptors=[AuthInterceptor(auth_rules(cfg))],
+        probe_socket=True,
     )
     await replicas.start()
     stack.push_async_callback(replicas.aclose)
@@ -94,6 +96,9 @@ async def start(cfg: Config) -> Running:
     await admission.lag.start()
     stack.push_async_callback(admission.lag.aclose)
     stack.push_async_callback(server.drain, cfg.grace_s)
+    probe = admission.attach_probe(server.probe_address)
+    await probe.start()
+    stack.push_async_callback(probe.aclose)
     await server.set_serving(True)
     return Running(server.port, stack.aclose)
 

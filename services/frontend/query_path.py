@@ -55,9 +55,13 @@ logger = logging.getLogger(__name__)
 CLIENT_MARGIN_SHARE = 0.1
 
 
-def answer_deadline(slo_ms: int, client_remaining_s: float | None, now: float) -> float:
-    """When the query's answer must be settled (`clock.now()` time), margins kept back."""
-    deadline = now + slo_ms / 1000.0 - clock.REPLY_MARGIN_S
+def answer_deadline(slo_ms: int, client_remaining_s: float | None, now: float,
+                    waited_s: float = 0.0) -> float:
+    """When the query's answer must be settled (`clock.now()` time), margins kept back.
+
+    `waited_s`: how long the call waited inside gRPC core before its handler ran (the
+    SLO counts from its arrival; a client's deadline already does)."""
+    deadline = now - waited_s + slo_ms / 1000.0 - clock.REPLY_MARGIN_S
     if client_remaining_s is not None:
         margin = max(clock.REPLY_MARGIN_S, CLIENT_MARGIN_SHARE * client_remaining_s)
         deadline = min(deadline, now + client_remaining_s - margin)
@@ -189,7 +193,8 @@ class QueryPath:
         access.authorize(app, access.QUERY, caller)
         self.quotas.take(app, caller)
         self.validate(app, value)
-        deadline = answer_deadline(app.slo_ms, client_remaining_s, clock.now())
+        deadline = answer_deadline(app.slo_ms, client_remaining_s, clock.now(),
+                                   self.admission.accept_wait_s)
         query_id = query_id or uuid.uuid4().hex
         try:
             self.admission.check(app.name, deadline - clock.now())

@@ -31,7 +31,7 @@ import grpc
 
 from services.common.telemetry import setup_logging
 from services.mesh import digits
-from services.mesh.application import query_commands, register_app
+from services.mesh.application import digits_apps, query_commands, register_apps
 from services.mesh.specs import (
     SELECTION,
     client_tls,
@@ -92,31 +92,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def start_mesh(args: argparse.Namespace, supervisor: Supervisor, management_token: str,
-               secret: str) -> str:
-    """Train the example models if needed and start every service; the frontend address."""
+               secret: str) -> tuple[str, list[str]]:
+    """Train the example models if needed and start every service; the frontend address
+    and the models served."""
     state = Path(args.state_dir)
     (state / "logs").mkdir(parents=True, exist_ok=True)
     model_dir = state / "models"
-    model_paths = digits.model_paths(model_dir)
-    if not all(p.exists() for p in model_paths.values()) or not digits.sample_path(
-        model_dir
-    ).exists():
+    if not digits.trained(model_dir):
         logger.info("training the example digits models into %s", model_dir)
         subprocess.run([sys.executable, "-m", "services.mesh.digits", str(model_dir)],
                        check=True)
+    models = digits.model_flags(model_dir)
+    if digits.ONNX_MODEL not in models:
+        logger.info("no ONNX example: onnxruntime and skl2onnx are not installed "
+                    "(pip install -e '.[dev]')")
     selection = supervisor.start(selection_spec(args, secret))
     frontend = supervisor.start(frontend_spec(args, secret, management_token,
                                               selection.address))
-    supervisor.start_all(container_specs(args, secret, frontend.address, model_paths))
-    return frontend.address
+    supervisor.start_all(container_specs(args, secret, frontend.address, models))
+    return frontend.address, list(models)
 
 
 def ready_banner(args: argparse.Namespace, address: str, selection: str, started: float,
-                 management_token: str) -> str:
+                 management_token: str, models: list[str]) -> str:
     secret_path = Path(args.state_dir) / "mesh-secret"
     cli, grpcurl, label = query_commands(address, Path(args.state_dir) / "models",
                                          client_tls(args))
-    containers = len(digits.MODEL_NAMES) * args.replicas
+    containers = len(models) * args.replicas
+    onnx = (f"\nThe ONNX model alone: the same query to the application {digits.ONNX_MODEL}.\n"
+            if digits.ONNX_MODEL in models else "")
     return (f"\nMesh ready in {time.monotonic() - started:.1f} s: frontend on {address}"
             f" (selection on {selection}, {containers} model containers)\n"
             f"Logs and state in {args.state_dir}/. A service that exits is restarted; "
@@ -125,7 +129,7 @@ def ready_banner(args: argparse.Namespace, address: str, selection: str, started
             f"Token for a container of your own model NAME:\n  CLIPPER_MESH_SECRET="
             f"$(cat {secret_path}) {sys.executable} -m services.cli tokens container NAME\n\n"
             f"Query a test digit (true label {label}):\n  {cli}\n\nOr with grpcurl:\n"
-            f"  {grpcurl}\n")
+            f"  {grpcurl}\n{onnx}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,17 +152,17 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         try:
-            address = start_mesh(args, supervisor, management_token, secret)
-            register_app(address, management_token, list(digits.MODEL_NAMES), args.slo_ms,
-                         len(digits.MODEL_NAMES) * args.replicas, client_tls(args))
+            address, models = start_mesh(args, supervisor, management_token, secret)
+            register_apps(address, management_token, digits_apps(models), args.slo_ms,
+                          len(models) * args.replicas, client_tls(args))
         except (RuntimeError, OSError, subprocess.CalledProcessError, grpc.RpcError) as exc:
             logger.error("the mesh did not start: %s", exc)
             supervisor.drain()
             return 1
         selection = supervisor.process(SELECTION)
         assert selection is not None
-        print(ready_banner(args, address, selection.address, started, management_token),
-              flush=True)
+        print(ready_banner(args, address, selection.address, started, management_token,
+                           models), flush=True)
         serving.set()
         while not stop.wait(CHECK_INTERVAL_S):
             supervisor.check()

@@ -20,29 +20,42 @@ from services.mesh import digits
 APP = "digits"
 
 
-def register_app(address: str, token: str, models: list[str], slo_ms: int,
-                 expected_replicas: int, tls: ClientTLS | None = None) -> None:
-    """Create the digits application (or give the one kept from an earlier run this
-    SLO), and wait for every replica to connect."""
+def digits_apps(models: list[str]) -> dict[str, list[str]]:
+    """The applications `make run` registers: `digits`, the scikit-learn models' majority
+    vote, and `digits-onnx`, the ONNX model alone, when it is served."""
+    apps = {APP: [m for m in models if m in digits.MODEL_NAMES]}
+    if digits.ONNX_MODEL in models:
+        apps[digits.ONNX_MODEL] = [digits.ONNX_MODEL]
+    return apps
+
+
+def register_apps(address: str, token: str, apps: dict[str, list[str]], slo_ms: int,
+                  expected_replicas: int, tls: ClientTLS | None = None) -> None:
+    """Create each application (name -> linked models; or give the one kept from an
+    earlier run this SLO), and wait for every replica to connect."""
     channel = sync_channel(address, tls)
     mgmt = pb_grpc.ManagementStub(channel)
     md = bearer(token)
     existing = {a.name: a for a in mgmt.ListApplications(
         pb.ListApplicationsRequest(), metadata=md, timeout=5).applications}
-    if APP not in existing:
-        app = pb.Application(
-            name=APP,
-            input_spec=pb.TensorSpec(dtype=digits.INPUT_DTYPE, shape=list(digits.INPUT_SHAPE)),
-            slo_ms=slo_ms,
-            policy="all",
-            linked_models=models,
-            default_output=encode(np.int64(-1)),
-        )
-        mgmt.CreateApplication(pb.ApplicationRequest(application=app), metadata=md, timeout=5)
-    elif existing[APP].slo_ms != slo_ms:
-        app = existing[APP]
-        app.slo_ms = slo_ms
-        mgmt.UpdateApplication(pb.ApplicationRequest(application=app), metadata=md, timeout=5)
+    for name, models in apps.items():
+        if name not in existing:
+            app = pb.Application(
+                name=name,
+                input_spec=pb.TensorSpec(dtype=digits.INPUT_DTYPE,
+                                         shape=list(digits.INPUT_SHAPE)),
+                slo_ms=slo_ms,
+                policy="all",
+                linked_models=models,
+                default_output=encode(np.int64(-1)),
+            )
+            mgmt.CreateApplication(pb.ApplicationRequest(application=app), metadata=md,
+                                   timeout=5)
+        elif existing[name].slo_ms != slo_ms:
+            app = existing[name]
+            app.slo_ms = slo_ms
+            mgmt.UpdateApplication(pb.ApplicationRequest(application=app), metadata=md,
+                                   timeout=5)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         replicas = mgmt.ListReplicas(pb.ListReplicasRequest(), metadata=md, timeout=5).replicas

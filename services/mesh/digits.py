@@ -1,10 +1,14 @@
 """Example models trained on scikit-learn's bundled digits data set (no download).
 
 Inputs are float32 vectors of 64 pixel values (0..16); outputs are the digit (int64).
+Three scikit-learn models (joblib files), and, where onnxruntime and skl2onnx are
+installed, a small neural network exported to ONNX as a model directory
+(`digits-onnx/`: model.onnx and its manifest model.json).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -13,9 +17,64 @@ from typing import Any
 import numpy as np
 
 MODEL_NAMES = ("digits-logreg", "digits-svm", "digits-knn")
+ONNX_MODEL = "digits-onnx"
 INPUT_DTYPE = "float32"
 INPUT_SHAPE = (64,)
 SEED = 0
+
+
+def onnx_available() -> bool:
+    """Whether the ONNX example can be made (skl2onnx) and served (onnxruntime)."""
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "skl2onnx"))
+
+
+def onnx_model_dir(out_dir: Path) -> Path:
+    """The ONNX example's model directory (served with --model-dir)."""
+    return out_dir / ONNX_MODEL
+
+
+def model_flags(out_dir: Path) -> dict[str, list[str]]:
+    """What `make run` serves: each example model's name and the container flags that
+    load it (the ONNX one where it was made and onnxruntime is installed)."""
+    spec = ["--input-dtype", INPUT_DTYPE, "--input-shape", ",".join(map(str, INPUT_SHAPE))]
+    flags = {name: ["--model", str(path), *spec] for name, path in model_paths(out_dir).items()}
+    onnx_dir = onnx_model_dir(out_dir)
+    if (onnx_dir / "model.json").exists() and onnx_available():
+        flags[ONNX_MODEL] = ["--model-dir", str(onnx_dir)]
+    return flags
+
+
+def trained(out_dir: Path) -> bool:
+    """Whether every example model that can be made here is in `out_dir`."""
+    made = [*model_paths(out_dir).values(), sample_path(out_dir)]
+    if onnx_available():
+        made.append(onnx_model_dir(out_dir))
+    return all(p.exists() for p in made)
+
+
+def _train_onnx(out_dir: Path, x_train: np.ndarray, y_train: np.ndarray) -> None:
+    """A small neural network (scaler + one hidden layer of 64), exported to ONNX with its
+    manifest: what a model exported from PyTorch or TensorFlow looks like to the mesh."""
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    network = make_pipeline(StandardScaler(), MLPClassifier(
+        hidden_layer_sizes=(64,), max_iter=1000, random_state=SEED)).fit(x_train, y_train)
+    onx = to_onnx(network, initial_types=[("input", FloatTensorType([None, 64]))],
+                  options={"zipmap": False}, target_opset=17)
+    tmp = out_dir / f"{ONNX_MODEL}.tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "model.onnx").write_bytes(onx.SerializeToString())
+    (tmp / "model.json").write_text(json.dumps({
+        "name": ONNX_MODEL, "version": "1", "runtime": "onnx", "output": "label",
+        "inputs": [{"name": "input", "dtype": INPUT_DTYPE, "shape": list(INPUT_SHAPE)}],
+        "outputs": [{"name": "label", "dtype": "int64", "shape": []}],
+        "warmup": {"rounds": 3},
+    }, indent=2) + "\n")
+    tmp.replace(onnx_model_dir(out_dir))
 
 
 def split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -62,7 +121,8 @@ def sample_path(out_dir: Path) -> Path:
 
 
 def train(out_dir: Path) -> dict[str, Path]:
-    """Train the example models (or reuse files already there); return name -> joblib path."""
+    """Train the example models (or reuse files already there), and the ONNX one where it
+    can be made; return name -> joblib path."""
     import joblib
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -74,6 +134,8 @@ def train(out_dir: Path) -> dict[str, Path]:
             tmp = paths[name].with_suffix(".tmp")
             joblib.dump(estimator.fit(x_train, y_train), tmp)
             tmp.replace(paths[name])
+    if onnx_available() and not onnx_model_dir(out_dir).exists():
+        _train_onnx(out_dir, x_train, y_train)
     sample = {"values": x_test[0].tolist(), "label": int(y_test[0])}
     sample_path(out_dir).write_text(json.dumps(sample))
     return paths

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from services.common.credentials import container_token, selection_token
 from services.common.tls import ClientTLS
-from services.mesh import digits
 from services.mesh.supervisor import ServiceSpec
 
 # Drain order: the frontend stops taking queries, containers finish their queues,
@@ -84,20 +83,19 @@ def frontend_spec(args: argparse.Namespace, secret: str, management_token: str,
 
 
 def container_specs(args: argparse.Namespace, secret: str, frontend_address: str,
-                    model_paths: dict[str, Path]) -> list[ServiceSpec]:
-    """`--replicas` containers of each example model, each with its model's token only;
-    any free port (a replacement announces its new address)."""
+                    models: dict[str, list[str]]) -> list[ServiceSpec]:
+    """`--replicas` containers of each example model (name -> the flags that load it),
+    each with its model's token only; any free port (a replacement announces its new
+    address)."""
     logs = Path(args.state_dir) / "logs"
     return [
         ServiceSpec(
             f"{name}-{i}", "services.model_container",
-            ["--model", str(path), "--name", name, "--version", "1",
-             "--frontend", frontend_address, "--input-dtype", digits.INPUT_DTYPE,
-             "--input-shape", ",".join(map(str, digits.INPUT_SHAPE)),
+            [*load, "--name", name, "--version", "1", "--frontend", frontend_address,
              "--grace-s", str(args.grace_s), *tls_flags(args, serve=True, dial=True)],
             stage=CONTAINER_STAGE,
             env={"CLIPPER_CONTAINER_TOKEN": container_token(secret, name)},
             log_path=logs / f"{name}-{i}.log", grace_s=args.grace_s,
         )
-        for name, path in model_paths.items() for i in range(args.replicas)
+        for name, load in models.items() for i in range(args.replicas)
     ]

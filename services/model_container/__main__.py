@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass
 
 from services.common.auth import FRONTEND, AuthInterceptor, rules_for, token_auth
+from services.common.config import ConfigError
 from services.common.credentials import replica_credential
 from services.common.metrics import MODEL_ATTRIBUTE, VERSION_ATTRIBUTE, serve_metrics
 from services.common.server import (
@@ -23,7 +24,7 @@ from services.common.server import (
     wait_for_signal,
 )
 from services.common.telemetry import setup_logging
-from services.common.tensors import spec_to_proto
+from services.common.tensors import TensorSpec, spec_to_proto
 from services.common.tracing import setup_tracing, shutdown_tracing
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
@@ -31,7 +32,9 @@ from services.model_container.announcer import Announcer
 from services.model_container.batcher import Batcher
 from services.model_container.config import Config, config_from_args
 from services.model_container.runner import ModelRunner
+from services.model_container.sdk import ModelLoadFailed
 from services.model_container.servicer import ContainerServicer
+from services.model_container.warmup import WarmupFailed, warm_up
 from services.model_container.watchdog import EXIT_CODE, LoopWatchdog
 
 logger = logging.getLogger(__name__)
@@ -55,13 +58,20 @@ async def start(cfg: Config) -> Container:
     the frontends; ready once one of them knows it."""
     serve_metrics("model_container", cfg.host, cfg.metrics_port,
                   {MODEL_ATTRIBUTE: cfg.name, VERSION_ATTRIBUTE: cfg.version})
-    runner = ModelRunner(cfg.model_ref, cfg.worker, cfg.batching.concurrency,
+    runner = ModelRunner(cfg.source, cfg.worker, cfg.batching.concurrency,
                          native_threads=cfg.native_threads)
     batcher = Batcher(runner, cfg.batching)
     await batcher.start()
+    try:
+        input_spec = _input_spec(cfg, runner)
+        # Before the server starts: not ready (nor reachable) until the model is warm.
+        await warm_up(batcher, cfg.warmup, input_spec, cfg.output_spec)
+    except (ConfigError, WarmupFailed):
+        await batcher.aclose()
+        raise
     watchdog = LoopWatchdog(cfg.batching.batch_timeout_s or LOOP_STALL_S)
     await watchdog.start()
-    servicer = ContainerServicer(batcher, cfg.input_spec, cfg.max_message_bytes)
+    servicer = ContainerServicer(batcher, input_spec, cfg.max_message_bytes)
     replica_id = cfg.replica_id or uuid.uuid4().hex
     # Frontends dial with a credential valid for this replica only.
     frontends_only = token_auth(replica_credential(cfg.token, replica_id), FRONTEND,
@@ -85,8 +95,8 @@ async def start(cfg: Config) -> Container:
         # Proves to the frontends that later announces come from this process.
         replica_secret=secrets.token_urlsafe(32),
     )
-    if cfg.input_spec is not None:
-        announce.input_spec.CopyFrom(spec_to_proto(cfg.input_spec))
+    if input_spec is not None:
+        announce.input_spec.CopyFrom(spec_to_proto(input_spec))
     announcer = Announcer(list(cfg.frontends), announce, cfg.token, cfg.heartbeat_s,
                           tls=cfg.client_tls)
     await announcer.start()
@@ -103,9 +113,29 @@ async def start(cfg: Config) -> Container:
     return Container(Running(server.port, stop), batcher)
 
 
+def _input_spec(cfg: Config, runner: ModelRunner) -> TensorSpec | None:
+    """The spec queries are checked against: --input-dtype/--input-shape, else the model's
+    own (an ONNX model or a booster says); when both are known they must agree."""
+    declared, own = cfg.input_spec, runner.input_spec
+    if declared is not None and own is not None and not _compatible(declared, own):
+        raise ConfigError(f"--input-dtype/--input-shape say {declared.describe()}, but the "
+                          f"model takes {own.describe()} per query")
+    return declared or own
+
+
+def _compatible(declared: TensorSpec, own: TensorSpec) -> bool:
+    return declared.dtype == own.dtype and len(declared.shape) == len(own.shape) and all(
+        -1 in (a, b) or a == b for a, b in zip(declared.shape, own.shape, strict=True))
+
+
 async def main(cfg: Config) -> int:
-    """Serve until SIGTERM (exit code 0) or until the model leaves a worker stuck (70)."""
-    container = await start(cfg)
+    """Serve until SIGTERM (exit code 0) or until the model leaves a worker stuck (70);
+    exit code 2 when the model cannot be served."""
+    try:
+        container = await start(cfg)
+    except (ConfigError, ModelLoadFailed, WarmupFailed) as exc:
+        logger.error("the model cannot be served: %s", exc)
+        return 2
     announce_ready("model_container", container.running.port)
     stop = asyncio.create_task(wait_for_signal())
     unhealthy = asyncio.create_task(container.batcher.unhealthy.wait())
@@ -142,7 +172,10 @@ def exit_now(code: int) -> None:
 
 
 if __name__ == "__main__":
-    config = config_from_args()
+    try:
+        config = config_from_args()
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
     setup_logging(f"container[{config.name}:{config.version}]", config.log_level,
                   config.log_format)
     setup_tracing("model-container")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from services.common.config import (
     ConfigError,
@@ -13,22 +14,34 @@ from services.common.config import (
     add_tls_flags,
     client_tls_from,
     env_default,
+    env_name,
     require,
     server_tls_from,
 )
 from services.common.credentials import token_model
+from services.common.errors import InvalidInput
 from services.common.server import MIN_MESSAGE_BYTES, add_message_size_flag
 from services.common.tensors import TensorSpec
 from services.common.tls import ClientTLS, ServerTLS
 from services.model_container.batcher import BATCHING_MODES, BatchingConfig
+from services.model_container.manifest import MANIFEST, ManifestError, read_manifest
 from services.model_container.runner import WORKER_KINDS
+from services.model_container.runtimes import (
+    OUTPUTS,
+    RUNTIMES,
+    MissingRuntime,
+    runtime_for,
+)
+from services.model_container.runtimes import require as require_runtime
+from services.model_container.sdk import ModelSource
+from services.model_container.warmup import WarmupConfig
 
 SERVICE = "container"
 
 
 @dataclass(frozen=True)
 class Config:
-    model_ref: str
+    source: ModelSource
     name: str
     version: str
     frontends: tuple[str, ...]
@@ -51,6 +64,9 @@ class Config:
     client_tls: ClientTLS = field(default_factory=ClientTLS)
     health_port: int = -1
     log_format: str = "text"
+    # What the model's answers look like (a model directory's manifest `outputs`).
+    output_spec: TensorSpec | None = None
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
 
 
 def parse_shape(raw: str) -> tuple[int, ...]:
@@ -64,9 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(
         prog="python -m services.model_container",
-        description="Serve a model: any importable object or a joblib file.",
+        description="Serve a model: any importable object, or a scikit-learn, ONNX, "
+        "XGBoost or LightGBM model file.",
     )
-    p.add_argument("--model", default=env("model", ""), help="package.module:attr or file.joblib")
+    p.add_argument("--model-dir", default=env("model_dir", ""),
+                   help=f"a model directory: the model file and its manifest {MANIFEST}, "
+                   "which gives every setting below that no flag or variable sets")
+    p.add_argument("--model", default=env("model", ""),
+                   help="package.module:attr, or a model file: .joblib/.pkl (scikit-learn), "
+                   ".onnx, .ubj or XGBoost .json, LightGBM .txt")
+    p.add_argument("--runtime", choices=RUNTIMES, default=env("runtime", "auto"),
+                   help="what loads and runs --model (auto: by its file, else python)")
+    p.add_argument("--output", default=env("output", ""),
+                   help="what the model answers: predict, predict_proba or decision_function "
+                   "(scikit-learn, XGBoost, LightGBM; default predict), or an ONNX model's "
+                   "output name (default its first)")
     p.add_argument("--name", default=env("name", ""), help="model name applications link to")
     p.add_argument("--version", default=env("version", "1"),
                    help="model version this container serves")
@@ -117,6 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="announce interval until a frontend answers with its own (--heartbeat-ms), "
         "and between retries",
     )
+    p.add_argument("--warmup-rounds", type=int,
+                   default=env_default(SERVICE, "warmup_rounds", 3, int),
+                   help="before announcing itself, run the model this many times at each "
+                   "warm-up batch size (0: no warm-up)")
+    p.add_argument("--warmup-batch-sizes", default=env("warmup_batch_sizes", ""),
+                   help="warm-up batch sizes, e.g. 1,8,32 (default: 1, 2, 4... up to "
+                   "--max-batch-size)")
+    p.add_argument("--warmup-inputs", default=env("warmup_inputs", ""),
+                   help="warm-up inputs: a .npy file of shape [N, *input shape] (default: "
+                   "made from the input spec; none and no spec: no warm-up)")
     add_message_size_flag(p, SERVICE)
     add_lifecycle_flags(p, SERVICE)
     add_tls_flags(p, SERVICE)
@@ -126,10 +164,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The flags; with --model-dir, its manifest's settings fill those that neither a flag
+    nor a CLIPPER_CONTAINER_* variable sets."""
+    parser = build_parser()
+    parser.set_defaults(output_spec=None)
+    args = parser.parse_args(argv)
+    if not args.model_dir:
+        return args
+    try:
+        settings = read_manifest(Path(args.model_dir))
+    except ManifestError as exc:
+        raise ConfigError(f"--model-dir: {exc}") from None
+    parser.set_defaults(**{key: value for key, value in settings.items()
+                           if not os.environ.get(env_name(SERVICE, key))})
+    args = parser.parse_args(argv)
+    for key, value in settings.items():  # an empty flag is an unset one, as for variables
+        if getattr(args, key) == "":
+            setattr(args, key, value)
+    return args
+
+
 def config_from_args(argv: list[str] | None = None) -> Config:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     token = os.environ.get("CLIPPER_CONTAINER_TOKEN", "")
-    require(bool(args.model), "--model (CLIPPER_CONTAINER_MODEL) is required")
+    require(bool(args.model), "--model (CLIPPER_CONTAINER_MODEL) or --model-dir is required")
+    runtime = runtime_for(args.model) if args.runtime == "auto" else args.runtime
+    try:
+        require_runtime(runtime)
+    except MissingRuntime as exc:
+        raise ConfigError(f"--model {args.model}: {exc}") from None
+    require(not args.output or runtime == "onnx" or args.output in OUTPUTS,
+            f"--output={args.output!r}: expected one of {', '.join(OUTPUTS)} (or, for an ONNX "
+            "model, the name of one of its outputs)")
     require(bool(args.name), "--name (CLIPPER_CONTAINER_NAME) is required")
     require(bool(token), "CLIPPER_CONTAINER_TOKEN must be set: this model's token, printed by "
             f"python -m services.cli tokens container {args.name or 'MODEL'}")
@@ -153,11 +220,16 @@ def config_from_args(argv: list[str] | None = None) -> Config:
     require(args.max_message_bytes >= MIN_MESSAGE_BYTES,
             f"--max-message-bytes={args.max_message_bytes}: must be >= {MIN_MESSAGE_BYTES}")
     spec = None
-    if args.input_dtype:
-        spec = TensorSpec(args.input_dtype, parse_shape(args.input_shape))
+    try:
+        if args.input_dtype:
+            spec = TensorSpec(args.input_dtype, parse_shape(args.input_shape))
+        warmup = WarmupConfig(args.warmup_rounds, parse_shape(args.warmup_batch_sizes),
+                              args.warmup_inputs)
+    except (ValueError, InvalidInput) as exc:
+        raise ConfigError(str(exc)) from None
     advertise = args.advertise_host or ("127.0.0.1" if args.host == "0.0.0.0" else args.host)
     return Config(
-        model_ref=args.model,
+        source=ModelSource(args.model, runtime, args.output),
         name=args.name,
         version=args.version,
         frontends=tuple(a.strip() for a in args.frontend.split(",") if a.strip()),
@@ -179,4 +251,6 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         tls=server_tls_from(args),
         client_tls=client_tls_from(args, args.tls_server_name),
         health_port=args.health_port,
+        output_spec=args.output_spec,
+        warmup=warmup,
     )

@@ -43,6 +43,10 @@ class LatencyModel:
         if self._since_fit >= REFIT_EVERY:
             self._refit()
 
+    def fit(self) -> None:
+        """Fit the line to the observations now (they are refitted every few otherwise)."""
+        self._refit()
+
     def estimate(self, batch_size: int) -> float | None:
         """High-quantile latency (s) of a batch of this size, or None while unknown."""
         if not self._fitted:

@@ -18,3 +18,6 @@ refused = _meter.create_counter(
 worker_switches = _meter.create_counter(
     "clipper.worker.switches", description="Moves of the model from worker threads to worker "
     "processes (--worker auto), by outcome (ok, failed: it stays on threads)")
+warmup_duration = _meter.create_gauge(
+    "clipper.warmup.duration", unit="ms", description="How long the warm-up took before the "
+    "container announced itself")

@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 
 from services.common.errors import Unavailable
+from services.common.tensors import TensorSpec
+from services.model_container.sdk import ModelLoadFailed, ModelSource, as_source
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ class WorkerDied(Unavailable):
     """The worker process running a batch died (the frontend may ask another replica)."""
 
 
-class WorkerLoadFailed(Exception):
+class WorkerLoadFailed(ModelLoadFailed):
     """A worker process could not load the model (or run a first batch with it)."""
 
 
@@ -108,18 +110,19 @@ def _send(sock: socket.socket, header: tuple[Any, ...], payload: memoryview | by
     sock.sendall(_message(header, payload))
 
 
-def serve(sock: socket.socket, model_ref: str, native_threads: int) -> None:
-    """The worker process: load the model, say so, then answer batches until EOF."""
+def serve(sock: socket.socket, source: ModelSource, native_threads: int) -> None:
+    """The worker process: load the model, say so (with its input spec, if it has one),
+    then answer batches until EOF."""
     from services.model_container.runner import limit_native_threads
-    from services.model_container.sdk import load_model
 
     try:
         limit_native_threads(native_threads)
-        model = load_model(model_ref)
+        model = source.load(native_threads)
     except BaseException as exc:
         _send(sock, ("load_failed", f"{type(exc).__name__}: {exc}", 0), b"")
         return
-    _send(sock, ("ready", 0), b"")
+    spec = getattr(model, "input_spec", None)
+    _send(sock, ("ready", spec if isinstance(spec, TensorSpec) else None, 0), b"")
     while True:
         try:
             (length,) = _LENGTH.unpack(_recv_exactly(sock, _LENGTH.size))
@@ -150,9 +153,10 @@ def _error(exc: Exception) -> tuple[tuple[Any, ...], bytes]:
 class ProcessWorker:
     """One worker process and the loop's end of its socket."""
 
-    def __init__(self, model_ref: str, native_threads: int) -> None:
-        self.model_ref = model_ref
+    def __init__(self, source: ModelSource, native_threads: int) -> None:
+        self.source = source
         self.native_threads = native_threads
+        self.input_spec: TensorSpec | None = None
         self._process: BaseProcess | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -164,7 +168,7 @@ class ProcessWorker:
         ours, theirs = socket.socketpair()
         ctx = multiprocessing.get_context("spawn")
         self._process = ctx.Process(target=serve, name="model-worker", daemon=True,
-                                    args=(theirs, self.model_ref, self.native_threads))
+                                    args=(theirs, self.source, self.native_threads))
         try:
             await asyncio.to_thread(self._process.start)
         except BaseException:
@@ -183,6 +187,7 @@ class ProcessWorker:
         if header[0] != "ready":
             self.kill()
             raise WorkerLoadFailed(f"the worker process could not load the model: {header[1]}")
+        self.input_spec = header[1]
 
     async def run(self, inputs: list[np.ndarray], timeout_s: float | None) -> list[Any]:
         """One batch; raises the model's exception, ModelHung or WorkerDied."""
@@ -226,8 +231,8 @@ class ProcessWorker:
 class ProcessPool:
     """`size` warm worker processes; a batch goes to an idle one, or waits for one."""
 
-    def __init__(self, model_ref: str, size: int, native_threads: int) -> None:
-        self.model_ref = model_ref
+    def __init__(self, source: ModelSource | str, size: int, native_threads: int) -> None:
+        self.source = as_source(source)
         self.size = size
         self.native_threads = native_threads
         self._idle: asyncio.Queue[ProcessWorker] = asyncio.Queue()
@@ -237,7 +242,7 @@ class ProcessPool:
     async def start(self) -> None:
         """Start every worker and wait until each has loaded the model (WorkerLoadFailed
         if one could not; the others are stopped)."""
-        workers = [ProcessWorker(self.model_ref, self.native_threads) for _ in range(self.size)]
+        workers = [ProcessWorker(self.source, self.native_threads) for _ in range(self.size)]
         self._workers = workers
         results = await asyncio.gather(*(w.start() for w in workers), return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
@@ -246,6 +251,11 @@ class ProcessPool:
             raise failed[0]
         for worker in workers:
             self._idle.put_nowait(worker)
+
+    @property
+    def input_spec(self) -> TensorSpec | None:
+        """The model's input spec, as the worker processes loaded it."""
+        return self._workers[0].input_spec if self._workers else None
 
     async def run(self, inputs: list[np.ndarray], timeout_s: float | None) -> list[Any]:
         try:
@@ -268,7 +278,7 @@ class ProcessPool:
         logger.error("restarting a worker process of the model")
 
         async def replace() -> None:
-            fresh = ProcessWorker(self.model_ref, self.native_threads)
+            fresh = ProcessWorker(self.source, self.native_threads)
             self._workers = [fresh if w is worker else w for w in self._workers]
             while True:
                 try:

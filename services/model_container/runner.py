@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from services.common.tensors import TensorSpec
 from services.model_container import metrics
 from services.model_container.process_worker import (
     ModelHung,
@@ -53,7 +54,7 @@ from services.model_container.process_worker import (
     WorkerDied,
     WorkerLoadFailed,
 )
-from services.model_container.sdk import Model, load_model
+from services.model_container.sdk import Model, ModelSource, as_source
 from services.model_container.stall import StallMeter
 
 __all__ = ["INLINE_BELOW_S", "WORKER_KINDS", "ModelHung", "ModelRunner", "WorkerDied"]
@@ -80,11 +81,11 @@ def limit_native_threads(native_threads: int) -> None:
 class ModelRunner:
     """Runs `predict_batch` off the event loop, up to `workers` batches at once."""
 
-    def __init__(self, model_ref: str, kind: str = "thread", workers: int = 1,
+    def __init__(self, source: ModelSource | str, kind: str = "thread", workers: int = 1,
                  model: Model | None = None, native_threads: int = 1) -> None:
         if kind not in WORKER_KINDS:
             raise ValueError(f"worker kind {kind!r}: expected one of {', '.join(WORKER_KINDS)}")
-        self.model_ref = model_ref
+        self.source = as_source(source)
         self.kind = kind
         self.workers = workers
         self.model = model
@@ -105,19 +106,27 @@ class ModelRunner:
         self._stuck = [f for f in self._stuck if not f.done()]
         return bool(self._stuck)
 
+    @property
+    def input_spec(self) -> TensorSpec | None:
+        """What one query looks like, if the model says (`Model.input_spec`)."""
+        if self._pool is not None and self.model is None:
+            return self._pool.input_spec
+        spec = getattr(self.model, "input_spec", None)
+        return spec if isinstance(spec, TensorSpec) else None
+
     async def start(self) -> None:
         if self.kind == "process":
-            self._pool = ProcessPool(self.model_ref, self.workers, self.native_threads)
+            self._pool = ProcessPool(self.source, self.workers, self.native_threads)
             await self._pool.start()
             return
         if self.model is None:
-            self.model = await asyncio.to_thread(load_model, self.model_ref)
+            self.model = await asyncio.to_thread(self.source.load, self.native_threads)
         limit_native_threads(self.native_threads)  # for the batches run inline
         self._threads = ThreadPoolExecutor(
             self.workers, thread_name_prefix="model",
             initializer=limit_native_threads, initargs=(self.native_threads,),
         )
-        if self.kind == "auto" and self.model_ref:
+        if self.kind == "auto" and self.source.ref:
             self._meter = StallMeter()
 
     async def run(self, inputs: list[np.ndarray], expected_s: float | None = None,
@@ -178,7 +187,7 @@ class ModelRunner:
     async def _move_to_processes(self, trial: list[np.ndarray]) -> None:
         """Start warm worker processes (the model loaded, `trial` run by each) and send the
         next batches to them; stay on threads, with a warning, if they cannot serve."""
-        pool = ProcessPool(self.model_ref, self.workers, self.native_threads)
+        pool = ProcessPool(self.source, self.workers, self.native_threads)
         try:
             await pool.start()
             for _ in range(self.workers):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import functools
 
-from services.common.admission import Admission
+from services.common.admission import Admission, export_metrics
 from services.common.auth import FRONTEND, AuthInterceptor, rules_for, token_auth
-from services.common.metrics import serve_metrics
+from services.common.metrics import meter, serve_metrics
 from services.common.server import (
     Running,
     announce_ready,
@@ -33,6 +33,7 @@ async def start(cfg: Config) -> Running:
     store = open_store(cfg.state, cfg.max_contexts)
     stack.push_async_callback(store.aclose)
     admission = Admission(cfg.admission)
+    export_metrics(admission, meter("clipper.selection"))
     decider = Decider(store, cfg.context_ttl_s, cfg.max_contexts, cfg.versions_kept)
     metrics.watch_states(decider.memory.sizes)
     metrics.watch_weights(functools.partial(weights.current_weights, decider))

@@ -107,3 +107,53 @@ def test_yaml_writer_reads_back_exactly() -> None:
         "nested": [[1, [2, {"a": [3]}]], {"b": {"c": [{"d": "e"}]}}],
     }
     assert yaml.safe_load(k8s.to_yaml([doc])) == doc
+
+
+@pytest.mark.parametrize("source", [
+    ["--model-pvc", "models", "--model-pvc-path", "fraud/3"],
+    ["--model-image", "registry.example.com/acme/fraud-model:3", "--model-image-path", "/m"],
+])
+def test_a_model_directory_is_mounted_from_a_volume(capsys: pytest.CaptureFixture[str],
+                                                    source: list[str]) -> None:
+    """The serving image stays the same; the model directory comes from a claim, or from
+    an image an init container copies it out of, and the container reads it at /models."""
+    code, out, err = _run(capsys, ["deploy-model", "--image", "clipper-mesh:0.1.0",
+                                   "--name", "fraud", "--version", "3", *source])
+    assert code == 0, err
+    (deployment,) = yaml.safe_load_all(out)
+    validate(deployment)
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["CLIPPER_CONTAINER_MODEL_DIR"] == k8s.MODEL_MOUNT
+    assert "CLIPPER_CONTAINER_MODEL" not in env
+    assert container["image"] == "clipper-mesh:0.1.0"
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "model"]
+    assert mount["mountPath"] == k8s.MODEL_MOUNT and mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "model"]
+    if "--model-pvc" in source:
+        assert volume["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
+        assert mount["subPath"] == "fraud/3"
+        assert "initContainers" not in pod
+    else:
+        assert "emptyDir" in volume
+        (init,) = pod["initContainers"]
+        assert init["image"] == "registry.example.com/acme/fraud-model:3"
+        assert init["command"] == ["cp", "-R", "/m/.", k8s.MODEL_MOUNT]
+        assert init["volumeMounts"] == [{"name": "model", "mountPath": k8s.MODEL_MOUNT}]
+        assert init["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "m.joblib", "--model-pvc", "c"], "model directory"),
+    (["--model-pvc", "c", "--model-image", "i:1"], "one source"),
+    (["--model-pvc", "Bad_Claim"], "--model-pvc"),
+    (["--model-pvc", "c", "--model-pvc-path", "../x"], "--model-pvc-path"),
+    (["--model-image", "i:1", "--model-image-path", "m"], "--model-image-path"),
+    ([], "--model is required"),
+])
+def test_model_sources_are_checked(capsys: pytest.CaptureFixture[str], args: list[str],
+                                   message: str) -> None:
+    code, out, err = _run(capsys, ["deploy-model", "--image", "i:1", "--name", "ok", *args])
+    assert code == 2 and not out
+    assert message in err

@@ -15,12 +15,15 @@ import pytest
 from services.common import tensors
 from services.common.auth import bearer
 from services.common.errors import PUSHBACK_KEY
+from services.common.metrics import sample, scrape
 from services.common.processes import start_service
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from tests.helpers.mesh import ENV, SELECTION_TOKEN, Mesh
+from tests.helpers.redis_server import free_port
 
 DEFAULT = tensors.encode(np.int64(-1))
+METRICS_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +31,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     mesh = Mesh(tmp_path_factory.mktemp("overload"))
     try:
         mesh.start_selection()
-        mesh.start_frontend("--max-inflight-per-app", "2", "--cache", "none")
+        mesh.start_frontend("--max-inflight-per-app", "2", "--cache", "none",
+                            "--metrics-port", str(METRICS_PORT))
         mesh.start_container("tests.helpers.models:SlowModel", "slow")
         mesh.create_app("busy", ["slow"], slo_ms=3000)
         mesh.create_app("busy-default", ["slow"], slo_ms=3000, default=DEFAULT)
@@ -69,6 +73,16 @@ async def test_past_the_in_flight_limit_a_query_is_refused_at_once_with_a_pushba
     assert refused_in_s < 1.0  # refused, not queued behind the model
     for reply in await asyncio.gather(*held):
         assert tensors.decode(reply.output).item() == 7  # the admitted ones were served
+
+
+def test_what_admission_decides_on_is_exported(mesh: Mesh) -> None:
+    samples = scrape(METRICS_PORT)
+    assert sample(samples, "clipper_admission_queries", application="busy", of="limit") == 2
+    assert sample(samples, "clipper_admission_queries", application="busy", of="inflight") == 0
+    backlog = {labels["of"]: value for name, labels, value in samples
+               if name == "clipper_admission_backlog_milliseconds"}
+    assert set(backlog) == {"loop_lag", "accept_wait"}
+    assert backlog["accept_wait"] == 0  # an idle frontend is not probed
 
 
 async def test_an_application_with_a_default_answers_it_flagged_when_shedding(

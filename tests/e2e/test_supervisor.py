@@ -259,6 +259,27 @@ async def test_clients_reconnect_to_a_restarted_frontend_that_kept_its_registry(
         assert mgmt.ListModels(pb.ListModelsRequest(), metadata=MGMT, timeout=5) == models
 
 
+def test_the_onnx_example_is_served_from_its_model_directory(singles: Launcher,
+                                                             x_test: np.ndarray) -> None:
+    """With onnxruntime installed, `make run` also serves the ONNX digits model (its
+    model directory) as the application digits-onnx, answering what onnxruntime does."""
+    if not digits.onnx_available():
+        pytest.skip("onnxruntime or skl2onnx is not installed")
+    import onnxruntime
+
+    onnx_dir = digits.onnx_model_dir(singles.state_dir / "models")
+    session = onnxruntime.InferenceSession(str(onnx_dir / "model.onnx"))
+    rows = x_test[:50]
+    expected = session.run(["label"], {"input": rows})[0].tolist()
+    with grpc.insecure_channel(singles.address) as channel:
+        stub = pb_grpc.FrontendStub(channel)
+        replies = [stub.Predict(pb.PredictRequest(application=digits.ONNX_MODEL,
+                                                  input=tensors.encode(row)), timeout=10)
+                   for row in rows]
+    assert [r.models for r in replies] == [[f"{digits.ONNX_MODEL}:1"]] * len(rows)
+    assert [int(tensors.decode(r.output)) for r in replies] == expected
+
+
 async def test_with_one_replica_defaults_are_flagged_until_real_answers_return(
         singles: Launcher, x_test: np.ndarray) -> None:
     with singles.management() as mgmt:
@@ -314,7 +335,9 @@ async def test_past_the_limit_a_container_stays_down_the_rest_serve_and_sigterm_
     assert await asyncio.to_thread(singles.stop, 120.0) == 0
     assert time.monotonic() - started < 90  # three stages, each within its grace
     stops = [line.split("] ", 1)[1] for line in singles.lines if "] stopping " in line]
-    assert stops == ["stopping frontend", "stopping digits-logreg-0, digits-svm-0",
+    served = [f"{name}-0" for name in digits.model_flags(singles.state_dir / "models")
+              if name != "digits-knn"]
+    assert stops == ["stopping frontend", f"stopping {', '.join(served)}",
                      "stopping selection"]
     assert singles.wait_for_line(r"^mesh stopped$", 10)
     assert not [pid for pid in children if alive(pid)]

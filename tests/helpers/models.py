@@ -119,3 +119,22 @@ class SumAndPid:
 
     def predict_batch(self, inputs: list[np.ndarray]) -> Sequence[Any]:
         return [np.array([x.sum(), os.getpid()], dtype=np.float64) for x in inputs]
+
+
+class RecordsBatches:
+    """Sums each input, and appends each batch's size to the file named by
+    $CLIPPER_TEST_BATCH_LOG; its first batch also takes 300 ms (a framework's lazy
+    set-up), and it writes `setup` there when that is done."""
+
+    def __init__(self) -> None:
+        self.path = os.environ["CLIPPER_TEST_BATCH_LOG"]
+        self.set_up = False
+
+    def predict_batch(self, inputs: list[np.ndarray]) -> Sequence[Any]:
+        with open(self.path, "a") as log:
+            if not self.set_up:
+                time.sleep(0.3)
+                self.set_up = True
+                log.write("setup\n")
+            log.write(f"{len(inputs)}\n")
+        return [np.float64(x.sum()) for x in inputs]

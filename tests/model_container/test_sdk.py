@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from services.model_container.sdk import CallableModel, SklearnModel, as_model, load_model
+from services.model_container.sdk import (
+    CallableModel,
+    ModelLoadFailed,
+    SklearnModel,
+    as_model,
+    load_model,
+)
 
 
 def test_callable_per_item_and_batched() -> None:
@@ -36,7 +42,7 @@ def test_load_importable_objects() -> None:
 
 
 def test_bad_references_say_what_was_expected() -> None:
-    with pytest.raises(ValueError, match=r"expected 'package\.module:attr'"):
+    with pytest.raises(ModelLoadFailed, match=r"expected 'package\.module:attr'"):
         load_model("no_colon_here")
     with pytest.raises(TypeError, match="cannot serve int"):
         as_model(3)
