@@ -21,6 +21,9 @@ CLIPPER_CLI_TLS_CA, CLIPPER_CLI_TLS_CERT, CLIPPER_CLI_TLS_KEY).
   predict APP --values 0,1,2,... [--dtype float32] [--shape 64] [--context USER]
   feedback APP --query-id ID --label 3 [--label-dtype int64] [--context USER]
   (predict and feedback send --api-key, default CLIPPER_API_KEY, when the app has keys)
+  top [--metrics URL ...] [--interval-s 1] [--once]
+                   live view: per application rate, p50/p99, defaults, misses; per model
+                   replicas, queue, batch size (URLs: frontends' and containers' /metrics)
 
 Local commands (no frontend needed):
 
@@ -30,6 +33,7 @@ Local commands (no frontend needed):
   settings [--check FILE | --write FILE]   every setting the services read, as Markdown
   tokens container MODEL | tokens selection   credentials derived from CLIPPER_MESH_SECRET
   tokens api-key                              a new API key and its SHA-256
+  prometheus-rule RULES.yaml   a Prometheus rule file as a PrometheusRule resource
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ import numpy as np
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from services.cli import local
+from services.cli import local, top
 from services.common import tensors
 from services.common.auth import api_key, bearer
 from services.common.tls import ClientTLS, sync_channel
@@ -136,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     feedback.add_argument("--context", default="")
     feedback.add_argument("--api-key", default=os.environ.get("CLIPPER_API_KEY", ""))
 
+    top.add_command(sub)
     local.add_commands(sub)
     return p
 
@@ -174,12 +179,21 @@ def _key(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
     return api_key(args.api_key) if args.api_key else ()
 
 
+def _channel(args: argparse.Namespace) -> grpc.Channel:
+    return sync_channel(args.frontend, ClientTLS(args.tls_ca, args.tls_cert, args.tls_key,
+                                                 args.tls_server_name))
+
+
+def _management(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of a Management call."""
+    return {"metadata": bearer(args.token), "timeout": args.timeout_s}
+
+
 def run(args: argparse.Namespace) -> Any:
-    channel = sync_channel(args.frontend, ClientTLS(args.tls_ca, args.tls_cert, args.tls_key,
-                                                    args.tls_server_name))
+    channel = _channel(args)
     mgmt = pb_grpc.ManagementStub(channel)
     front = pb_grpc.FrontendStub(channel)
-    kw: dict[str, Any] = {"metadata": bearer(args.token), "timeout": args.timeout_s}
+    kw = _management(args)
     group, command = args.group, getattr(args, "command", "")
     if group == "apps" and command == "list":
         reply = mgmt.ListApplications(pb.ListApplicationsRequest(), **kw)
@@ -252,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.group in local.COMMANDS:
         return local.COMMANDS[args.group](args)
     try:
+        if args.group == "top":
+            mgmt = pb_grpc.ManagementStub(_channel(args))
+            return top.run(args.frontend, mgmt, args, _management(args))
         result = run(args)
     except grpc.RpcError as exc:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)

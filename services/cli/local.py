@@ -1,5 +1,5 @@
-"""Commands that need no frontend: `deploy-model` (Kubernetes manifests), `settings` and
-`tokens`."""
+"""Commands that need no frontend: `deploy-model` (Kubernetes manifests), `settings`,
+`tokens` and `prometheus-rule`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from services.cli import k8s, tokens
+from services.cli import k8s, monitoring, tokens
 from services.model_container.batcher import BATCHING_MODES
 from services.model_container.runner import WORKER_KINDS
 from services.model_container.runtimes import RUNTIMES
@@ -73,6 +73,7 @@ def add_commands(sub: Any) -> None:
     deploy.add_argument("--output", choices=("yaml", "json"), default="yaml")
 
     tokens.add_command(sub)
+    monitoring.add_command(sub)
     settings = sub.add_parser(
         "settings", help="every setting the services read, as a Markdown table")
     action = settings.add_mutually_exclusive_group()
@@ -145,4 +146,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "deploy-model": deploy_model,
     "settings": settings_table,
     "tokens": tokens.print_token,
+    "prometheus-rule": monitoring.print_rule,
 }

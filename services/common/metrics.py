@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import urllib.request
+from collections.abc import Mapping
 
 from opentelemetry import metrics
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -20,20 +21,26 @@ from prometheus_client import start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 logger = logging.getLogger(__name__)
+# A model container's resource attributes: its `target_info` carries them as the labels
+# clipper_model and clipper_model_version (its other metrics name no model).
+MODEL_ATTRIBUTE = "clipper.model"
+VERSION_ATTRIBUTE = "clipper.model.version"
 
 
 def meter(name: str) -> metrics.Meter:
     return metrics.get_meter(name)
 
 
-def serve_metrics(service: str, host: str, port: int) -> int | None:
+def serve_metrics(service: str, host: str, port: int,
+                  attributes: Mapping[str, str] | None = None) -> int | None:
     """Install the meter provider and serve /metrics on `port` (0: any free; < 0: off).
+    `attributes` describe the process (its `target_info` labels, e.g. a container's model).
 
     Returns the bound port, or None when metrics are off."""
     if port < 0:
         return None
     reader = PrometheusMetricReader()
-    resource = Resource.create({"service.name": f"clipper-{service}"})
+    resource = Resource.create({"service.name": f"clipper-{service}", **(attributes or {})})
     metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=[reader]))
     server, _thread = start_http_server(port, addr=host)
     bound: int = server.server_port

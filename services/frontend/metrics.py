@@ -47,9 +47,10 @@ def watch_mesh(table: ReplicaTable) -> None:
     """Gauges read from `table` (and its registry) at each scrape, nothing recorded per
     query: the health of each replica's stream (`clipper.replica.connected`, `.in_flight`,
     `.ejected` and `.reconnects` by model, version and replica address),
-    `clipper.replicas.connected` per known model (0 when none is: the alert for a model
-    without replicas) and each application's SLO (`clipper.application.slo`, for
-    dashboards to draw latency against)."""
+    `clipper.replicas.connected` per known or linked model (0 when none is: the alert for
+    a model without replicas), `clipper.model.applications` (the applications linking
+    each model: that alert is for linked models only) and each application's SLO
+    (`clipper.application.slo`, for dashboards to draw latency against)."""
     def replicas() -> Iterator[tuple[ReplicaClient, dict[str, str]]]:
         for client in list(table.clients.values()):
             r = client.record
@@ -68,11 +69,21 @@ def watch_mesh(table: ReplicaTable) -> None:
     def reconnects(_: CallbackOptions) -> Iterable[Observation]:
         return [Observation(c.reconnects, attrs) for c, attrs in replicas()]
 
-    def per_model(_: CallbackOptions) -> Iterable[Observation]:
+    def links() -> dict[str, int]:
         counts = dict.fromkeys(table.registry.models, 0)
+        for app in list(table.registry.apps.values()):
+            for model in app.linked_models:
+                counts[model] = counts.get(model, 0) + 1
+        return counts
+
+    def per_model(_: CallbackOptions) -> Iterable[Observation]:
+        counts = dict.fromkeys(links(), 0)
         for client, attrs in replicas():
             counts[attrs["model"]] = counts.get(attrs["model"], 0) + int(client.connected)
         return [Observation(n, {"model": m}) for m, n in counts.items()]
+
+    def linked(_: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(n, {"model": m}) for m, n in links().items()]
 
     _meter.create_observable_gauge(
         "clipper.replica.connected", callbacks=[connected],
@@ -89,6 +100,9 @@ def watch_mesh(table: ReplicaTable) -> None:
     _meter.create_observable_gauge(
         "clipper.replicas.connected", callbacks=[per_model],
         description="Replicas of the model this frontend has a stream to, by model")
+    _meter.create_observable_gauge(
+        "clipper.model.applications", callbacks=[linked],
+        description="Applications the model is linked to, by model")
 
     def slo(_: CallbackOptions) -> Iterable[Observation]:
         return [Observation(app.slo_ms, {"application": name})

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from services.common.auth import FRONTEND, AuthInterceptor, rules_for, token_auth
 from services.common.config import ConfigError
 from services.common.credentials import replica_credential
-from services.common.metrics import serve_metrics
+from services.common.metrics import MODEL_ATTRIBUTE, VERSION_ATTRIBUTE, serve_metrics
 from services.common.server import (
     Running,
     Server,
@@ -56,7 +56,8 @@ class Container:
 async def start(cfg: Config) -> Container:
     """Load the model, serve on `cfg.port` (0: a free one) and announce this replica to
     the frontends; ready once one of them knows it."""
-    serve_metrics("model_container", cfg.host, cfg.metrics_port)
+    serve_metrics("model_container", cfg.host, cfg.metrics_port,
+                  {MODEL_ATTRIBUTE: cfg.name, VERSION_ATTRIBUTE: cfg.version})
     runner = ModelRunner(cfg.source, cfg.worker, cfg.batching.concurrency,
                          native_threads=cfg.native_threads)
     batcher = Batcher(runner, cfg.batching)

@@ -20,7 +20,7 @@ from services.common.telemetry import setup_logging
 from services.common.tracing import setup_tracing
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
-from services.selection import metrics
+from services.selection import metrics, weights
 from services.selection.config import Config, config_from_args
 from services.selection.decider import Decider
 from services.selection.servicer import SelectionServicer
@@ -36,6 +36,7 @@ async def start(cfg: Config) -> Running:
     export_metrics(admission, meter("clipper.selection"))
     decider = Decider(store, cfg.context_ttl_s, cfg.max_contexts, cfg.versions_kept)
     metrics.watch_states(decider.memory.sizes)
+    metrics.watch_weights(functools.partial(weights.current_weights, decider))
     servicer = SelectionServicer(decider, admission)
     server = await start_server(
         [(functools.partial(pb_grpc.add_SelectionServicer_to_server, servicer),

@@ -58,6 +58,8 @@ class Decider:
         self.context_ttl_s = context_ttl_s
         self.versions_kept = versions_kept
         self.memory = StateMemory(max_contexts)
+        # application -> (policy, query) of its latest learning decision (weights.py)
+        self.latest: dict[str, tuple[str, SelectContext]] = {}
         self.generation = GenerationGuard(store, "policy-state", self.restore)
 
     async def start(self) -> None:
@@ -72,7 +74,10 @@ class Decider:
         policy = get_policy(policy_name)
         if policy.stateless:
             return policy.select(ctx, {})
-        return arms.decide(policy, ctx, await self.load(ctx.application, ctx.context_key, ctx))
+        decision = arms.decide(policy, ctx, await self.load(ctx.application, ctx.context_key,
+                                                            ctx))
+        self.latest[ctx.application] = (policy_name, ctx)
+        return decision
 
     async def observe(self, policy_name: str, ctx: SelectContext, obs: Observation) -> None:
         policy = get_policy(policy_name)

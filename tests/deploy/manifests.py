@@ -62,12 +62,46 @@ CERT_MANAGER_SCHEMAS: dict[str, dict[str, Any]] = {
     }, ("apiVersion", "kind", "metadata", "spec")),
 }
 
+_DURATION = {"type": "string", "pattern": r"^(\d+(ms|s|m|h|d|w|y))+$"}
+_LABEL_SELECTOR = _closed({"matchLabels": {"type": "object",
+                                           "additionalProperties": _STR}}, ("matchLabels",))
+_RULE = _closed({
+    "alert": _STR, "record": _STR, "expr": {"type": "string", "minLength": 1},
+    "for": _DURATION, "labels": {"type": "object", "additionalProperties": _STR},
+    "annotations": {"type": "object", "additionalProperties": _STR},
+}, ("expr",))
+# The monitoring.coreos.com/v1 fields our component uses, from the Prometheus Operator's
+# CRDs; any other field fails.
+MONITORING_SCHEMAS: dict[str, dict[str, Any]] = {
+    "ServiceMonitor": _closed({
+        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "ServiceMonitor"},
+        "metadata": _METADATA,
+        "spec": _closed({
+            "selector": _LABEL_SELECTOR,
+            "podTargetLabels": {"type": "array", "items": _STR},
+            "endpoints": {"type": "array", "minItems": 1, "items": _closed(
+                {"port": _STR, "path": _STR, "interval": _DURATION}, ("port",))},
+        }, ("selector", "endpoints")),
+    }, ("apiVersion", "kind", "metadata", "spec")),
+    "PrometheusRule": _closed({
+        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "PrometheusRule"},
+        "metadata": _METADATA,
+        "spec": _closed({"groups": {"type": "array", "minItems": 1, "items": _closed({
+            "name": _STR, "interval": _DURATION,
+            "rules": {"type": "array", "minItems": 1, "items": _RULE},
+        }, ("name", "rules"))}}, ("groups",)),
+    }, ("apiVersion", "kind", "metadata", "spec")),
+}
+CUSTOM_SCHEMAS = {"cert-manager.io/": CERT_MANAGER_SCHEMAS,
+                  "monitoring.coreos.com/": MONITORING_SCHEMAS}
+
 
 def validate(doc: dict[str, Any]) -> None:
     """Raise unless `doc` validates strictly (no unknown fields) against the schemas."""
-    if doc["apiVersion"].startswith("cert-manager.io/"):
-        jsonschema.validate(doc, CERT_MANAGER_SCHEMAS[doc["kind"]])
-        return
+    for group, schemas in CUSTOM_SCHEMAS.items():
+        if doc["apiVersion"].startswith(group):
+            jsonschema.validate(doc, schemas[doc["kind"]])
+            return
     kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
 

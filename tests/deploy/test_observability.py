@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from testkit.mesh import Mesh
 from testkit.ports import free_port
+from tests.helpers.tools import require_tool
 
 OBSERVABILITY = Path(__file__).resolve().parents[2] / "deploy" / "observability"
 DASHBOARD = OBSERVABILITY / "grafana-dashboard.json"
@@ -125,7 +125,7 @@ def test_the_dashboard_queries_only_exported_metrics(scraped: dict[str, Samples]
     dashboard = json.loads(DASHBOARD.read_text())
     titles = " ".join(p["title"] for p in dashboard["panels"]).lower()
     for topic in ("request rate", "p99", "slo", "defaults", "shed", "batch size",
-                  "queue delay", "replicas", "cache", "selection"):
+                  "queue delay", "replicas", "cache", "selection", "weights"):
         assert topic in titles, topic
     names = set().union(*map(metric_names, dashboard_exprs()))
     assert len(names) > 15
@@ -154,8 +154,72 @@ def test_the_alert_rules_are_valid_and_query_exported_metrics(
         assert rule["expr"].count("(") == rule["expr"].count(")"), rule["alert"]
     names = set().union(*(metric_names(r["expr"]) for r in rules))
     assert names <= exported(scraped), sorted(names - exported(scraped))
-    if shutil.which("promtool"):  # the full check where Prometheus' tool is installed
-        subprocess.run(["promtool", "check", "rules", str(ALERTS)], check=True)
+
+
+def test_promtool_checks_the_alert_rules() -> None:
+    promtool = require_tool("promtool", "checks the alert rules; Debian's prometheus package")
+    result = subprocess.run([promtool, "check", "rules", str(ALERTS)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _firing(rule: str, eval_time: str, **labels: str) -> dict[str, Any]:
+    """A promtool test case: `rule` fires at `eval_time` with `labels` (and its severity)."""
+    (spec,) = [r for r in alert_rules() if r["alert"] == rule]
+    annotations = {}
+    for key, text in spec["annotations"].items():
+        for name, value in labels.items():
+            text = text.replace(f"{{{{ $labels.{name} }}}}", value)
+        annotations[key] = text
+    return {"eval_time": eval_time, "alertname": rule, "exp_alerts": [
+        {"exp_labels": {**labels, "severity": spec["labels"]["severity"]},
+         "exp_annotations": annotations}]}
+
+
+def test_the_alerts_fire_on_what_they_watch_for(tmp_path: Path) -> None:
+    """promtool's rule unit tests on made-up series, one case per alert: SLO attainment
+    below target (fast and slow burn), shedding, defaults rising, no live replica for a
+    linked model, stream reconnect storms. Each case lists every alert of its name that
+    fires, so the quiet neighbours (an application that meets its SLO, a model no
+    application uses, a replica that reconnected once) must stay quiet."""
+    promtool = require_tool("promtool", "tests the alert rules; Debian's prometheus package")
+    queries = "clipper_queries_total"
+    series = [  # per minute: "late" misses half its queries, "busy" sheds 5.5%, "fine" none
+        (f'{queries}{{application="late",outcome="answered"}}', "0+50x400"),
+        (f'{queries}{{application="late",outcome="default"}}', "0+50x400"),
+        (f'{queries}{{application="fine",outcome="answered"}}', "0+100x400"),
+        (f'{queries}{{application="busy",outcome="answered"}}', "0+945x400"),
+        (f'{queries}{{application="busy",outcome="shed"}}', "0+55x400"),
+        ('clipper_defaults_total{application="late",cause="deadline"}', "0+50x400"),
+        # "m" is linked and lost its replicas; "unused" has none and no application.
+        ('clipper_replicas_connected{model="m"}', "0x400"),
+        ('clipper_model_applications{model="m"}', "1x400"),
+        ('clipper_replicas_connected{model="unused"}', "0x400"),
+        ('clipper_model_applications{model="unused"}', "0x400"),
+        ('clipper_replicas_connected{model="ok"}', "2x400"),
+        ('clipper_model_applications{model="ok"}', "1x400"),
+        # 5 reconnects a minute to one replica; another one reconnected once.
+        ('clipper_replica_reconnects_total{model="m",replica="10.0.0.1:7000"}', "0+5x400"),
+        ('clipper_replica_reconnects_total{model="ok",replica="10.0.0.2:7000"}', "0+0x30 1x370"),
+    ]
+    cases = [
+        _firing("ClipperSLOBurnFast", "10m", application="late"),
+        _firing("ClipperSLOBurnSlow", "6h", application="late"),
+        _firing("ClipperShedding", "10m", application="busy"),
+        _firing("ClipperDefaultsRising", "30m", application="late"),
+        _firing("ClipperModelWithoutReplica", "5m", model="m"),
+        _firing("ClipperReplicaReconnectStorm", "10m", model="m", replica="10.0.0.1:7000"),
+    ]
+    tests = tmp_path / "alerts_test.yaml"
+    tests.write_text(yaml.safe_dump({
+        "rule_files": [str(ALERTS)], "evaluation_interval": "1m",
+        "tests": [{"interval": "1m",
+                   "input_series": [{"series": s, "values": v} for s, v in series],
+                   "alert_rule_test": cases}]}))
+    result = subprocess.run([promtool, "test", "rules", str(tests)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
 
 
 def test_grpc_methods_are_counted_by_status(scraped: dict[str, Samples]) -> None:
@@ -186,6 +250,10 @@ def test_selection_counts_decisions_and_feedback_per_policy(
     assert sample(selection, "clipper_selection_decision_duration_milliseconds_count",
                   policy="exp3") >= 1
     assert sample(selection, "clipper_selection_states", scope="application") >= 1
+    # Its one model, weighed by its policy, and right once (the feedback's label).
+    arm = {"application": "learns", "policy": "exp3", "model": "sum", "version": "1"}
+    assert sample(selection, "clipper_selection_weight", **arm) == 1.0
+    assert sample(selection, "clipper_selection_reward_estimate", **arm) == 1.0
 
 
 def test_the_frontend_reports_each_replica_stream(scraped: dict[str, Samples]) -> None:
@@ -195,5 +263,6 @@ def test_the_frontend_reports_each_replica_stream(scraped: dict[str, Samples]) -
         assert sample(frontend, "clipper_replicas_connected", model=model) == 1
         assert sample(frontend, "clipper_replica_reconnects_total", model=model) == 0
         assert sample(frontend, "clipper_replica_ejected", model=model) == 0
+        assert sample(frontend, "clipper_model_applications", model=model) == 1
     assert sample(frontend, "clipper_replica_in_flight", model="sum") == 0
     assert sample(frontend, "clipper_application_slo_milliseconds", application="late") == 100
