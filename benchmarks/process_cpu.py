@@ -16,7 +16,8 @@ TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
 
 def mesh_processes(root: int) -> dict[str, list[int]]:
-    """The service processes under `root` (at any depth), by kind (from their command lines)."""
+    """The service processes under `root` (at any depth), by kind (from their command
+    lines), with the processes they started (a container's worker processes)."""
     children: dict[int, list[int]] = {}
     commands: dict[int, str] = {}
     for entry in Path("/proc").iterdir():
@@ -29,13 +30,13 @@ def mesh_processes(root: int) -> dict[str, list[int]]:
             continue
         children.setdefault(ppid, []).append(int(entry.name))
     found: dict[str, list[int]] = {kind: [] for kind in KINDS}
-    todo = list(children.get(root, []))
-    while todo:
-        pid = todo.pop()
-        todo.extend(children.get(pid, []))
-        for kind in KINDS:
-            if f"services.{kind}" in commands.get(pid, ""):
-                found[kind].append(pid)
+    todo: list[tuple[int, str | None]] = [(pid, None) for pid in children.get(root, [])]
+    while todo:  # a process counts for its nearest service ancestor (a container's workers)
+        pid, kind = todo.pop()
+        kind = next((k for k in KINDS if f"services.{k}" in commands.get(pid, "")), kind)
+        if kind is not None:
+            found[kind].append(pid)
+        todo.extend((child, kind) for child in children.get(pid, []))
     return found
 
 

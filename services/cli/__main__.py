@@ -21,7 +21,7 @@ CLIPPER_CLI_TLS_CA, CLIPPER_CLI_TLS_CERT, CLIPPER_CLI_TLS_KEY).
   predict APP --values 0,1,2,... [--dtype float32] [--shape 64] [--context USER]
   feedback APP --query-id ID --label 3 [--label-dtype int64] [--context USER]
   (predict and feedback send --api-key, default CLIPPER_API_KEY, when the app has keys)
-  top [--metrics URL ...] [--interval-s 1] [--once]
+  top [--metrics URL ... | --metrics-file PATH] [--interval-s 1] [--once]
                    live view: per application rate, p50/p99, defaults, misses; per model
                    replicas, queue, batch size (URLs: frontends' and containers' /metrics)
 

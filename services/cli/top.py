@@ -3,7 +3,8 @@
 Each frame reads the frontend's Management API (applications and their SLO; each
 model's replicas: connected of known, the queue depth each reports, the queries in
 flight to them) and every `--metrics` URL, frontends' and containers' `/metrics`
-(services/common/metrics.py). Per application: queries, defaults and misses (not
+(services/common/metrics.py; without --metrics, those `make run` listed in
+.run/metrics-urls). Per application: queries, defaults and misses (not
 answered by the models: a default, shed, refused or failed, as the SLO alerts count
 them) since the frontends started, and over the last interval the rate and latency
 p50/p99; per model: the mean batch size over the last interval, from its containers
@@ -38,6 +39,9 @@ def add_command(sub: Any) -> None:
     top = sub.add_parser("top", help="a live view of applications and models")
     top.add_argument("--metrics", action="append", default=[], metavar="URL",
                      help="a frontend's or container's /metrics URL (repeat for each)")
+    top.add_argument("--metrics-file", default=".run/metrics-urls", metavar="PATH",
+                     help="without --metrics: the URLs listed in this file, one per line "
+                     "(make run writes it)")
     top.add_argument("--interval-s", type=float, default=1.0, help="time between frames")
     top.add_argument("--once", action="store_true", help="print one frame and exit")
 
@@ -177,17 +181,27 @@ def render(frontend: str, prev: Snapshot, now: Snapshot) -> str:
     return "\n".join(lines) + "\n"
 
 
+def metrics_from_file(path: str) -> list[str]:
+    """The URLs listed in `path`, one per line; none when it does not exist."""
+    try:
+        with open(path) as listed:
+            return [line.strip() for line in listed if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
 def run(frontend: str, mgmt: pb_grpc.ManagementStub, args: argparse.Namespace,
         kw: dict[str, Any]) -> int:
     """Print frames until interrupted (one with --once, whose Management errors raise)."""
     if args.interval_s <= 0:
         print(f"error: --interval-s must be above 0, not {args.interval_s}", file=sys.stderr)
         return 2
+    urls = args.metrics or metrics_from_file(args.metrics_file)
     prev: Snapshot | None = None
     try:
         while True:
             try:
-                now = snapshot(mgmt, args.metrics, kw)
+                now = snapshot(mgmt, urls, kw)
             except grpc.RpcError as exc:
                 if args.once:
                     raise

@@ -46,7 +46,7 @@ class AcceptProbe:
         self._in_use = in_use
         self._last_s = 0.0
         self._sent = 0.0
-        self._task = BackgroundTask("accept probe", self._run)
+        self._task = BackgroundTask("accept probe", self._run, restart_s=1.0)
 
     @property
     def wait_s(self) -> float:
@@ -58,18 +58,30 @@ class AcceptProbe:
 
     async def aclose(self) -> None:
         await self._task.aclose()
+        self._last_s = self._sent = 0.0
 
     async def _run(self) -> None:
-        async with grpc.aio.insecure_channel(self.address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while True:
-                await asyncio.sleep(BUSY_PERIOD_S if self._last_s > BUSY_WAIT_S else PERIOD_S)
-                if not self._in_use():
-                    self._last_s = 0.0
-                    continue
-                self._sent = clock.now()
-                try:
-                    await stub.Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT_S)
-                except grpc.aio.AioRpcError:
-                    pass  # timed out (the wait counts) or shutting down
-                self._last_s, self._sent = clock.now() - self._sent, 0.0
+        try:
+            async with grpc.aio.insecure_channel(self.address) as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                while True:
+                    await asyncio.sleep(BUSY_PERIOD_S if self._last_s > BUSY_WAIT_S
+                                        else PERIOD_S)
+                    if not self._in_use():
+                        self._last_s = 0.0
+                        continue
+                    await self._probe(stub)
+        finally:  # stopped or failed (restarted by its task): no wait is left pending
+            self._last_s = self._sent = 0.0
+
+    async def _probe(self, stub: health_pb2_grpc.HealthStub) -> None:
+        self._sent = clock.now()
+        refused = False
+        try:
+            await stub.Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:  # timed out: the wait counts
+            # Refused at once (the server's own limit of calls in flight): no new measure.
+            refused = exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        finally:
+            waited, self._sent = clock.now() - self._sent, 0.0
+        self._last_s = max(self._last_s, waited) if refused else waited

@@ -160,11 +160,21 @@ def peer_host(peer: str) -> str:
     return address.rsplit(":", 1)[0] if kind in ("ipv4", "ipv6") else peer
 
 
-def _for_call(caller: Caller, context: grpc.aio.ServicerContext) -> Caller:
-    """The caller, with its host when it is a client (quotas tell clients apart by it)."""
+# Peers on a Unix socket: only the service itself, for its accept probe (health checks,
+# which need no rule); every method with a rule refuses them.
+LOCAL_PEER = "unix:"
+
+
+async def _for_call(caller: Caller, context: grpc.aio.ServicerContext) -> Caller:
+    """The caller, with its host when it is a client (quotas tell clients apart by it);
+    a call on a Unix socket is refused (see LOCAL_PEER)."""
+    peer = context.peer()
+    if peer.startswith(LOCAL_PEER):
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                            "this socket serves the service's own health checks only")
     if caller.role != CLIENT:
         return caller
-    return replace(caller, peer=peer_host(context.peer()))
+    return replace(caller, peer=peer_host(peer))
 
 
 def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode,
@@ -193,7 +203,7 @@ def _as_caller(handler: grpc.RpcMethodHandler, caller: Caller) -> grpc.RpcMethod
         inner_unary = handler.unary_unary or handler.stream_unary
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            _caller.set(_for_call(caller, context))
+            _caller.set(await _for_call(caller, context))
             return await inner_unary(request, context)
 
         field = "unary_unary" if handler.unary_unary is not None else "stream_unary"
@@ -201,7 +211,7 @@ def _as_caller(handler: grpc.RpcMethodHandler, caller: Caller) -> grpc.RpcMethod
     inner_stream = handler.unary_stream or handler.stream_stream
 
     async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        _caller.set(_for_call(caller, context))
+        _caller.set(await _for_call(caller, context))
         async for item in inner_stream(request, context):
             yield item
 

@@ -82,6 +82,9 @@ class Limits:
 
     def check_query_id(self, query_id: str) -> None:
         self.check_length("query_id", query_id, self.query_id_length, "--max-query-id-length")
+        if any(c.isspace() or not c.isprintable() for c in query_id):
+            raise InvalidInput(f"query_id {short_repr(query_id)} has spaces or control "
+                               "characters")
 
     def check_address(self, address: str) -> None:
         self.check_length("address", address, self.address_length, "--max-address-length")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -117,3 +118,12 @@ def start_service(
             f"(exit code {proc.returncode}); output:\n" + "\n".join(lines[-20:])
         )
     return ServiceProcess(name or module, proc, found[0], lines, reader)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a process that must be told its port before
+    it starts (another process may take it before it is used)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

@@ -159,20 +159,28 @@ async def start_server(
         raise OSError(f"could not bind {host}:{port}")
     probe_address = ""
     if probe_socket:
-        probe_address = f"unix:{tempfile.mkdtemp(prefix='clipper-probe-')}/accept.sock"
+        probe_dir = tempfile.mkdtemp(prefix="clipper-probe-")  # only this user may enter
+        probe_address = f"unix:{probe_dir}/accept.sock"
         if server.add_insecure_port(probe_address) == 0:
+            shutil.rmtree(probe_dir, ignore_errors=True)
             raise OSError(f"could not bind {probe_address}")
-    health_server, health_bound = None, -1
-    if health_port >= 0:
-        health_server = grpc.aio.server(
-            options=server_options(DEFAULT_MAX_MESSAGE_BYTES, [("grpc.so_reuseport", 0)]))
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
-        health_bound = health_server.add_insecure_port(f"{host}:{health_port}")
-        if health_bound == 0:
-            raise OSError(f"could not bind the health port {host}:{health_port}")
-        await health_server.start()
-        logger.info("health checks (plaintext, health only) on port %d", health_bound)
-    await server.start()
+    try:
+        health_server, health_bound = None, -1
+        if health_port >= 0:
+            health_server = grpc.aio.server(
+                options=server_options(DEFAULT_MAX_MESSAGE_BYTES, [("grpc.so_reuseport", 0)]))
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+            health_bound = health_server.add_insecure_port(f"{host}:{health_port}")
+            if health_bound == 0:
+                raise OSError(f"could not bind the health port {host}:{health_port}")
+            await health_server.start()
+            logger.info("health checks (plaintext, health only) on port %d", health_bound)
+        await server.start()
+    except BaseException:
+        if probe_address:  # a start that failed leaves no socket behind
+            shutil.rmtree(os.path.dirname(probe_address.removeprefix("unix:")),
+                          ignore_errors=True)
+        raise
     result = Server(server, health_servicer, bound, tuple(names), health_server, health_bound,
                     probe_address)
     await result.set_serving(False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from contextvars import ContextVar
 from typing import Any
 
@@ -77,7 +78,8 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+                    + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "service": self.service,
             "logger": record.name,
@@ -101,5 +103,13 @@ class TextFormatter(logging.Formatter):
         if not extra:
             return line
         head, newline, tail = line.partition("\n")  # a traceback stays below
-        pairs = " ".join(f"{k}={v}" for k, v in extra.items())
+        pairs = " ".join(f"{k}={_plain(v)}" for k, v in extra.items())
         return f"{head} {pairs}{newline}{tail}"
+
+
+def _plain(value: Any) -> str:
+    """A value as one token of a text log line: quoted when it holds spaces or control
+    characters, so that no value can start a line of its own."""
+    text = str(value)
+    return text if text and all(c.isprintable() and not c.isspace() for c in text) \
+        else repr(text)

@@ -101,9 +101,10 @@ async def start(cfg: Config, now: clock.Now = clock.now) -> Running:
     await admission.lag.start()
     stack.push_async_callback(admission.lag.aclose)
     stack.push_async_callback(server.drain, cfg.grace_s)
-    probe = admission.attach_probe(server.probe_address)
-    await probe.start()
-    stack.push_async_callback(probe.aclose)
+    if cfg.admission.mode != "off":  # a baseline without admission measures nothing
+        probe = admission.attach_probe(server.probe_address)
+        await probe.start()
+        stack.push_async_callback(probe.aclose)
     await server.set_serving(True)
     return Running(server.port, stack.aclose)
 

@@ -70,7 +70,7 @@ def watch_mesh(table: ReplicaTable) -> None:
         return [Observation(c.reconnects, attrs) for c, attrs in replicas()]
 
     def links() -> dict[str, int]:
-        counts = dict.fromkeys(table.registry.models, 0)
+        counts = dict.fromkeys(list(table.registry.models), 0)
         for app in list(table.registry.apps.values()):
             for model in app.linked_models:
                 counts[model] = counts.get(model, 0) + 1

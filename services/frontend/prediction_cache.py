@@ -135,7 +135,7 @@ class PredictionCache:
         if self.answers is None or not version:
             return await fetch()
         key = f"answer:{model}:{version}:{input_digest(value)}"
-        looked_up = clock.now()
+        looked_up = clock.now() if tracing.enabled else 0.0
         cached = await self._get(self.answers, key, deadline)
         if tracing.enabled and tracing.active():
             tracing.span_after("clipper.cache.lookup", None, looked_up, clock.now(),

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 Predict = Callable[..., Awaitable["Prediction"]]
 
+# The longest application name or query id an access log line carries.
+MAX_LOGGED = 128
+
 
 async def observed_predict(path: QueryPath, predict: Predict, app_name: str, *args: Any,
                            **kwargs: Any) -> Prediction:
@@ -42,7 +45,7 @@ async def observed_predict(path: QueryPath, predict: Predict, app_name: str, *ar
             return prediction
         with tracing.tracer().start_as_current_span(
                 "clipper.query", kind=SpanKind.SERVER,
-                attributes={"clipper.application": app_name}) as span:
+                attributes={"clipper.application": app_name[:MAX_LOGGED]}) as span:
             try:
                 prediction = await predict(path, app_name, *args, **kwargs)
             except ClipperError as exc:
@@ -70,7 +73,9 @@ def _access_fields(app_name: str, args: tuple[Any, ...], kwargs: Mapping[str, An
                    latency_ms: float) -> dict[str, Any]:
     query_id = prediction.query_id if prediction else kwargs.get(
         "query_id", args[2] if len(args) > 2 else "")
-    fields: dict[str, Any] = {"application": app_name, "query_id": query_id,
+    # What the client sent may be refused for its length or characters: logged cut.
+    fields: dict[str, Any] = {"application": app_name[:MAX_LOGGED],
+                              "query_id": str(query_id)[:MAX_LOGGED],
                               "status": status, "latency_ms": round(latency_ms, 3)}
     if prediction is not None:
         fields.update(models=prediction.models, missing_models=prediction.missing_models,

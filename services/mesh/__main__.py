@@ -33,7 +33,9 @@ from services.mesh import digits
 from services.mesh.application import digits_apps, query_commands, register_apps
 from services.mesh.options import MeshOptions, parse_args
 from services.mesh.specs import (
+    METRICS_URLS,
     SELECTION,
+    MetricsPorts,
     client_tls,
     container_specs,
     frontend_spec,
@@ -61,10 +63,12 @@ def start_mesh(args: MeshOptions, supervisor: Supervisor, management_token: str,
     if digits.ONNX_MODEL not in models:
         logger.info("no ONNX example: onnxruntime and skl2onnx are not installed "
                     "(pip install -e '.[dev]')")
-    selection = supervisor.start(selection_spec(args, secret))
+    metrics = MetricsPorts(state)
+    selection = supervisor.start(selection_spec(args, secret, metrics))
     frontend = supervisor.start(frontend_spec(args, secret, management_token,
-                                              selection.address))
-    supervisor.start_all(container_specs(args, secret, frontend.address, models))
+                                              selection.address, metrics))
+    supervisor.start_all(container_specs(args, secret, frontend.address, models, metrics))
+    metrics.write()
     return frontend.address, list(models)
 
 
@@ -74,6 +78,9 @@ def ready_banner(args: MeshOptions, address: str, selection: str, started: float
     cli, grpcurl, label = query_commands(address, Path(args.state_dir) / "models",
                                          client_tls(args))
     containers = len(models) * args.replicas
+    urls = Path(args.state_dir) / METRICS_URLS
+    top = ("top" if (address, str(urls)) == ("127.0.0.1:1337", ".run/" + METRICS_URLS)
+           else f"--frontend {address} top --metrics-file {urls}")
     onnx = (f"\nThe ONNX model alone: the same query to the application {digits.ONNX_MODEL}.\n"
             if digits.ONNX_MODEL in models else "")
     return (f"\nMesh ready in {time.monotonic() - started:.1f} s: frontend on {address}"
@@ -84,7 +91,8 @@ def ready_banner(args: MeshOptions, address: str, selection: str, started: float
             f"Token for a container of your own model NAME:\n  CLIPPER_MESH_SECRET="
             f"$(cat {secret_path}) {sys.executable} -m services.cli tokens container NAME\n\n"
             f"Query a test digit (true label {label}):\n  {cli}\n\nOr with grpcurl:\n"
-            f"  {grpcurl}\n{onnx}")
+            f"  {grpcurl}\n{onnx}\n"
+            f"A live view of applications and models:\n  {sys.executable} -m services.cli {top}\n")
 
 
 def main(argv: list[str] | None = None) -> int:

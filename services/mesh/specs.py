@@ -7,6 +7,7 @@ import secrets
 from pathlib import Path
 
 from services.common.credentials import container_token, selection_token
+from services.common.processes import free_port
 from services.common.tls import ClientTLS
 from services.mesh.options import MeshOptions
 from services.mesh.supervisor import ServiceSpec
@@ -15,6 +16,9 @@ from services.mesh.supervisor import ServiceSpec
 # and the selection service, which in-flight queries may still ask, goes last.
 FRONTEND_STAGE, CONTAINER_STAGE, SELECTION_STAGE = 0, 1, 2
 SELECTION, FRONTEND = "selection", "frontend"
+# Where the launcher lists every service's /metrics URL, one per line, for
+# `python -m services.cli top`.
+METRICS_URLS = "metrics-urls"
 
 
 def client_tls(args: MeshOptions) -> ClientTLS:
@@ -54,13 +58,30 @@ def mesh_secret(path: Path) -> str:
     return path.read_text().strip()
 
 
-def selection_spec(args: MeshOptions, secret: str) -> ServiceSpec:
+class MetricsPorts:
+    """A /metrics port for each service, chosen once (a restarted service keeps it), and
+    the list of their URLs in <state-dir>/metrics-urls."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / METRICS_URLS
+        self.urls: list[str] = []
+
+    def flags(self) -> list[str]:
+        port = free_port()
+        self.urls.append(f"http://127.0.0.1:{port}/metrics")
+        return ["--metrics-port", str(port)]
+
+    def write(self) -> None:
+        self.path.write_text("".join(f"{url}\n" for url in self.urls))
+
+
+def selection_spec(args: MeshOptions, secret: str, metrics: MetricsPorts) -> ServiceSpec:
     """The selection service, on the same port after a restart, with its state file."""
     state = Path(args.state_dir)
     return ServiceSpec(
         SELECTION, "services.selection",
         ["--state", str(state / "selection-state.json"), "--grace-s", str(args.grace_s),
-         *tls_flags(args, serve=True, dial=False)],
+         *metrics.flags(), *tls_flags(args, serve=True, dial=False)],
         stage=SELECTION_STAGE,
         env={"CLIPPER_SELECTION_TOKEN": selection_token(secret)},
         log_path=state / "logs" / "selection.log", keep_port=True, grace_s=args.grace_s,
@@ -68,13 +89,14 @@ def selection_spec(args: MeshOptions, secret: str) -> ServiceSpec:
 
 
 def frontend_spec(args: MeshOptions, secret: str, management_token: str,
-                  selection_address: str) -> ServiceSpec:
+                  selection_address: str, metrics: MetricsPorts) -> ServiceSpec:
     """The frontend on `--port` (the port it bound first, after a restart)."""
     state = Path(args.state_dir)
     return ServiceSpec(
         FRONTEND, "services.frontend",
         ["--selection", selection_address, "--state", str(state / "frontend-state.json"),
-         "--grace-s", str(args.grace_s), *tls_flags(args, serve=True, dial=True)],
+         "--grace-s", str(args.grace_s), *metrics.flags(),
+         *tls_flags(args, serve=True, dial=True)],
         stage=FRONTEND_STAGE,
         env={"CLIPPER_MANAGEMENT_TOKEN": management_token, "CLIPPER_MESH_SECRET": secret},
         log_path=state / "logs" / "frontend.log", port=args.port, keep_port=True,
@@ -83,7 +105,7 @@ def frontend_spec(args: MeshOptions, secret: str, management_token: str,
 
 
 def container_specs(args: MeshOptions, secret: str, frontend_address: str,
-                    models: dict[str, list[str]]) -> list[ServiceSpec]:
+                    models: dict[str, list[str]], metrics: MetricsPorts) -> list[ServiceSpec]:
     """`--replicas` containers of each example model (name -> the flags that load it),
     each with its model's token only; any free port (a replacement announces its new
     address)."""
@@ -92,7 +114,8 @@ def container_specs(args: MeshOptions, secret: str, frontend_address: str,
         ServiceSpec(
             f"{name}-{i}", "services.model_container",
             [*load, "--name", name, "--version", "1", "--frontend", frontend_address,
-             "--grace-s", str(args.grace_s), *tls_flags(args, serve=True, dial=True)],
+             "--grace-s", str(args.grace_s), *metrics.flags(),
+             *tls_flags(args, serve=True, dial=True)],
             stage=CONTAINER_STAGE,
             env={"CLIPPER_CONTAINER_TOKEN": container_token(secret, name)},
             log_path=logs / f"{name}-{i}.log", grace_s=args.grace_s,

@@ -34,7 +34,7 @@ def record_batch(batch: Sequence[TracedItem], formed_at: float, started: float,
     """The spans of every traced query in `batch` (`clock.now()` moments)."""
     size = len(batch)
     for item in batch:
-        if item.trace is None:
+        if not item.trace:  # none, or a traceparent that did not parse
             continue
         slack_ms = (item.deadline - finished) * 1000
         query = tracing.tracer().start_span(

@@ -40,6 +40,7 @@ _TOP = {"name", "version", "model", "runtime", "output", "inputs", "outputs", "b
 _BATCHING = {"mode": "batching", "max_batch_size": "max_batch_size", "max_queue": "max_queue",
              "max_delay_ms": "max_delay_ms", "concurrency": "concurrency",
              "batch_timeout_s": "batch_timeout_s"}
+_BATCHING_INTEGERS = {"max_batch_size", "max_queue", "concurrency"}
 _WARMUP = {"inputs", "batch_sizes", "rounds"}
 _MODEL_SUFFIXES = (".onnx", ".ubj", ".json", ".txt", ".joblib", ".pkl", ".pickle")
 
@@ -78,8 +79,10 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         settings["output_spec"] = tensor_spec(path, "outputs", doc["outputs"])
     batching = _section(path, "batching", doc.get("batching", {}), set(_BATCHING))
     for key, value in batching.items():
-        settings[_BATCHING[key]] = (_string(path, f"batching.{key}", value) if key == "mode"
-                                    else _number(path, f"batching.{key}", value))
+        settings[_BATCHING[key]] = (
+            _string(path, f"batching.{key}", value) if key == "mode"
+            else _integer(path, f"batching.{key}", value) if key in _BATCHING_INTEGERS
+            else _number(path, f"batching.{key}", value))
     warmup = _section(path, "warmup", doc.get("warmup", {}), _WARMUP)
     if "inputs" in warmup:
         given = warmup["inputs"]

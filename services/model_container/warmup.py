@@ -87,7 +87,7 @@ def _given_inputs(source: str, spec: TensorSpec | None) -> list[np.ndarray]:
             array = np.asarray(json.loads(source), dtype=dtype)
         else:
             array = np.load(Path(source), allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError) as exc:
         raise WarmupFailed(f"warm-up inputs {source[:80]}: {exc}") from exc
     if array.ndim == 0 or len(array) == 0:
         raise WarmupFailed(f"warm-up inputs {source[:80]}: expected an array of shape "

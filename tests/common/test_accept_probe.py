@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import stat
 import time
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.accept_probe import AcceptProbe
 from services.common.admission import Admission, AdmissionLimits
+from services.common.auth import MANAGEMENT, AuthInterceptor, bearer, rules_for, token_auth
 from services.common.errors import Overloaded
 from services.common.server import start_server
 from services.generated.clipper.v1 import clipper_pb2 as pb
@@ -74,3 +77,28 @@ async def test_an_idle_service_is_not_probed() -> None:
         await server.stop(None)
     socket_dir = Path(server.probe_address.removeprefix("unix:")).parent
     assert not socket_dir.exists()  # removed with the server
+
+
+async def test_the_probe_socket_is_private_and_serves_health_checks_only() -> None:
+    token = "a-management-token-long-enough"
+    rules = rules_for(pb.DESCRIPTOR.services_by_name["Frontend"],
+                      token_auth(token, MANAGEMENT, "management"))
+    server = await start_server(
+        [(lambda s: pb_grpc.add_FrontendServicer_to_server(Hog(), s), "clipper.v1.Frontend")],
+        "127.0.0.1", 0, interceptors=[AuthInterceptor(rules)], probe_socket=True)
+    socket_dir = Path(server.probe_address.removeprefix("unix:")).parent
+    try:
+        assert stat.S_IMODE(socket_dir.stat().st_mode) == 0o700
+        async with grpc.aio.insecure_channel(server.probe_address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await pb_grpc.FrontendStub(channel).Predict(
+                    pb.PredictRequest(), metadata=bearer(token), timeout=5)
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            await pb_grpc.FrontendStub(channel).Predict(  # the same call over TCP is served
+                pb.PredictRequest(), metadata=bearer(token), timeout=5)
+    finally:
+        await server.stop(None)
+    assert not socket_dir.exists()

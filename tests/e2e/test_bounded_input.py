@@ -87,6 +87,7 @@ async def test_ranks_past_numpys_limit_get_invalid_argument_not_internal(
     ("application", "x" * 129, ("application name", "--max-name-length")),
     ("context_key", "k" * 257, ("context_key", "--max-context-key-length")),
     ("query_id", "q" * 65, ("query_id", "--max-query-id-length")),
+    ("query_id", "q1\n2026-11-30 INFO forged line", ("query_id", "control characters")),
 ])
 async def test_overlong_strings_are_refused_before_any_lookup(
     stub: pb_grpc.FrontendStub, field: str, value: str, words: tuple[str, ...]

@@ -280,6 +280,35 @@ def test_the_onnx_example_is_served_from_its_model_directory(singles: Launcher,
     assert [int(tensors.decode(r.output)) for r in replies] == expected
 
 
+def test_the_banner_prints_a_top_command_that_sees_every_service(singles: Launcher,
+                                                                x_test: np.ndarray) -> None:
+    """`make run` gives every service a metrics port and lists them; the `top` command
+    its banner prints reads them, as a person at the terminal would run it."""
+    urls = (singles.state_dir / "metrics-urls").read_text().split()
+    served = digits.model_flags(singles.state_dir / "models")
+    assert len(urls) == 2 + len(served)  # selection, frontend, a container per model
+    command = next(line for line in singles.lines if "services.cli" in line
+                   and " top" in line).split()
+    app = "top-check"
+    with grpc.insecure_channel(singles.address) as channel:
+        mgmt = pb_grpc.ManagementStub(channel)
+        digits_app = mgmt.GetApplication(pb.ApplicationName(name="digits"), metadata=MGMT,
+                                         timeout=10)
+        digits_app.name = app
+        mgmt.CreateApplication(pb.ApplicationRequest(application=digits_app), metadata=MGMT,
+                               timeout=10)
+        stub = pb_grpc.FrontendStub(channel)
+        for row in x_test[:7]:
+            stub.Predict(pb.PredictRequest(application=app, input=tensors.encode(row)),
+                         timeout=10)
+    frame = subprocess.run([*command, "--once", "--interval-s", "0.5"],
+                           env={**os.environ, **ENV}, capture_output=True, text=True,
+                           check=True, timeout=60).stdout
+    row = next(line.split() for line in frame.splitlines() if line.startswith(app))
+    assert "7" in row, frame  # the frontend's metrics were read: its 7 queries
+    assert "unreadable" not in frame and "no frontend metrics" not in frame, frame
+
+
 async def test_with_one_replica_defaults_are_flagged_until_real_answers_return(
         singles: Launcher, x_test: np.ndarray) -> None:
     with singles.management() as mgmt:

@@ -75,7 +75,9 @@ def test_the_model_file_is_found_when_not_named(tmp_path: Path) -> None:
     ({"inputz": []}, "unknown key inputz"),
     ({"inputs": [{"dtype": "float99", "shape": [2]}]}, "unknown dtype"),
     ({"inputs": {"dtype": "float32"}}, "expected a list of one tensor"),
-    ({"batching": {"max_batch_size": "big"}}, "batching.max_batch_size: expected a number"),
+    ({"batching": {"max_batch_size": "big"}}, "batching.max_batch_size: expected an integer"),
+    ({"batching": {"concurrency": 1.5}}, "batching.concurrency: expected an integer"),
+    ({"batching": {"max_delay_ms": "soon"}}, "batching.max_delay_ms: expected a number"),
     ({"model": None, "name": ""}, "name: expected a non-empty string"),
     ({"warmup": {"batch_sizes": [1, 0]}}, "sizes are >= 1"),
 ])
