@@ -11,8 +11,9 @@ a missing one raises `MissingRuntime`, naming the extra.
   several, `--output label,probabilities`: then each answer is a dict of them by
   name. A model with several inputs takes each query as a dict name -> array
   (each input stacked on its own). A classifier converted with skl2onnx needs
-  `options={"zipmap": False}` for its probabilities to be a tensor. `--native-threads` sets onnxruntime's intra-op
-  threads, which do not spin between batches.
+  `options={"zipmap": False}` for its probabilities to be a tensor.
+  `--native-threads` sets onnxruntime's intra-op threads, which do not spin
+  between batches.
 - `XGBoostModel`, `LightGBMModel`: the frameworks' own booster files. `--output`
   answers as scikit-learn does: `predict` (the label of a classifier, the value of
   a regressor), `predict_proba` (a classifier's probabilities per class) or

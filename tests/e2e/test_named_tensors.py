@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,15 +17,16 @@ import numpy as np
 import pytest
 
 from services.common import tensors
+from services.common.processes import REPO_ROOT
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.generated.inference import grpc_service_pb2 as oip
 from services.generated.inference import grpc_service_pb2_grpc as oip_grpc
+from testkit import model_files
+from testkit.mesh import ENV, MGMT, Mesh
 from tests.e2e.test_inference_protocol import TRITON_CHECKS, TRITON_PYTHON
 from tests.helpers import named_models
 from tests.helpers.tools import tool_missing
-from testkit import model_files
-from testkit.mesh import MGMT, Mesh
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -183,6 +185,27 @@ def test_bad_named_specs_are_refused(mesh: Mesh, change: dict[str, Any], needle:
         mgmt.CreateApplication(pb.ApplicationRequest(application=app), metadata=MGMT, timeout=5)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert re.search(needle, err.value.details()), err.value.details()
+
+
+def test_apps_create_takes_named_inputs_and_outputs(mesh: Mesh) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "services.cli", "--frontend", mesh.address, "apps",
+             "create", *args], cwd=REPO_ROOT, env={**ENV, "PATH": "/usr/bin:/bin"},
+            capture_output=True, text=True, timeout=30)
+
+    made = cli("cli-named", "--input", "features:float32:4", "--input", "mask:bool:4",
+               "--output", "label:int64:", "--output", "probabilities:float32:3",
+               "--model", "masked")
+    assert made.returncode == 0, made.stderr
+    shown = json.loads(made.stdout)
+    assert [(t["name"], t["dtype"]) for t in shown["inputs"]] == [("features", "float32"),
+                                                                  ("mask", "bool")]
+    assert [t["name"] for t in shown["outputs"]] == ["label", "probabilities"]
+    neither = cli("cli-none", "--model", "masked")
+    assert neither.returncode != 0 and "--input NAME:DTYPE:SHAPE" in neither.stderr
+    malformed = cli("cli-bad", "--input", "features")
+    assert malformed.returncode != 0 and "expected NAME:DTYPE:SHAPE" in malformed.stderr
 
 
 # ------------------------------------------------------------------ Open Inference Protocol
