@@ -63,7 +63,7 @@ class Config:
     output: str = flag(
         "", "what the model answers: predict, predict_proba or decision_function "
         "(scikit-learn, XGBoost, LightGBM; default predict), or an ONNX model's output name "
-        "(default its first)")
+        "(default its first; several, comma-separated: named outputs)")
     name: str = flag("", "model name applications link to")
     version: str = flag("1", "model version this container serves")
     frontend: str = flag("127.0.0.1:1337",
