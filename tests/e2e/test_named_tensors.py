@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 import pytest
 
+from services.client import Client
 from services.common import tensors
 from services.common.processes import REPO_ROOT
 from services.generated.clipper.v1 import clipper_pb2 as pb
@@ -117,6 +118,15 @@ async def test_each_named_input_is_checked(
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details() is not None
     assert re.search(needle, err.value.details()), err.value.details()
+
+
+def test_the_client_library_sends_and_reads_named_tensors(mesh: Mesh) -> None:
+    with Client(mesh.address) as client:
+        answer = client.predict("masked", {"features": FEATURES[3], "mask": MASK[3]})
+    label, probabilities = model_files.masked_reference(FEATURES[3], MASK[3])
+    assert answer.output.size == 0
+    assert answer.outputs["label"].item() == label
+    np.testing.assert_allclose(answer.outputs["probabilities"], probabilities, rtol=1e-5)
 
 
 async def test_an_ensemble_combines_each_output_by_its_rule(
