@@ -66,3 +66,42 @@ def lightgbm_classifier(path: Path, regression: bool = False, binary: bool = Fal
     booster = model.fit(x, y % 2 if binary else y).booster_
     booster.save_model(str(path))
     return booster
+
+
+# Weights of `onnx_masked` (features [4] -> 3 classes).
+MASKED_WEIGHTS = np.array([[1.0, -1.0, 0.5], [0.5, 2.0, -1.0], [-1.0, 0.5, 2.0],
+                           [2.0, 0.0, -0.5]], dtype=np.float32)
+MASKED_BIAS = np.array([0.1, -0.2, 0.0], dtype=np.float32)
+
+
+def onnx_masked(path: Path) -> None:
+    """An ONNX model of two inputs and two outputs, built with onnx's helper API:
+    `features` float32[N, 4] and `mask` bool[N, 4] in; the masked features' scores
+    x W + b give `label` int64[N] (argmax) and `probabilities` float32[N, 3] (softmax).
+    `masked_reference` computes the same in numpy."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["mask"], ["mask_f"], to=TensorProto.FLOAT),
+         helper.make_node("Mul", ["features", "mask_f"], ["masked"]),
+         helper.make_node("MatMul", ["masked", "W"], ["product"]),
+         helper.make_node("Add", ["product", "b"], ["scores"]),
+         helper.make_node("Softmax", ["scores"], ["probabilities"], axis=1),
+         helper.make_node("ArgMax", ["scores"], ["label"], axis=1, keepdims=0)],
+        "masked",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 4]),
+         helper.make_tensor_value_info("mask", TensorProto.BOOL, ["N", 4])],
+        [helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(MASKED_WEIGHTS, "W"), numpy_helper.from_array(MASKED_BIAS, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.write_bytes(model.SerializeToString())
+
+
+def masked_reference(features: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(label, probabilities) of `onnx_masked` for one query or a batch, in numpy."""
+    scores = (features * mask).astype(np.float32) @ MASKED_WEIGHTS + MASKED_BIAS
+    exp = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return scores.argmax(axis=-1).astype(np.int64), (exp / exp.sum(axis=-1, keepdims=True))

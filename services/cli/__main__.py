@@ -8,6 +8,9 @@ CLIPPER_CLI_TLS_CA, CLIPPER_CLI_TLS_CERT, CLIPPER_CLI_TLS_KEY).
   apps list | get NAME | delete NAME
   apps create NAME --input-dtype float32 --input-shape 64 --slo-ms 100
                    [--policy all] [--param k=v] [--model M ...] [--default -1 --default-dtype int64]
+  apps create NAME --input features:float32:4 --input mask:bool:4
+                   [--output label:int64: --output probabilities:float32:3] ...
+                   (named inputs and outputs: NAME:DTYPE:SHAPE, shape comma-separated)
   apps create ... [--api-key-sha256 H ...] [--feedback-key-sha256 H ...]
   apps keys APP [--api-key-sha256 H ...] [--feedback-key-sha256 H ...] | --none
                    (replaces both lists)
@@ -79,8 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
         apps.add_parser(name).add_argument("name")
     create = apps.add_parser("create")
     create.add_argument("name")
-    create.add_argument("--input-dtype", required=True)
-    create.add_argument("--input-shape", required=True, help="comma-separated, -1 for any")
+    create.add_argument("--input-dtype", help="the one input's dtype (or --input)")
+    create.add_argument("--input-shape", default="", help="comma-separated, -1 for any")
+    for kind in ("input", "output"):
+        create.add_argument(f"--{kind}", action="append", default=[], type=_named_spec,
+                            metavar="NAME:DTYPE:SHAPE",
+                            help=f"a named {kind} (repeat for several); shape comma-separated, "
+                            "-1 for any, empty for a scalar")
     create.add_argument("--slo-ms", type=int, default=100)
     create.add_argument("--policy", default="static")
     create.add_argument("--param", action="append", default=[], help="policy parameter k=v")
@@ -145,6 +153,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _shape(text: str) -> list[int]:
+    return [int(d) for d in text.split(",") if d.strip()]
+
+
+def _named_spec(text: str) -> pb.TensorSpec:
+    """NAME:DTYPE:SHAPE, e.g. mask:bool:4 (shape empty: a scalar)."""
+    name, dtype, shape = [*text.split(":"), "", ""][:3]
+    if not name or not dtype or text.count(":") > 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME:DTYPE:SHAPE")
+    try:
+        return pb.TensorSpec(name=name, dtype=dtype, shape=_shape(shape))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the shape is comma-separated integers") \
+            from None
+
+
 def _values(raw: str, dtype: str, shape: str = "") -> pb.Tensor:
     array = np.array([float(v) for v in raw.split(",") if v.strip()], dtype=dtype)
     if shape:
@@ -202,10 +226,15 @@ def run(args: argparse.Namespace) -> Any:
         method = mgmt.GetApplication if command == "get" else mgmt.DeleteApplication
         return _show(method(pb.ApplicationName(name=args.name), **kw))
     if group == "apps" and command == "create":
+        if bool(args.input_dtype) == bool(args.input):
+            raise SystemExit("apps create: give --input-dtype and --input-shape (one input), "
+                             "or --input NAME:DTYPE:SHAPE for each named input")
         app = pb.Application(
             name=args.name,
-            input_spec=pb.TensorSpec(dtype=args.input_dtype,
-                                     shape=[int(d) for d in args.input_shape.split(",")]),
+            input_spec=pb.TensorSpec(dtype=args.input_dtype, shape=_shape(args.input_shape))
+            if args.input_dtype else None,
+            inputs=args.input,
+            outputs=args.output,
             slo_ms=args.slo_ms,
             policy=args.policy,
             policy_params=dict(kv.split("=", 1) for kv in args.param),

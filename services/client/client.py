@@ -9,8 +9,8 @@ applications that need one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
@@ -51,12 +51,15 @@ class Prediction:
     confidence: float
     # The models' combined answer when the default replaced it for low confidence.
     ensemble_output: np.ndarray | None = None
+    # An application with named outputs answers here, by name (and `output` is empty).
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def from_proto(cls, msg: pb.PredictResponse) -> Prediction:
         return cls(
             query_id=msg.query_id,
-            output=from_tensor(msg.output),
+            output=from_tensor(msg.output) if msg.HasField("output") else np.empty(0),
+            outputs={name: from_tensor(t) for name, t in msg.outputs.items()},
             default_used=msg.default_used,
             default_reason=msg.default_reason,
             models=tuple(msg.models),
@@ -68,10 +71,16 @@ class Prediction:
 
 
 def predict_request(
-    app: str, x: npt.ArrayLike, context_key: str, query_id: str
+    app: str, x: npt.ArrayLike | Mapping[str, npt.ArrayLike], context_key: str, query_id: str
 ) -> pb.PredictRequest:
-    return pb.PredictRequest(application=app, input=to_tensor(x), context_key=context_key,
-                             query_id=query_id)
+    """`x`: the input, or named inputs (a mapping name -> array)."""
+    request = pb.PredictRequest(application=app, context_key=context_key, query_id=query_id)
+    if isinstance(x, Mapping):
+        for name, value in x.items():
+            request.inputs[name].CopyFrom(to_tensor(value))
+    else:
+        request.input.CopyFrom(to_tensor(x))
+    return request
 
 
 def feedback_request(
@@ -117,13 +126,14 @@ class Client:
     def predict(
         self,
         app: str,
-        x: npt.ArrayLike,
+        x: npt.ArrayLike | Mapping[str, npt.ArrayLike],
         *,
         context_key: str = "",
         query_id: str = "",
         timeout_s: float | None = None,
     ) -> Prediction:
-        """Ask application `app` about input `x` (its dtype and shape must match the app's)."""
+        """Ask application `app` about input `x` (its dtype and shape must match the app's;
+        for an application with named inputs, a mapping name -> array)."""
         request = predict_request(app, x, context_key, query_id)
         try:
             reply = self._stub.Predict(request, timeout=self._timeout(timeout_s),
@@ -200,13 +210,14 @@ class AsyncClient:
     async def predict(
         self,
         app: str,
-        x: npt.ArrayLike,
+        x: npt.ArrayLike | Mapping[str, npt.ArrayLike],
         *,
         context_key: str = "",
         query_id: str = "",
         timeout_s: float | None = None,
     ) -> Prediction:
-        """Ask application `app` about input `x` (its dtype and shape must match the app's)."""
+        """Ask application `app` about input `x` (its dtype and shape must match the app's;
+        for an application with named inputs, a mapping name -> array)."""
         request = predict_request(app, x, context_key, query_id)
         try:
             reply = await self._stub.Predict(request, timeout=self._timeout(timeout_s),

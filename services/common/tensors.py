@@ -29,10 +29,12 @@ DTYPES = (*NUMERIC_DTYPES, *OBJECT_DTYPES)
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """What an input must look like; -1 in `shape` matches any size."""
+    """What an input (or output) must look like; -1 in `shape` matches any size. `name`
+    is set when it is one of several named tensors (services/common/named_tensors.py)."""
 
     dtype: str
     shape: tuple[int, ...]
+    name: str = ""
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -59,11 +61,11 @@ class TensorSpec:
 
 
 def spec_from_proto(msg: pb.TensorSpec) -> TensorSpec:
-    return TensorSpec(dtype=msg.dtype, shape=tuple(msg.shape))
+    return TensorSpec(dtype=msg.dtype, shape=tuple(msg.shape), name=msg.name)
 
 
 def spec_to_proto(spec: TensorSpec) -> pb.TensorSpec:
-    return pb.TensorSpec(dtype=spec.dtype, shape=list(spec.shape))
+    return pb.TensorSpec(dtype=spec.dtype, shape=list(spec.shape), name=spec.name)
 
 
 def dtype_name(array: np.ndarray) -> str:

@@ -2,11 +2,15 @@
 `inference.GRPCInferenceService` does, behind a servicer that only decodes and encodes
 (services/frontend/inference_servicer.py).
 
-A model here is an application: `infer` sends its one input through the same query
-path as `clipper.v1.Frontend/Predict` and answers with one output named "output". A
-version, when given, pins the version of the application's models. An input of shape
-`[N, *input shape]` is a batch of N queries answered as one `[N, ...]` output. Raw
-inputs get raw outputs; typed inputs typed outputs.
+A model here is an application: `infer` sends its inputs through the same query
+path as `clipper.v1.Frontend/Predict` and answers with its outputs. An application
+with one input takes one input tensor (of any name) and answers one output named
+"output"; one with named inputs (`Application.inputs`) takes each of them by name
+(a missing or unknown name is INVALID_ARGUMENT) and answers the outputs its models
+give, named (`Application.outputs` lists them). A version, when given, pins the
+version of the application's models. Inputs of shape `[N, *input shape]` (every
+input with the same N) are a batch of N queries answered as `[N, ...]` outputs.
+Raw inputs get raw outputs; typed inputs typed outputs.
 
 Request parameters: `timeout` (int64, microseconds) becomes the deadline when tighter
 than the SLO; `priority` is accepted; `context_key` (string) is the key the selection
@@ -20,8 +24,11 @@ from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from services.common.errors import InvalidInput, NotFound
+from services.common import named_tensors
+from services.common.errors import ClipperError, InvalidInput, NotFound
 from services.common.limits import Limits, short_repr
+from services.common.named_tensors import Value
+from services.common.tensors import TensorSpec
 from services.frontend import access
 from services.frontend import inference_tensors as oip_tensors
 from services.frontend.model_router import ModelRouter
@@ -35,15 +42,15 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 # Most rows one batched ModelInfer may carry (each row is one query).
 MAX_BATCH_ROWS = 4096
-# Most inputs, outputs or raw contents one ModelInfer may list (an application takes one).
-MAX_TENSORS = 16
+# Most inputs, outputs or raw contents one ModelInfer may list.
+MAX_TENSORS = named_tensors.MAX_NAMED
 
 
 @dataclass(frozen=True)
 class InferAnswer:
     """What ModelInfer answers: the output (rows stacked) and each row's prediction."""
 
-    output: pb.Tensor
+    outputs: dict[str, pb.Tensor]  # by output name, in the order they go out
     predictions: list[Prediction]
     raw: bool  # the input came as raw bytes: so does the output
 
@@ -89,44 +96,109 @@ class InferencePlane:
         access.authorize(app, access.QUERY)  # before any work on the input
         if request.model_version:
             _check_version(app, request.model_version, self._versions(app))
-        if len(request.inputs) != 1:
-            raise InvalidInput(f"application {app.name!r} takes one input "
-                               f"{app.input_spec.describe()}, got {len(request.inputs)}")
+        specs = input_specs(app)
+        _check_input_names(app, specs, request)
+        known_outputs = output_names(app)
         for wanted in request.outputs:
-            if wanted.name != OUTPUT_NAME:
-                raise InvalidInput(f"unknown output {short_repr(wanted.name)}: the only output is "
-                                   f"{OUTPUT_NAME!r}")
+            if wanted.name not in known_outputs:
+                raise InvalidInput(f"unknown output {short_repr(wanted.name)}: the outputs are "
+                                   f"{', '.join(map(repr, known_outputs))}")
         raw = bool(request.raw_input_contents)
-        if raw and len(request.raw_input_contents) != 1:
-            raise InvalidInput(f"expected one raw_input_contents entry per input (1), got "
-                               f"{len(request.raw_input_contents)}")
-        value = oip_tensors.to_tensor(
-            request.inputs[0], request.raw_input_contents[0] if raw else None, app.input_spec,
-            limits,
-        )
-        rows = oip_tensors.split_rows(value, app.input_spec, MAX_BATCH_ROWS, limits)
+        if raw and len(request.raw_input_contents) != len(request.inputs):
+            raise InvalidInput(f"expected one raw_input_contents entry per input "
+                               f"({len(request.inputs)}), got {len(request.raw_input_contents)}")
+        by_name = {spec.name: spec for spec in specs}
+        values: dict[str, pb.Tensor] = {}
+        split: dict[str, list[pb.Tensor] | None] = {}
+        for i, inp in enumerate(request.inputs):
+            spec = by_name.get(inp.name, specs[0])
+            value = oip_tensors.to_tensor(inp, request.raw_input_contents[i] if raw else None,
+                                          spec, limits)
+            values[spec.name] = value
+            split[spec.name] = oip_tensors.split_rows(value, spec, MAX_BATCH_ROWS, limits)
+        queries = _queries(app, values, split)
         remaining_s = _remaining_s(remaining_s, request.parameters)
         context_key = _string_param(request.parameters, "context_key")
 
-        async def predict(row: pb.Tensor, query_id: str) -> Prediction:
+        async def predict(query: Value, query_id: str) -> Prediction:
             return await self.query_path.predict(
-                app.name, row, context_key, query_id, remaining_s, request.model_version
+                app.name, query, context_key, query_id, remaining_s, request.model_version
             )
 
-        if rows is None:
-            prediction = await predict(value, request.id)
-            return InferAnswer(prediction.output, [prediction], raw)
+        if queries is None:
+            one = values if app.inputs else values[specs[0].name]
+            prediction = await predict(one, request.id)
+            return InferAnswer(_named(prediction.output), [prediction], raw)
         predictions = await _gather([
-            predict(row, f"{request.id}/{i}" if request.id else "")
-            for i, row in enumerate(rows)
+            predict(query, f"{request.id}/{i}" if request.id else "")
+            for i, query in enumerate(queries)
         ])
-        return InferAnswer(oip_tensors.stack_rows([p.output for p in predictions]),
-                           predictions, raw)
+        return InferAnswer(_stack([_named(p.output) for p in predictions]), predictions, raw)
 
     def _versions(self, app: Application) -> list[str]:
         """Every known version of the application's linked models."""
         models = self.registry.models
         return sorted({v for m in app.linked_models if m in models for v in models[m].versions})
+
+
+def input_specs(app: Application) -> tuple[TensorSpec, ...]:
+    """The application's inputs as OIP names them: its named inputs, or its one input
+    named "input"."""
+    if app.inputs:
+        return app.inputs
+    assert app.input_spec is not None
+    return (TensorSpec(app.input_spec.dtype, app.input_spec.shape, INPUT_NAME),)
+
+
+def output_names(app: Application) -> list[str]:
+    """The outputs an answer may carry: the declared ones, else "output"."""
+    return [spec.name for spec in app.outputs] or [OUTPUT_NAME]
+
+
+def _check_input_names(app: Application, specs: tuple[TensorSpec, ...],
+                       request: oip.ModelInferRequest) -> None:
+    if app.inputs:
+        names = [inp.name for inp in request.inputs]
+        if len(set(names)) != len(names):
+            raise InvalidInput(f"input {short_repr(names[0])} given more than once")
+        named_tensors.check_names(specs, names)
+    elif len(request.inputs) != 1:
+        raise InvalidInput(f"application {app.name!r} takes one input "
+                           f"{specs[0].describe()}, got {len(request.inputs)}")
+
+
+def _queries(app: Application, values: dict[str, pb.Tensor],
+             split: dict[str, list[pb.Tensor] | None]) -> list[Value] | None:
+    """One query per row of a batch (None: the inputs are one query); every input
+    must be one query, or a batch of the same N."""
+    counts = {name: None if rows is None else len(rows) for name, rows in split.items()}
+    if len(set(counts.values())) > 1:
+        described = ", ".join(f"{short_repr(n)}: {'one query' if c is None else f'{c} rows'}"
+                              for n, c in counts.items())
+        raise InvalidInput(f"the inputs disagree on the batch ({described}); every input "
+                           "carries one query, or N rows of the same N")
+    if next(iter(counts.values())) is None:
+        return None
+    rows = {name: batch for name, batch in split.items() if batch is not None}
+    count = len(next(iter(rows.values())))
+    if not app.inputs:
+        return list(next(iter(rows.values())))
+    return [{name: batch[i] for name, batch in rows.items()} for i in range(count)]
+
+
+def _named(output: Value) -> dict[str, pb.Tensor]:
+    return {OUTPUT_NAME: output} if isinstance(output, pb.Tensor) else dict(output)
+
+
+def _stack(answers: list[dict[str, pb.Tensor]]) -> dict[str, pb.Tensor]:
+    """Each output's rows stacked; every row must have answered the same outputs."""
+    names = list(answers[0])
+    for answer in answers[1:]:
+        if sorted(answer) != sorted(names):
+            raise ClipperError(f"rows of the batch were answered with outputs "
+                               f"{', '.join(sorted(names))} and {', '.join(sorted(answer))}; "
+                               "send them as separate requests")
+    return {name: oip_tensors.stack_rows([a[name] for a in answers]) for name in names}
 
 
 def _check_version(app: Application, version: str, versions: list[str]) -> None:

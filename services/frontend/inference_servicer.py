@@ -15,11 +15,11 @@ import grpc
 from services.common.errors import handle_errors
 from services.frontend import inference_tensors as oip_tensors
 from services.frontend.inference_plane import (
-    INPUT_NAME,
     OUTPUT_NAME,
     InferAnswer,
     InferencePlane,
     ModelInfo,
+    input_specs,
 )
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.inference import grpc_service_pb2 as oip
@@ -72,18 +72,23 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
 
 
 def _metadata_response(info: ModelInfo) -> oip.ModelMetadataResponse:
-    spec = info.app.input_spec
+    app = info.app
     response = oip.ModelMetadataResponse(
-        name=info.app.name,
+        name=app.name,
         versions=info.versions,
         platform=PLATFORM,
         inputs=[oip.ModelMetadataResponse.TensorMetadata(
-            name=INPUT_NAME, datatype=oip_tensors.datatype(spec.dtype), shape=spec.shape,
-        )],
+            name=spec.name, datatype=oip_tensors.datatype(spec.dtype), shape=spec.shape,
+        ) for spec in input_specs(app)],
     )
+    if app.outputs:
+        response.outputs.extend(oip.ModelMetadataResponse.TensorMetadata(
+            name=spec.name, datatype=oip_tensors.datatype(spec.dtype), shape=spec.shape,
+        ) for spec in app.outputs)
+        return response
     output = response.outputs.add(name=OUTPUT_NAME, shape=[-1])
-    if info.app.default_output is not None:  # the only output type the frontend knows
-        default = pb.Tensor.FromString(info.app.default_output)
+    default = app.default_value() if app.default_output is not None else None
+    if isinstance(default, pb.Tensor):  # the only output type the frontend knows
         output.datatype = oip_tensors.datatype(default.dtype)
         output.shape[:] = default.shape
     return response
@@ -94,10 +99,15 @@ def _infer_response(request: oip.ModelInferRequest,
     response = oip.ModelInferResponse(
         model_name=request.model_name, model_version=request.model_version, id=request.id
     )
-    out, raw_bytes = oip_tensors.to_output(answer.output, OUTPUT_NAME, answer.raw)
-    response.outputs.append(out)
-    if raw_bytes is not None:
-        response.raw_output_contents.append(raw_bytes)
+    wanted = {o.name for o in request.outputs}
+    outputs = {n: v for n, v in answer.outputs.items() if not wanted or n in wanted}
+    # Raw contents go for every output or none: all raw if one travels only raw (FP16).
+    raw = answer.raw or any(v.dtype not in oip_tensors.CONTENTS_FIELD for v in outputs.values())
+    for name, value in outputs.items():
+        out, raw_bytes = oip_tensors.to_output(value, name, raw)
+        response.outputs.append(out)
+        if raw_bytes is not None:
+            response.raw_output_contents.append(raw_bytes)
     defaults = [p for p in answer.predictions if p.default_used]
     params = response.parameters
     params["default_used"].bool_param = bool(defaults)

@@ -8,16 +8,17 @@ that the caller's model and replica secret match the replica.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import grpc
 
 from services import policies
-from services.common import tensors
+from services.common import named_tensors, tensors
 from services.common.auth import current_caller, require_model
 from services.common.credentials import sha256_hex
 from services.common.errors import InvalidInput, Unavailable, handle_errors
 from services.common.limits import DEFAULT_LIMITS, Limits, short_repr
-from services.common.tensors import spec_from_proto, spec_to_proto
+from services.common.tensors import TensorSpec, spec_from_proto, spec_to_proto
 from services.frontend.access import key_hashes
 from services.frontend.model_router import ModelRouter
 from services.frontend.records import Application, ModelRecord, ReplicaRecord, check_owner
@@ -167,10 +168,13 @@ class RegistryServicer(pb_grpc.RegistryServicer):
             if not value:
                 raise InvalidInput(f"announce needs a {field}")
         require_model(current_caller(), request.model)
+        limits = self.registry.limits
         spec = spec_from_proto(request.input_spec) if request.input_spec.dtype else None
+        inputs = named_tensors.specs_from_proto(request.inputs, "inputs", limits)
+        outputs = named_tensors.specs_from_proto(request.outputs, "outputs", limits)
         record = ReplicaRecord(request.replica_id, request.model, request.version,
                                request.address, sha256_hex(request.replica_secret))
-        await self.registry.announce(record, spec)
+        await self.registry.announce(record, spec, inputs, outputs)
         return pb.AnnounceResponse(heartbeat_ms=self.heartbeat_ms)
 
     @handle_errors
@@ -192,8 +196,14 @@ class RegistryServicer(pb_grpc.RegistryServicer):
 def application_from_proto(msg: pb.Application, limits: Limits = DEFAULT_LIMITS) -> Application:
     """The domain application, validated against `limits` (names and sizes first)."""
     limits.check_name("application", msg.name)
-    if not msg.input_spec.dtype:
-        raise InvalidInput("application needs an input_spec (dtype and shape)")
+    inputs = named_tensors.specs_from_proto(msg.inputs, "inputs", limits)
+    outputs = named_tensors.specs_from_proto(msg.outputs, "outputs", limits)
+    if inputs and msg.input_spec.dtype:
+        raise InvalidInput("application has both an input_spec and named inputs: give one "
+                           "(input_spec for one input, inputs for several by name)")
+    if not inputs and not msg.input_spec.dtype:
+        raise InvalidInput("application needs an input_spec (dtype and shape), or named "
+                           "inputs")
     if len(msg.input_spec.shape) > limits.rank:
         raise InvalidInput(f"input_spec of rank {len(msg.input_spec.shape)} exceeds the limit "
                            f"of {limits.rank} dimensions (--max-rank)")
@@ -218,15 +228,15 @@ def application_from_proto(msg: pb.Application, limits: Limits = DEFAULT_LIMITS)
     if not (0.0 <= msg.client_quota_qps < math.inf):
         raise InvalidInput(f"client_quota_qps must be >= 0 (0: the frontend's default), "
                            f"got {msg.client_quota_qps}")
-    if msg.confidence_threshold > 0 and not msg.HasField("default_output"):
+    has_default = msg.HasField("default_output") or bool(msg.default_outputs)
+    if msg.confidence_threshold > 0 and not has_default:
         raise InvalidInput("a confidence_threshold needs a default_output to serve below it")
-    default = None
-    if msg.HasField("default_output"):
-        tensors.decode(msg.default_output, limits)
-        default = msg.default_output.SerializeToString()
+    default = _default_output(msg, outputs, limits)
     return Application(
         name=msg.name,
-        input_spec=spec_from_proto(msg.input_spec),
+        input_spec=spec_from_proto(msg.input_spec) if msg.input_spec.dtype else None,
+        inputs=inputs,
+        outputs=outputs,
         slo_ms=msg.slo_ms,
         policy=policy,
         policy_params=dict(msg.policy_params),
@@ -241,10 +251,36 @@ def application_from_proto(msg: pb.Application, limits: Limits = DEFAULT_LIMITS)
     )
 
 
+def _default_output(msg: pb.Application, outputs: tuple[TensorSpec, ...],
+                    limits: Limits) -> bytes | None:
+    """The default as the record keeps it: one tensor (`default_output`), or, for an
+    application with named outputs, one per output (`default_outputs`)."""
+    if msg.HasField("default_output") and msg.default_outputs:
+        raise InvalidInput("give default_output (one output) or default_outputs (named "
+                           "outputs), not both")
+    if msg.default_outputs:
+        if not outputs:
+            raise InvalidInput("default_outputs are for an application with named outputs; "
+                               "declare its outputs, or give one default_output")
+        named_tensors.check_names(outputs, msg.default_outputs, "default output")
+        named_tensors.decode_any(msg.default_outputs, limits)
+        return named_tensors.to_bytes(msg.default_outputs)
+    if msg.HasField("default_output"):
+        if len(outputs) > 1:
+            names = named_tensors.describe(outputs)
+            raise InvalidInput(f"an application with named outputs ({names}) takes "
+                               "default_outputs, one per output, not default_output")
+        tensors.decode(msg.default_output, limits)
+        return named_tensors.to_bytes(msg.default_output)
+    return None
+
+
 def application_to_proto(app: Application) -> pb.Application:
     msg = pb.Application(
         name=app.name,
-        input_spec=spec_to_proto(app.input_spec),
+        input_spec=spec_to_proto(app.input_spec) if app.input_spec else None,
+        inputs=[spec_to_proto(s) for s in app.inputs],
+        outputs=[spec_to_proto(s) for s in app.outputs],
         slo_ms=app.slo_ms,
         policy=app.policy,
         policy_params=app.policy_params,
@@ -257,13 +293,24 @@ def application_to_proto(app: Application) -> pb.Application:
         client_quota_burst=app.client_quota_burst,
     )
     if app.default_output is not None:
-        msg.default_output.ParseFromString(app.default_output)
+        default = app.default_value()
+        if isinstance(default, pb.Tensor):
+            msg.default_output.CopyFrom(default)
+        else:
+            for name, tensor in default.items():
+                msg.default_outputs[name].CopyFrom(tensor)
     return msg
 
 
 def model_to_proto(model: ModelRecord) -> pb.Model:
-    versions = [
-        pb.ModelVersion(version=v, input_spec=pb.TensorSpec(**spec) if spec else None)
-        for v, spec in sorted(model.versions.items())
-    ]
+    versions = [_version_to_proto(v, spec) for v, spec in sorted(model.versions.items())]
     return pb.Model(name=model.name, active_version=model.active_version, versions=versions)
+
+
+def _version_to_proto(version: str, spec: dict[str, Any]) -> pb.ModelVersion:
+    msg = pb.ModelVersion(version=version)
+    if "dtype" in spec:
+        msg.input_spec.CopyFrom(pb.TensorSpec(dtype=spec["dtype"], shape=spec["shape"]))
+    msg.inputs.extend(pb.TensorSpec(**t) for t in spec.get("inputs", ()))
+    msg.outputs.extend(pb.TensorSpec(**t) for t in spec.get("outputs", ()))
+    return msg

@@ -15,10 +15,10 @@ from collections.abc import Awaitable
 from opentelemetry.trace import Span
 
 from services.common import tracing
+from services.common.named_tensors import Value
 from services.frontend.prediction_cache import PredictionCache
 from services.frontend.registry import Registry
 from services.frontend.replica_table import ReplicaStatus, ReplicaTable
-from services.generated.clipper.v1 import clipper_pb2 as pb
 
 
 class ModelRouter:
@@ -45,8 +45,8 @@ class ModelRouter:
         """Whether some replica of the model's version is connected."""
         return bool(self.replicas.candidates(model, pinned))
 
-    async def ask(self, model: str, value: pb.Tensor, deadline: float,
-                  pinned: str = "") -> tuple[str, pb.Tensor]:
+    async def ask(self, model: str, value: Value, deadline: float,
+                  pinned: str = "") -> tuple[str, Value]:
         """("model:version", output): the cached answer, else a replica's."""
         version = self.version_of(model, pinned)
         fetch = functools.partial(self.replicas.query, model, value, deadline, version)
@@ -58,7 +58,7 @@ class ModelRouter:
             return await _traced(span, self.cache.answer(model, version, value, deadline, fetch))
 
 
-async def _traced(span: Span, asking: Awaitable[tuple[str, pb.Tensor]]) -> tuple[str, pb.Tensor]:
+async def _traced(span: Span, asking: Awaitable[tuple[str, Value]]) -> tuple[str, Value]:
     """The model's answer, its span saying who served it or that it came too late."""
     try:
         served_by, output = await asking

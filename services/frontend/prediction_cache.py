@@ -31,15 +31,16 @@ from aiocache.base import BaseCache
 from aiocache.plugins import BasePlugin
 from aiocache.serializers import BaseSerializer
 
-from services.common import clock, tracing
+from services.common import clock, named_tensors, tracing
 from services.common.errors import ClipperError
+from services.common.named_tensors import Value
 from services.common.redis_url import CACHE_SCHEMES, connection_kwargs, redact_url
 from services.frontend import metrics
 from services.generated.clipper.v1 import clipper_pb2 as pb
 
 logger = logging.getLogger(__name__)
 
-Fetch = Callable[[], Awaitable[tuple[str, pb.Tensor]]]
+Fetch = Callable[[], Awaitable[tuple[str, Value]]]
 # Longest a cache read may take on the query path (a miss after that), and a write.
 READ_TIMEOUT_S = 0.01
 WRITE_TIMEOUT_S = 1.0
@@ -73,8 +74,11 @@ class EntryBound(BasePlugin):  # type: ignore[misc]
             await client.delete(oldest)
 
 
-def input_digest(value: pb.Tensor) -> str:
-    """Hash of an input tensor's dtype, shape and contents (no re-encoding)."""
+def input_digest(value: Value) -> str:
+    """Hash of an input tensor's dtype, shape and contents (no re-encoding); of named
+    tensors, of their names and each one's hash."""
+    if not isinstance(value, pb.Tensor):
+        return named_tensors.digest_named(value, input_digest)
     h = hashlib.blake2b(digest_size=16)
     h.update(value.dtype.encode())
     h.update(repr(list(value.shape)).encode())
@@ -98,7 +102,7 @@ class PredictionCache:
         self.ttl_s = ttl_s
         self.hits = 0
         self.coalesced = 0
-        self._inflight: dict[str, asyncio.Future[tuple[str, pb.Tensor]]] = {}
+        self._inflight: dict[str, asyncio.Future[tuple[str, Value]]] = {}
         self._writes: set[asyncio.Task[None]] = set()
         self._warned_at = -math.inf
 
@@ -124,8 +128,8 @@ class PredictionCache:
         raise ValueError(f"cache {redact_url(url)!r}: expected memory, none or "
                          "redis[s]://[[USER]:PASSWORD@]HOST:PORT/DB")
 
-    async def answer(self, model: str, version: str, value: pb.Tensor, deadline: float,
-                     fetch: Fetch) -> tuple[str, pb.Tensor]:
+    async def answer(self, model: str, version: str, value: Value, deadline: float,
+                     fetch: Fetch) -> tuple[str, Value]:
         """The cached answer of model:version for this input, else `fetch()`.
 
         Identical queries in flight share one fetch (bounded by the deadline of the
@@ -143,9 +147,7 @@ class PredictionCache:
         if cached is not None:
             self.hits += 1
             metrics.cache_hits.add(1, {"model": model})
-            output = pb.Tensor()
-            output.ParseFromString(cached)
-            return f"{model}:{version}", output
+            return f"{model}:{version}", named_tensors.from_bytes(cached)
         inflight = self._inflight.get(key)
         if inflight is None:
             inflight = asyncio.ensure_future(self._fetch_and_keep(key, fetch))
@@ -191,13 +193,13 @@ class PredictionCache:
         for cache in {id(c): c for c in (self.answers, self.queries) if c is not None}.values():
             await cache.close()
 
-    async def _fetch_and_keep(self, key: str, fetch: Fetch) -> tuple[str, pb.Tensor]:
+    async def _fetch_and_keep(self, key: str, fetch: Fetch) -> tuple[str, Value]:
         served_by, output = await fetch()
         assert self.answers is not None
-        await self._set(self.answers, key, output.SerializeToString())
+        await self._set(self.answers, key, named_tensors.to_bytes(output))
         return served_by, output
 
-    def _forget(self, key: str, future: asyncio.Future[tuple[str, pb.Tensor]]) -> None:
+    def _forget(self, key: str, future: asyncio.Future[tuple[str, Value]]) -> None:
         self._inflight.pop(key, None)
         if not future.cancelled():
             future.exception()  # retrieved: nobody may be waiting any more

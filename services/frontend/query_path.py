@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.common import clock, telemetry, tensors, tracing
+from services.common import clock, named_tensors, telemetry, tensors, tracing
 from services.common.admission import Admission, AdmissionLimits
 from services.common.auth import current_caller
 from services.common.errors import (
@@ -38,6 +38,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.limits import DEFAULT_LIMITS, Limits
+from services.common.named_tensors import Value
 from services.frontend import access, metrics, query_trace
 from services.frontend.access_log import AccessLog
 from services.frontend.combine import Answer, combine
@@ -71,14 +72,14 @@ def answer_deadline(slo_ms: int, client_remaining_s: float | None, now: float,
 @dataclass
 class Prediction:
     query_id: str
-    output: pb.Tensor
+    output: Value  # one tensor, or named outputs
     default_used: bool = False
     default_reason: str = ""
     models: list[str] = field(default_factory=list)
     missing_models: list[str] = field(default_factory=list)
     confidence: float = 0.0
     # The models' combined answer when the default replaced it for low confidence.
-    ensemble_output: pb.Tensor | None = None
+    ensemble_output: Value | None = None
     # For metrics: deadline, low_confidence, error or overload.
     default_cause: str = ""
     # For admission: a model was still unanswered at the deadline or refused for load
@@ -128,15 +129,31 @@ class QueryPath:
             self.feedback = functools.partial(  # type: ignore[method-assign]
                 query_trace.observed_feedback, self, QueryPath.feedback)
 
-    def validate(self, app: Application, value: pb.Tensor) -> None:
-        """Raise InvalidInput unless `value` is a tensor the application takes."""
+    def validate(self, app: Application, value: Value) -> None:
+        """Raise InvalidInput unless `value` is the input (or named inputs) the
+        application takes."""
+        why = "; the application does not allow them (allow_non_finite)"
+        if app.inputs:
+            if isinstance(value, pb.Tensor):
+                raise InvalidInput(
+                    f"application {app.name!r} takes named inputs "
+                    f"({named_tensors.describe(app.inputs)}): send them in `inputs`"
+                    + ("" if not value.dtype and not value.shape else ", not `input`"))
+            arrays = named_tensors.decode(value, app.inputs, self.limits)
+            if not app.allow_non_finite:
+                for name, array in arrays.items():
+                    _require_finite(array, f"input {name!r}", why)
+            return
+        assert app.input_spec is not None
+        if not isinstance(value, pb.Tensor):
+            raise InvalidInput(f"application {app.name!r} takes one input "
+                               f"{app.input_spec.describe()}: send it in `input`, not `inputs`")
         if not value.dtype and not value.shape:
             raise InvalidInput(f"missing input: expected a tensor {app.input_spec.describe()}")
         array = tensors.decode(value, self.limits)
         app.input_spec.check(array)
         if not app.allow_non_finite:
-            _require_finite(array, "input", "; the application does not allow them "
-                                           "(allow_non_finite)")
+            _require_finite(array, "input", why)
 
     def _check_request(self, app_name: str, context_key: str, query_id: str) -> Application:
         """The application, once the request's strings are within their limits."""
@@ -149,7 +166,7 @@ class QueryPath:
     async def predict(
         self,
         app_name: str,
-        value: pb.Tensor,
+        value: Value,
         context_key: str = "",
         query_id: str = "",
         client_remaining_s: float | None = None,
@@ -182,7 +199,7 @@ class QueryPath:
     async def _predict(
         self,
         app_name: str,
-        value: pb.Tensor,
+        value: Value,
         context_key: str,
         query_id: str,
         client_remaining_s: float | None,
@@ -217,7 +234,7 @@ class QueryPath:
             return prediction
 
     async def _answer(
-        self, app: Application, value: pb.Tensor, context_key: str, query_id: str,
+        self, app: Application, value: Value, context_key: str, query_id: str,
         deadline: float, version: str,
     ) -> Prediction:
         """Select, fan out and combine, for an admitted query."""
@@ -241,10 +258,10 @@ class QueryPath:
         """The answer from what the models gave (kept for feedback), or the default."""
         if not fan.answers:
             return self._fallback(app, query_id, fan)
-        combined = combine(fan.answers)
+        combined = combine(fan.answers, app.outputs)
         self.cache.remember_query(query_id, pb.RecentQuery(
             application=app.name, context_key=context_key,
-            outputs={a.model: a.output for a in fan.answers},
+            outputs={a.model: named_tensors.first(a.output, app.outputs) for a in fan.answers},
             weights={a.model: a.weight for a in fan.answers},
             versions=_answering_versions(fan.answers),
             trace_context=tracing.carrier() if tracing.enabled else None,
@@ -259,7 +276,7 @@ class QueryPath:
         )
         if combined.confidence < app.confidence_threshold and app.default_output is not None:
             prediction.ensemble_output = prediction.output
-            prediction.output = app.default_tensor()
+            prediction.output = app.default_value()
             prediction.default_used = True
             prediction.default_cause = "low_confidence"
             prediction.default_reason = (
@@ -273,7 +290,7 @@ class QueryPath:
         app_name: str,
         context_key: str,
         query_id: str,
-        value: pb.Tensor | None,
+        value: Value | None,
         label: pb.Tensor,
         client_remaining_s: float | None = None,
     ) -> list[str]:
@@ -310,7 +327,7 @@ class QueryPath:
             fan = await self._fan_out(candidates, value, deadline)
             if not fan.answers:
                 raise Unavailable(f"no model of {app_name!r} answered to score the feedback")
-            outputs = {a.model: a.output for a in fan.answers}
+            outputs = {a.model: named_tensors.first(a.output, app.outputs) for a in fan.answers}
             versions.update(_answering_versions(fan.answers))
         else:
             raise InvalidInput("feedback needs a query_id or an input")
@@ -318,7 +335,7 @@ class QueryPath:
         return sorted(outputs)
 
     async def _fan_out(
-        self, decision: list[tuple[str, float]], value: pb.Tensor, deadline: float,
+        self, decision: list[tuple[str, float]], value: Value, deadline: float,
         version: str = "",
     ) -> _FanOut:
         weights = dict(decision)
@@ -371,7 +388,7 @@ class QueryPath:
 def _default(app: Application, query_id: str, reason: str, cause: str,
              missing: list[str] | None = None) -> Prediction:
     """The application's default output, flagged with why it went out."""
-    return Prediction(query_id=query_id, output=app.default_tensor(), default_used=True,
+    return Prediction(query_id=query_id, output=app.default_value(), default_used=True,
                       default_reason=reason, default_cause=cause, missing_models=missing or [])
 
 

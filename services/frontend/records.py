@@ -8,22 +8,25 @@ import base64
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from services.common import named_tensors
 from services.common.credentials import same
 from services.common.errors import PermissionDenied
-from services.common.kv_store import Value
+from services.common.kv_store import Value as StoredValue
+from services.common.named_tensors import Value
 from services.common.tensors import TensorSpec
-from services.generated.clipper.v1 import clipper_pb2 as pb
 
 
 @dataclass(frozen=True)
 class Application:
     name: str
-    input_spec: TensorSpec
+    # The one input; None when the application takes named inputs (`inputs`).
+    input_spec: TensorSpec | None
     slo_ms: int
     policy: str = "static"
     policy_params: dict[str, str] = field(default_factory=dict)
     linked_models: tuple[str, ...] = ()
-    # Serialized clipper.v1.Tensor, or None when the application has no default.
+    # The default output as named_tensors.to_bytes keeps it (a serialized
+    # clipper.v1.Tensor, or named tensors), or None when the application has no default.
     default_output: bytes | None = None
     # Below this combined confidence the default output is served instead (0: off).
     confidence_threshold: float = 0.0
@@ -37,19 +40,22 @@ class Application:
     # second's worth). See services/frontend/quotas.py.
     client_quota_qps: float = 0.0
     client_quota_burst: int = 0
+    # Named inputs and outputs (services/common/named_tensors.py); empty: one of each.
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
     # How many times the stored record was written (see the module docstring).
     rev: int = 0
 
-    def default_tensor(self) -> pb.Tensor:
+    def default_value(self) -> Value:
         if self.default_output is None:
             raise ValueError(f"application {self.name!r} has no default output")
-        output = pb.Tensor()
-        output.ParseFromString(self.default_output)
-        return output
+        return named_tensors.from_bytes(self.default_output)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        data["input_spec"] = {"dtype": self.input_spec.dtype, "shape": list(self.input_spec.shape)}
+        data["input_spec"] = _spec_json(self.input_spec) if self.input_spec else None
+        data["inputs"] = [_spec_json(s) for s in self.inputs]
+        data["outputs"] = [_spec_json(s) for s in self.outputs]
         data["linked_models"] = list(self.linked_models)
         data["api_key_sha256"] = list(self.api_key_sha256)
         data["feedback_key_sha256"] = list(self.feedback_key_sha256)
@@ -63,7 +69,7 @@ class Application:
         default = data.get("default_output")
         return cls(
             name=data["name"],
-            input_spec=TensorSpec(data["input_spec"]["dtype"], tuple(data["input_spec"]["shape"])),
+            input_spec=_spec(data["input_spec"]) if data.get("input_spec") else None,
             slo_ms=int(data["slo_ms"]),
             policy=data.get("policy", "static"),
             policy_params=dict(data.get("policy_params", {})),
@@ -75,15 +81,29 @@ class Application:
             feedback_key_sha256=tuple(data.get("feedback_key_sha256", ())),
             client_quota_qps=float(data.get("client_quota_qps", 0.0)),
             client_quota_burst=int(data.get("client_quota_burst", 0)),
+            inputs=tuple(_spec(s) for s in data.get("inputs", ())),
+            outputs=tuple(_spec(s) for s in data.get("outputs", ())),
             rev=int(data.get("rev", 0)),
         )
+
+
+def _spec_json(spec: TensorSpec) -> dict[str, Any]:
+    data: dict[str, Any] = {"dtype": spec.dtype, "shape": list(spec.shape)}
+    if spec.name:
+        data["name"] = spec.name
+    return data
+
+
+def _spec(data: dict[str, Any]) -> TensorSpec:
+    return TensorSpec(data["dtype"], tuple(data["shape"]), data.get("name", ""))
 
 
 @dataclass(frozen=True)
 class ModelRecord:
     name: str
     active_version: str
-    # version -> input spec as {"dtype", "shape"} (empty dict when undeclared)
+    # version -> input spec as {"dtype", "shape"} (empty dict when undeclared), or, for
+    # named tensors, {"inputs": [{"name", "dtype", "shape"}...], "outputs": [...]}
     versions: dict[str, dict[str, Any]] = field(default_factory=dict)
     # How many times the stored record was written (see the module docstring).
     rev: int = 0
@@ -117,9 +137,9 @@ _REPLICA_FIELDS = frozenset(f.name for f in fields(ReplicaRecord))
 _MODEL_FIELDS = frozenset(f.name for f in fields(ModelRecord))
 
 
-def replica_record(data: Value) -> ReplicaRecord:
+def replica_record(data: StoredValue) -> ReplicaRecord:
     return ReplicaRecord(**{k: v for k, v in data.items() if k in _REPLICA_FIELDS})
 
 
-def model_record(data: Value) -> ModelRecord:
+def model_record(data: StoredValue) -> ModelRecord:
     return ModelRecord(**{k: v for k, v in data.items() if k in _MODEL_FIELDS})

@@ -310,7 +310,9 @@ class Registry:
 
     # ------------------------------------------------------------ replicas
 
-    async def announce(self, replica: ReplicaRecord, input_spec: TensorSpec | None) -> None:
+    async def announce(self, replica: ReplicaRecord, input_spec: TensorSpec | None,
+                       inputs: tuple[TensorSpec, ...] = (),
+                       outputs: tuple[TensorSpec, ...] = ()) -> None:
         """Record a heartbeat; a new model or version is added (the first version is active).
 
         Memory first, then the store: if the store is down, the replica stays live
@@ -325,7 +327,12 @@ class Registry:
                         replica.replica_id[:8], replica.model, replica.version, replica.address)
             self._replicas_changed()
         beat = new_beat()
-        spec = {"dtype": input_spec.dtype, "shape": list(input_spec.shape)} if input_spec else {}
+        spec: dict[str, Any] = (
+            {"dtype": input_spec.dtype, "shape": list(input_spec.shape)} if input_spec else {})
+        for key, named in (("inputs", inputs), ("outputs", outputs)):
+            if named:
+                spec[key] = [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)}
+                             for t in named]
 
         def claim(current: Value | None) -> Value:
             # Checked again in the store: another frontend may know the id already.

@@ -19,6 +19,7 @@ from services.common import clock, tracing
 from services.common.auth import bearer
 from services.common.channels import DEFAULT_MAX_MESSAGE_BYTES
 from services.common.errors import DeadlineExpired, error_from_code
+from services.common.named_tensors import Value
 from services.common.stream_client import Metadata, StreamClient
 from services.common.tls import ClientTLS
 from services.frontend.outliers import ReplicaHealth
@@ -35,13 +36,17 @@ class _Outgoing:
     """A query waiting to be written; its budget is counted then, not when it was queued."""
 
     id: int
-    input: pb.Tensor
+    input: Value  # one tensor, or named ones
     deadline: float
     trace_context: tracing.Carrier | None = None  # when the query is traced
     size: int = field(init=False)  # encoded, as a ContainerQuery (at most)
 
     def __post_init__(self) -> None:
-        size = self.input.ByteSize() + 6 + _QUERY_FIELDS_BYTES
+        if isinstance(self.input, pb.Tensor):
+            size = self.input.ByteSize() + 6 + _QUERY_FIELDS_BYTES
+        else:
+            size = _QUERY_FIELDS_BYTES + sum(len(k) + t.ByteSize() + 12
+                                             for k, t in self.input.items())
         if self.trace_context:
             size += sum(len(k) + len(v) + 6 for k, v in self.trace_context.items())
         object.__setattr__(self, "size", size)
@@ -49,12 +54,16 @@ class _Outgoing:
 
 def _request(queries: list[_Outgoing]) -> pb.ContainerRequest:
     now = clock.now()
-    return pb.ContainerRequest(queries=[
-        pb.ContainerQuery(id=q.id, input=q.input,
-                          budget_us=max(int((q.deadline - now - clock.REPLY_MARGIN_S) * 1e6), 0),
-                          trace_context=q.trace_context)
-        for q in queries
-    ])
+    return pb.ContainerRequest(queries=[_query(q, now) for q in queries])
+
+
+def _query(q: _Outgoing, now: float) -> pb.ContainerQuery:
+    budget_us = max(int((q.deadline - now - clock.REPLY_MARGIN_S) * 1e6), 0)
+    if isinstance(q.input, pb.Tensor):
+        return pb.ContainerQuery(id=q.id, input=q.input, budget_us=budget_us,
+                                 trace_context=q.trace_context)
+    return pb.ContainerQuery(id=q.id, inputs=q.input, budget_us=budget_us,
+                             trace_context=q.trace_context)
 
 
 def _size(query: _Outgoing) -> int:
@@ -122,8 +131,8 @@ class ReplicaClient:
     async def aclose(self) -> None:
         await self._stream.aclose()
 
-    async def query(self, value: pb.Tensor, deadline: float,
-                    trace_context: tracing.Carrier | None = None) -> pb.Tensor:
+    async def query(self, value: Value, deadline: float,
+                    trace_context: tracing.Carrier | None = None) -> Value:
         """Send one query; return the replica's output or raise its error."""
         if tracing.enabled and trace_context is None and tracing.active():
             return await self._traced_query(value, deadline)
@@ -133,11 +142,14 @@ class ReplicaClient:
                 query_id, _Outgoing(query_id, value, deadline, trace_context), deadline)
         except TimeoutError:
             raise DeadlineExpired(f"{self.record.address} did not answer in time") from None
-        if reply.WhichOneof("result") == "output":
+        result = reply.WhichOneof("result")
+        if result == "output":
             return reply.output
+        if result == "outputs":
+            return dict(reply.outputs.tensors)
         raise error_from_code(reply.error.code, reply.error.message)
 
-    async def _traced_query(self, value: pb.Tensor, deadline: float) -> pb.Tensor:
+    async def _traced_query(self, value: Value, deadline: float) -> Value:
         """`query` in its span (`clipper.replica`), whose context the query carries."""
         with tracing.tracer().start_as_current_span(
                 "clipper.replica", kind=SpanKind.CLIENT,

@@ -26,12 +26,12 @@ from services.common import clock
 from services.common.channels import DEFAULT_MAX_MESSAGE_BYTES
 from services.common.credentials import container_token, replica_credential
 from services.common.errors import ClipperError, DeadlineExpired, Overloaded, Unavailable
+from services.common.named_tensors import Value
 from services.common.tasks import BackgroundTask
 from services.common.tls import ClientTLS
 from services.frontend import metrics
 from services.frontend.registry import Registry
 from services.frontend.replica_client import ReplicaClient
-from services.generated.clipper.v1 import clipper_pb2 as pb
 
 logger = logging.getLogger(__name__)
 
@@ -136,14 +136,14 @@ class ReplicaTable:
         ]
 
     async def query(
-        self, model: str, value: pb.Tensor, deadline: float, version: str = "",
-    ) -> tuple[str, pb.Tensor]:
+        self, model: str, value: Value, deadline: float, version: str = "",
+    ) -> tuple[str, Value]:
         """Answer from one replica of `model` (active version, or `version`).
 
         Returns ("name:version", output)."""
         self.hedges.earn()
         tried: set[str] = set()
-        attempts: dict[asyncio.Task[pb.Tensor], ReplicaClient] = {}
+        attempts: dict[asyncio.Task[Value], ReplicaClient] = {}
         last_error: ClipperError | None = None
         hedge_at, hedged = math.inf, False  # one hedge at most
 
@@ -199,8 +199,8 @@ class ReplicaTable:
         pool = serving or (fresh if allow_ejected else [])
         return choose(pool) if pool else None
 
-    async def _attempt(self, client: ReplicaClient, value: pb.Tensor,
-                       deadline: float) -> pb.Tensor:
+    async def _attempt(self, client: ReplicaClient, value: Value,
+                       deadline: float) -> Value:
         """Ask one replica, and keep its record: an answer, or a failure (see outliers.py)."""
         sent_at = clock.now()
         patience_end = sent_at + HEDGE_AFTER_SHARE * (deadline - sent_at)

@@ -10,10 +10,12 @@ import grpc
 
 from services.common.errors import (
     ClipperError,
+    InvalidInput,
     handle_errors,
     handle_stream_errors,
     to_error_proto,
 )
+from services.common.named_tensors import Value
 from services.common.streams import MessagePacker, answering, replies_until_done
 from services.frontend.query_path import Prediction, QueryPath
 from services.generated.clipper.v1 import clipper_pb2 as pb
@@ -35,7 +37,7 @@ class FrontendServicer(pb_grpc.FrontendServicer):
     ) -> pb.PredictResponse:
         prediction = await self.query_path.predict(
             request.application,
-            request.input,
+            _input(request),
             request.context_key,
             request.query_id,
             context.time_remaining(),
@@ -83,7 +85,7 @@ class FrontendServicer(pb_grpc.FrontendServicer):
         try:
             prediction = await self.query_path.predict(
                 request.application,
-                request.input,
+                _input(request),
                 request.context_key,
                 request.query_id,
                 context.time_remaining(),
@@ -103,23 +105,40 @@ class FrontendServicer(pb_grpc.FrontendServicer):
             request.application,
             request.context_key,
             request.query_id,
-            request.input if request.HasField("input") else None,
+            _input(request) if request.HasField("input") or request.inputs else None,
             request.label,
             context.time_remaining(),
         )
         return pb.FeedbackResponse(models=models)
 
 
+def _input(request: pb.PredictRequest | pb.FeedbackRequest) -> Value:
+    """The query's one input, or its named inputs (never both)."""
+    if not request.inputs:
+        return request.input
+    if request.HasField("input"):
+        raise InvalidInput("give the input either as `input` (one tensor) or as `inputs` "
+                           "(named tensors), not both")
+    return request.inputs
+
+
 def _to_proto(p: Prediction) -> pb.PredictResponse:
     response = pb.PredictResponse(
         query_id=p.query_id,
-        output=p.output,
         default_used=p.default_used,
         default_reason=p.default_reason,
         models=p.models,
         missing_models=p.missing_models,
         confidence=p.confidence,
     )
-    if p.ensemble_output is not None:
+    if isinstance(p.output, pb.Tensor):
+        response.output.CopyFrom(p.output)
+    else:
+        for name, tensor in p.output.items():
+            response.outputs[name].CopyFrom(tensor)
+    if isinstance(p.ensemble_output, pb.Tensor):
         response.ensemble_output.CopyFrom(p.ensemble_output)
+    elif p.ensemble_output is not None:
+        for name, tensor in p.ensemble_output.items():
+            response.ensemble_outputs[name].CopyFrom(tensor)
     return response

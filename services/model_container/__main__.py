@@ -11,6 +11,7 @@ import sys
 import uuid
 from dataclasses import dataclass
 
+from services.common import named_tensors
 from services.common.auth import FRONTEND, AuthInterceptor, rules_for, token_auth
 from services.common.config import ConfigError
 from services.common.credentials import replica_credential
@@ -32,7 +33,7 @@ from services.model_container.announcer import Announcer
 from services.model_container.batcher import Batcher
 from services.model_container.config import Config, config_from_args
 from services.model_container.runner import ModelRunner
-from services.model_container.sdk import ModelLoadFailed
+from services.model_container.sdk import ModelLoadFailed, ModelSpecs
 from services.model_container.servicer import ContainerServicer
 from services.model_container.warmup import WarmupFailed, warm_up
 from services.model_container.watchdog import EXIT_CODE, LoopWatchdog
@@ -63,15 +64,15 @@ async def start(cfg: Config) -> Container:
     batcher = Batcher(runner, cfg.batching)
     await batcher.start()
     try:
-        input_spec = _input_spec(cfg, runner)
+        specs = _specs(cfg, runner)
         # Before the server starts: not ready (nor reachable) until the model is warm.
-        await warm_up(batcher, cfg.warmup, input_spec, cfg.output_spec)
+        await warm_up(batcher, cfg.warmup, specs, cfg.output_spec)
     except (ConfigError, WarmupFailed):
         await batcher.aclose()
         raise
     watchdog = LoopWatchdog(cfg.batching.batch_timeout_s or LOOP_STALL_S)
     await watchdog.start()
-    servicer = ContainerServicer(batcher, input_spec, cfg.max_message_bytes)
+    servicer = ContainerServicer(batcher, specs.input_spec, cfg.max_message_bytes, specs.inputs)
     replica_id = cfg.replica_id or uuid.uuid4().hex
     # Frontends dial with a credential valid for this replica only.
     frontends_only = token_auth(replica_credential(cfg.token, replica_id), FRONTEND,
@@ -95,8 +96,10 @@ async def start(cfg: Config) -> Container:
         # Proves to the frontends that later announces come from this process.
         replica_secret=secrets.token_urlsafe(32),
     )
-    if input_spec is not None:
-        announce.input_spec.CopyFrom(spec_to_proto(input_spec))
+    if specs.input_spec is not None:
+        announce.input_spec.CopyFrom(spec_to_proto(specs.input_spec))
+    announce.inputs.extend(spec_to_proto(spec) for spec in specs.inputs)
+    announce.outputs.extend(spec_to_proto(spec) for spec in specs.outputs)
     announcer = Announcer(list(cfg.frontends), announce, cfg.token, cfg.heartbeat_s,
                           tls=cfg.client_tls)
     await announcer.start()
@@ -113,14 +116,35 @@ async def start(cfg: Config) -> Container:
     return Container(Running(server.port, stop), batcher)
 
 
-def _input_spec(cfg: Config, runner: ModelRunner) -> TensorSpec | None:
-    """The spec queries are checked against: --input-dtype/--input-shape, else the model's
-    own (an ONNX model or a booster says); when both are known they must agree."""
-    declared, own = cfg.input_spec, runner.input_spec
-    if declared is not None and own is not None and not _compatible(declared, own):
+def _specs(cfg: Config, runner: ModelRunner) -> ModelSpecs:
+    """The specs queries are checked against and announced: --input-dtype/--input-shape
+    (or a manifest's named inputs and outputs), else the model's own (an ONNX model or a
+    booster says); when both are known they must agree."""
+    own = runner.specs
+    declared_inputs = cfg.inputs or own.inputs
+    if cfg.inputs and own.inputs:
+        _check_named("inputs", cfg.inputs, own.inputs)
+    if cfg.outputs and own.outputs:
+        _check_named("outputs", cfg.outputs, own.outputs)
+    declared = cfg.input_spec
+    if declared is not None and declared_inputs:
+        raise ConfigError(f"--input-dtype/--input-shape declare one input, but the model "
+                          f"takes named inputs {named_tensors.describe(declared_inputs)}")
+    if declared is not None and own.input_spec is not None and not _compatible(
+            declared, own.input_spec):
         raise ConfigError(f"--input-dtype/--input-shape say {declared.describe()}, but the "
-                          f"model takes {own.describe()} per query")
-    return declared or own
+                          f"model takes {own.input_spec.describe()} per query")
+    input_spec = None if declared_inputs else declared or own.input_spec
+    return ModelSpecs(input_spec, declared_inputs, cfg.outputs or own.outputs)
+
+
+def _check_named(what: str, declared: tuple[TensorSpec, ...],
+                 own: tuple[TensorSpec, ...]) -> None:
+    mine = {spec.name: spec for spec in own}
+    if set(mine) != {spec.name for spec in declared} or not all(
+            _compatible(spec, mine[spec.name]) for spec in declared):
+        raise ConfigError(f"the manifest's {what} ({named_tensors.describe(declared)}) do not "
+                          f"match the model's ({named_tensors.describe(own)})")
 
 
 def _compatible(declared: TensorSpec, own: TensorSpec) -> bool:

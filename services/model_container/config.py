@@ -7,6 +7,7 @@ import argparse
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from services.common.config import (
     NON_NEGATIVE,
@@ -62,7 +63,7 @@ class Config:
     output: str = flag(
         "", "what the model answers: predict, predict_proba or decision_function "
         "(scikit-learn, XGBoost, LightGBM; default predict), or an ONNX model's output name "
-        "(default its first)")
+        "(default its first; several, comma-separated: named outputs)")
     name: str = flag("", "model name applications link to")
     version: str = flag("1", "model version this container serves")
     frontend: str = flag("127.0.0.1:1337",
@@ -114,6 +115,9 @@ class Config:
     client_tls: ClientTLS = field(default_factory=ClientTLS)
     # What the model's answers look like (a model directory's manifest `outputs`).
     output_spec: TensorSpec | None = None
+    # Named inputs and outputs (a manifest's `inputs` and `outputs` of several tensors).
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
 
 
 def parse_shape(raw: str) -> tuple[int, ...]:
@@ -121,32 +125,36 @@ def parse_shape(raw: str) -> tuple[int, ...]:
     return tuple(int(part) for part in raw.split(",") if part.strip())
 
 
-def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, TensorSpec | None]:
+# What a manifest gives that no flag does: its tensor specs.
+_SPECS = ("output_spec", "named_inputs", "named_outputs")
+
+
+def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
     """The flags; with --model-dir, its manifest's settings fill those that neither a flag
-    nor a CLIPPER_CONTAINER_* variable sets. Also the manifest's output spec, if any."""
+    nor a CLIPPER_CONTAINER_* variable sets. Also the manifest's specs (_SPECS), if any."""
     parser = build_parser(
         Config, SERVICE, prog="python -m services.model_container",
         description="Serve a model: any importable object, or a scikit-learn, ONNX, "
         "XGBoost or LightGBM model file.")
     args = parser.parse_args(argv)
     if not args.model_dir:
-        return args, None
+        return args, {}
     try:
         settings = read_manifest(Path(args.model_dir))
     except ManifestError as exc:
         raise ConfigError(f"--model-dir: {exc}") from None
-    output_spec = settings.pop("output_spec", None)
+    specs = {key: settings.pop(key) for key in _SPECS if key in settings}
     parser.set_defaults(**{key: value for key, value in settings.items()
                            if not os.environ.get(env_name(SERVICE, key))})
     args = parser.parse_args(argv)
     for key, value in settings.items():  # an empty flag is an unset one, as for variables
         if getattr(args, key) == "":
             setattr(args, key, value)
-    return args, output_spec
+    return args, specs
 
 
 def config_from_args(argv: list[str] | None = None) -> Config:
-    args, output_spec = _parse(argv)
+    args, specs = _parse(argv)
     cfg = config_from_namespace(Config, SERVICE, args)
     token = os.environ.get("CLIPPER_CONTAINER_TOKEN", "")
     require(bool(cfg.model_ref), "--model (CLIPPER_CONTAINER_MODEL) or --model-dir is required")
@@ -190,5 +198,7 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         warmup=warmup,
         tls=cfg.tls_flags.server_tls(),
         client_tls=cfg.dial_tls_flags.client_tls(cfg.tls_server_name),
-        output_spec=output_spec,
+        output_spec=specs.get("output_spec"),
+        inputs=specs.get("named_inputs", ()),
+        outputs=specs.get("named_outputs", ()),
     )

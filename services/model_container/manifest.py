@@ -18,10 +18,14 @@ manifest are relative to DIR. Every key but `name` is optional:
       "warmup": {"inputs": "warmup.npy", "batch_sizes": [1, 8, 32], "rounds": 3}
     }
 
-`inputs` and `outputs` list one tensor each (what a query and its answer look
-like: the container refuses other queries, and the warm-up checks the model's
-answers against `outputs`). `warmup.inputs` is a .npy file of shape [N, *input
-shape], or a list of inputs; without it warm-up inputs are made from the spec.
+`inputs` and `outputs` list what a query and its answer look like: the container
+refuses other queries, and the warm-up checks the model's answers against
+`outputs`. One tensor each is the one input and answer; several are named
+tensors (a query is then a dict name -> array, and so is an answer when there
+are several outputs; an ONNX model answers several with
+`"output": "label,probabilities"`). `warmup.inputs` is a .npy file of shape
+[N, *input shape], or a list of inputs (for named inputs: a .npz file, or an
+object, of name -> [N, *shape]); without it warm-up inputs are made from the spec.
 """
 
 from __future__ import annotations
@@ -72,11 +76,16 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         settings["native_threads"] = _integer(path, "native_threads", doc["native_threads"])
     settings["model"] = str(_model_file(path, directory, doc.get("model")))
     if "inputs" in doc:
-        spec = tensor_spec(path, "inputs", doc["inputs"])
-        settings["input_dtype"] = spec.dtype
-        settings["input_shape"] = ",".join(map(str, spec.shape))
+        inputs = tensor_specs(path, "inputs", doc["inputs"])
+        if len(inputs) == 1:
+            settings["input_dtype"] = inputs[0].dtype
+            settings["input_shape"] = ",".join(map(str, inputs[0].shape))
+        else:
+            settings["named_inputs"] = inputs
     if "outputs" in doc:
-        settings["output_spec"] = tensor_spec(path, "outputs", doc["outputs"])
+        outputs = tensor_specs(path, "outputs", doc["outputs"])
+        settings["output_spec" if len(outputs) == 1 else "named_outputs"] = (
+            outputs[0] if len(outputs) == 1 else outputs)
     batching = _section(path, "batching", doc.get("batching", {}), set(_BATCHING))
     for key, value in batching.items():
         settings[_BATCHING[key]] = (
@@ -98,20 +107,32 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     return settings
 
 
-def tensor_spec(path: Path, key: str, value: Any) -> TensorSpec:
-    """The one tensor `[{"name", "dtype", "shape"}]` of `inputs` or `outputs`."""
-    if not isinstance(value, list) or len(value) != 1 or not isinstance(value[0], dict):
-        raise ManifestError(f"{path}: {key}: expected a list of one tensor "
-                            '[{"name": ..., "dtype": ..., "shape": [...]}]')
-    (tensor,) = value
-    _check_keys(path, f"{key}[0].", tensor, {"name", "dtype", "shape"})
+def tensor_specs(path: Path, key: str, value: Any) -> tuple[TensorSpec, ...]:
+    """The tensors `[{"name", "dtype", "shape"}, ...]` of `inputs` or `outputs`; several
+    need a name each, once."""
+    if not isinstance(value, list) or not value or not all(isinstance(t, dict) for t in value):
+        raise ManifestError(f"{path}: {key}: expected a list of tensors "
+                            '[{"name": ..., "dtype": ..., "shape": [...]}, ...]')
+    specs = [_tensor_spec(path, f"{key}[{i}]", t, named=len(value) > 1)
+             for i, t in enumerate(value)]
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ManifestError(f"{path}: {key}: each tensor needs its own name, got "
+                            f"{', '.join(names)}")
+    return tuple(specs)
+
+
+def _tensor_spec(path: Path, key: str, tensor: dict[str, Any], named: bool) -> TensorSpec:
+    _check_keys(path, f"{key}.", tensor, {"name", "dtype", "shape"})
     shape = tensor.get("shape", [])
     if not isinstance(shape, list) or not all(isinstance(d, int) for d in shape):
-        raise ManifestError(f"{path}: {key}[0].shape: expected a list of integers (-1: any)")
+        raise ManifestError(f"{path}: {key}.shape: expected a list of integers (-1: any)")
+    name = _string(path, f"{key}.name", tensor.get("name")) if named else ""
     try:
-        return TensorSpec(_string(path, f"{key}[0].dtype", tensor.get("dtype")), tuple(shape))
+        return TensorSpec(_string(path, f"{key}.dtype", tensor.get("dtype")), tuple(shape),
+                          name if named else "")
     except InvalidInput as exc:
-        raise ManifestError(f"{path}: {key}[0]: {exc}") from None
+        raise ManifestError(f"{path}: {key}: {exc}") from None
 
 
 def _model_file(path: Path, directory: Path, given: Any) -> Path | str:

@@ -6,7 +6,8 @@ inputs share one numeric dtype and shape travels as one header and the raw bytes
 of the stacked inputs, and the model gets views into the received buffer: no
 pickling, no copy per input, and no thread between the event loop and the
 socket (the loop reads the answer itself). Outputs of one numeric dtype and
-shape come back the same way; anything else (strings, ragged shapes) is pickled.
+shape come back the same way; named inputs and outputs (dicts) go name by name,
+each stacked the same way; anything else (strings, ragged shapes) is pickled.
 The hand-off costs one write and one wake-up of the loop; a sub-millisecond
 model pays about as much as a hand-off to a worker thread.
 
@@ -30,8 +31,13 @@ from typing import Any
 import numpy as np
 
 from services.common.errors import Unavailable
-from services.common.tensors import TensorSpec
-from services.model_container.sdk import ModelLoadFailed, ModelSource, as_source
+from services.model_container.sdk import (
+    ModelLoadFailed,
+    ModelSource,
+    ModelSpecs,
+    as_source,
+    specs_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +65,8 @@ class WorkerLoadFailed(ModelLoadFailed):
 
 def encode_batch(values: Sequence[Any]) -> tuple[tuple[Any, ...], memoryview | bytes]:
     """(header, payload): raw bytes when every value is an array or numpy scalar of one
-    numeric dtype and shape, else a pickle."""
+    numeric dtype and shape; for dicts of one set of names (named inputs or outputs),
+    each name stacked on its own the same way, one after the other; else a pickle."""
     first = values[0] if values else None
     if isinstance(first, np.ndarray | np.generic) and first.dtype.kind in "biufc":
         kind, dtype, shape = type(first), first.dtype, first.shape
@@ -70,11 +77,31 @@ def encode_batch(values: Sequence[Any]) -> tuple[tuple[Any, ...], memoryview | b
             scalars = kind is not np.ndarray
             raw = stacked.reshape(-1).view(np.uint8).data
             return ("raw", dtype.str, shape, scalars, stacked.nbytes), raw
+    elif isinstance(first, dict) and first:
+        named = _encode_named(values, tuple(first))
+        if named is not None:
+            return named
     pickled = pickle.dumps(list(values), protocol=pickle.HIGHEST_PROTOCOL)
     return ("pickle", len(pickled)), pickled
 
 
-def decode_batch(header: tuple[Any, ...], payload: bytearray) -> list[Any]:
+def _encode_named(values: Sequence[Any], names: tuple[str, ...],
+                  ) -> tuple[tuple[Any, ...], bytes] | None:
+    """("named", names, per-name headers, size): each name's column as `encode_batch`
+    sends it; None unless every value is a dict of exactly `names`."""
+    if not all(type(v) is dict and len(v) == len(names) and all(n in v for n in names)
+               for v in values):
+        return None
+    headers, payloads = [], []
+    for name in names:
+        header, payload = encode_batch([v[name] for v in values])
+        headers.append(header)
+        payloads.append(payload)
+    body = b"".join(payloads)
+    return ("named", names, tuple(headers), len(body)), body
+
+
+def decode_batch(header: tuple[Any, ...], payload: bytearray | memoryview) -> list[Any]:
     """The values `encode_batch` sent: views into `payload` for raw arrays."""
     if header[0] == "raw":
         _, dtype, shape, scalars, _ = header
@@ -82,6 +109,13 @@ def decode_batch(header: tuple[Any, ...], payload: bytearray) -> list[Any]:
         if shape or scalars:
             return list(stacked)  # row views, or numpy scalars
         return [stacked[i, ...] for i in range(len(stacked))]  # 0-d arrays
+    if header[0] == "named":
+        _, names, headers, _ = header
+        view, offset, columns = memoryview(payload), 0, []
+        for sub in headers:
+            columns.append(decode_batch(sub, view[offset:offset + sub[-1]]))
+            offset += sub[-1]
+        return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
     values: list[Any] = pickle.loads(payload)
     return values
 
@@ -121,8 +155,7 @@ def serve(sock: socket.socket, source: ModelSource, native_threads: int) -> None
     except BaseException as exc:
         _send(sock, ("load_failed", f"{type(exc).__name__}: {exc}", 0), b"")
         return
-    spec = getattr(model, "input_spec", None)
-    _send(sock, ("ready", spec if isinstance(spec, TensorSpec) else None, 0), b"")
+    _send(sock, ("ready", specs_of(model), 0), b"")
     while True:
         try:
             (length,) = _LENGTH.unpack(_recv_exactly(sock, _LENGTH.size))
@@ -156,7 +189,7 @@ class ProcessWorker:
     def __init__(self, source: ModelSource, native_threads: int) -> None:
         self.source = source
         self.native_threads = native_threads
-        self.input_spec: TensorSpec | None = None
+        self.specs = ModelSpecs()
         self._process: BaseProcess | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -187,9 +220,9 @@ class ProcessWorker:
         if header[0] != "ready":
             self.kill()
             raise WorkerLoadFailed(f"the worker process could not load the model: {header[1]}")
-        self.input_spec = header[1]
+        self.specs = header[1]
 
-    async def run(self, inputs: list[np.ndarray], timeout_s: float | None) -> list[Any]:
+    async def run(self, inputs: list[Any], timeout_s: float | None) -> list[Any]:
         """One batch; raises the model's exception, ModelHung or WorkerDied."""
         assert self._writer is not None
         header, payload = encode_batch(inputs)
@@ -253,11 +286,11 @@ class ProcessPool:
             self._idle.put_nowait(worker)
 
     @property
-    def input_spec(self) -> TensorSpec | None:
-        """The model's input spec, as the worker processes loaded it."""
-        return self._workers[0].input_spec if self._workers else None
+    def specs(self) -> ModelSpecs:
+        """The model's specs, as the worker processes loaded it."""
+        return self._workers[0].specs if self._workers else ModelSpecs()
 
-    async def run(self, inputs: list[np.ndarray], timeout_s: float | None) -> list[Any]:
+    async def run(self, inputs: list[Any], timeout_s: float | None) -> list[Any]:
         try:
             async with asyncio.timeout(timeout_s):
                 worker = await self._idle.get()

@@ -43,10 +43,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
 from threadpoolctl import threadpool_limits
 
-from services.common.tensors import TensorSpec
 from services.model_container import metrics
 from services.model_container.process_worker import (
     ModelHung,
@@ -54,7 +52,7 @@ from services.model_container.process_worker import (
     WorkerDied,
     WorkerLoadFailed,
 )
-from services.model_container.sdk import Model, ModelSource, as_source
+from services.model_container.sdk import Model, ModelSource, ModelSpecs, as_source, specs_of
 from services.model_container.stall import StallMeter
 
 __all__ = ["INLINE_BELOW_S", "WORKER_KINDS", "ModelHung", "ModelRunner", "WorkerDied"]
@@ -107,12 +105,11 @@ class ModelRunner:
         return bool(self._stuck)
 
     @property
-    def input_spec(self) -> TensorSpec | None:
-        """What one query looks like, if the model says (`Model.input_spec`)."""
+    def specs(self) -> ModelSpecs:
+        """What the model says its queries and answers look like (see sdk.ModelSpecs)."""
         if self._pool is not None and self.model is None:
-            return self._pool.input_spec
-        spec = getattr(self.model, "input_spec", None)
-        return spec if isinstance(spec, TensorSpec) else None
+            return self._pool.specs
+        return specs_of(self.model)
 
     async def start(self) -> None:
         if self.kind == "process":
@@ -129,7 +126,7 @@ class ModelRunner:
         if self.kind == "auto" and self.source.ref:
             self._meter = StallMeter()
 
-    async def run(self, inputs: list[np.ndarray], expected_s: float | None = None,
+    async def run(self, inputs: list[Any], expected_s: float | None = None,
                   timeout_s: float | None = None,
                   budget_s: float | None = None) -> Sequence[Any]:
         """The model's outputs for one batch; `expected_s` is its typical latency, if
@@ -163,7 +160,7 @@ class ModelRunner:
             self._consider_processes(meter, inputs, budget_s)
         return result
 
-    def _consider_processes(self, meter: StallMeter, inputs: list[np.ndarray],
+    def _consider_processes(self, meter: StallMeter, inputs: list[Any],
                             budget_s: float | None) -> None:
         """Every CHECK_EVERY thread batches: start the move to processes if the stall
         would cost queries their deadlines."""
@@ -184,7 +181,7 @@ class ModelRunner:
         self._switch = asyncio.create_task(self._move_to_processes(list(inputs)),
                                            name="move-to-processes")
 
-    async def _move_to_processes(self, trial: list[np.ndarray]) -> None:
+    async def _move_to_processes(self, trial: list[Any]) -> None:
         """Start warm worker processes (the model loaded, `trial` run by each) and send the
         next batches to them; stay on threads, with a warning, if they cannot serve."""
         pool = ProcessPool(self.source, self.workers, self.native_threads)

@@ -7,10 +7,13 @@ a missing one raises `MissingRuntime`, naming the extra.
 - `OnnxModel` (onnxruntime, CPU): input and output names and types come from the
   model. A batch is stacked into one tensor when the model's first dimension is
   dynamic (`None`, a name, or -1), and run query by query when it is fixed at 1.
-  The answer is one output, `--output NAME` (default: the model's first); a
-  classifier converted with skl2onnx needs `options={"zipmap": False}` for its
-  probabilities to be a tensor. `--native-threads` sets onnxruntime's intra-op
-  threads, which do not spin between batches.
+  The answer is one output, `--output NAME` (default: the model's first), or
+  several, `--output label,probabilities`: then each answer is a dict of them by
+  name. A model with several inputs takes each query as a dict name -> array
+  (each input stacked on its own). A classifier converted with skl2onnx needs
+  `options={"zipmap": False}` for its probabilities to be a tensor.
+  `--native-threads` sets onnxruntime's intra-op threads, which do not spin
+  between batches.
 - `XGBoostModel`, `LightGBMModel`: the frameworks' own booster files. `--output`
   answers as scikit-learn does: `predict` (the label of a classifier, the value of
   a regressor), `predict_proba` (a classifier's probabilities per class) or
@@ -25,6 +28,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -106,44 +110,107 @@ class OnnxModel:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1:
-            raise ValueError(f"{path}: the model has {len(inputs)} inputs "
-                             f"({', '.join(i.name for i in inputs)}); one input "
-                             "per query is served")
-        (model_input,) = inputs
-        self.input_name: str = model_input.name
-        if model_input.type not in _ONNX_DTYPES:
-            raise ValueError(f"{path}: input {model_input.name} of type {model_input.type} "
-                             "is not served; tensors of numbers, bools or strings are")
-        dtype = _ONNX_DTYPES[model_input.type]
-        shape = [d if isinstance(d, int) and d >= 0 else -1 for d in model_input.shape]
+        specs = [_onnx_spec(path, i) for i in self.session.get_inputs()]
         # First dimension dynamic: one run per batch; fixed at 1: one run per query.
-        self.batched = bool(shape) and shape[0] in (-1, 1)
-        self.stacked = bool(shape) and shape[0] == -1
-        self.input_spec = TensorSpec(dtype, tuple(shape[1:] if self.batched else shape))
-        self._dtype = np.dtype(object) if dtype == "string" else np.dtype(dtype)
-        tensors = {o.name: o for o in self.session.get_outputs() if o.type.startswith("tensor")}
-        names = [o.name for o in self.session.get_outputs()]
-        self.output_name: str = output or names[0]
-        if self.output_name not in tensors:
-            raise ValueError(
-                f"{path}: output {self.output_name!r} is not a tensor output of the model; "
-                f"its tensor outputs are {', '.join(tensors) or 'none'} (a scikit-learn "
-                "classifier converted by skl2onnx needs options={'zipmap': False})"
-                if self.output_name in names else
-                f"{path}: no output {self.output_name!r}; the model's outputs are "
-                f"{', '.join(names)}")
+        modes = {(bool(shape) and shape[0] in (-1, 1), bool(shape) and shape[0] == -1)
+                 for _, shape in specs}
+        if len(modes) > 1:
+            raise ValueError(f"{path}: the model's inputs disagree on a batch dimension "
+                             "(some dynamic, some not); they must share one")
+        ((self.batched, self.stacked),) = modes
+        self.names = [spec.name for spec, _ in specs]
+        self._dtypes = {spec.name: np.dtype(object) if spec.dtype == "string"
+                        else np.dtype(spec.dtype) for spec, _ in specs}
+        per_query = [TensorSpec(spec.dtype, tuple(shape[1:] if self.batched else shape),
+                                spec.name) for spec, shape in specs]
+        # One input: a query is its array; several: a dict of them by name.
+        self.input_spec: TensorSpec | None = None
+        self.inputs: tuple[TensorSpec, ...] = ()
+        if len(per_query) == 1:
+            self.input_name: str = per_query[0].name
+            self.input_spec = replace(per_query[0], name="")
+        else:
+            self.inputs = tuple(per_query)
+        self.output_names = self._outputs(path, output)
+        self.output_name: str = self.output_names[0]
+        # One output asked: each answer is its row; several: a dict of them by name.
+        self.outputs: tuple[TensorSpec, ...] = ()
+        if len(self.output_names) > 1:
+            by_name = {o.name: o for o in self.session.get_outputs()}
+            self.outputs = tuple(self._output_spec(path, by_name[n]) for n in self.output_names)
 
-    def predict_batch(self, inputs: list[np.ndarray]) -> Sequence[Any]:
-        run, name, out = self.session.run, self.input_name, [self.output_name]
+    def _outputs(self, path: str, output: str) -> list[str]:
+        """The outputs answered: `output`, comma-separated (default: the model's first)."""
+        tensors = {o.name for o in self.session.get_outputs() if o.type.startswith("tensor")}
+        names = [o.name for o in self.session.get_outputs()]
+        wanted = [n.strip() for n in output.split(",") if n.strip()] or names[:1]
+        for name in wanted:
+            if name not in tensors:
+                raise ValueError(
+                    f"{path}: output {name!r} is not a tensor output of the model; "
+                    f"its tensor outputs are {', '.join(sorted(tensors)) or 'none'} (a "
+                    "scikit-learn classifier converted by skl2onnx needs "
+                    "options={'zipmap': False})"
+                    if name in names else
+                    f"{path}: no output {name!r}; the model's outputs are {', '.join(names)}")
+        return wanted
+
+    def _output_spec(self, path: str, node: Any) -> TensorSpec:
+        spec, shape = _onnx_spec(path, node)
+        per_query = shape[1:] if self.batched and shape else shape
+        return TensorSpec(spec.dtype, tuple(per_query), spec.name)
+
+    def predict_batch(self, inputs: list[Any]) -> Sequence[Any]:
+        if self.inputs:
+            return self._predict_named(inputs)
+        run, name, out = self.session.run, self.input_name, self.output_names
+        dtype = self._dtypes[name]
+        if len(out) == 1:
+            if self.stacked:
+                (result,) = run(out, {name: np.stack(inputs).astype(dtype, copy=False)})
+                return list(result)
+            if self.batched:
+                return [run(out, {name: x[None].astype(dtype, copy=False)})[0][0]
+                        for x in inputs]
+            return [run(out, {name: x.astype(dtype, copy=False)})[0] for x in inputs]
+        return self._predict_named([{name: x} for x in inputs])
+
+    def _predict_named(self, inputs: list[dict[str, np.ndarray]]) -> Sequence[Any]:
+        """Each input stacked on its own; the answers (one, or a dict of several) per row."""
+        run, out = self.session.run, self.output_names
         if self.stacked:
-            (result,) = run(out, {name: np.stack(inputs).astype(self._dtype, copy=False)})
-            return list(result)
-        if self.batched:
-            return [run(out, {name: x[None].astype(self._dtype, copy=False)})[0][0]
-                    for x in inputs]
-        return [run(out, {name: x.astype(self._dtype, copy=False)})[0] for x in inputs]
+            feed = {n: np.stack([x[n] for x in inputs]).astype(self._dtypes[n], copy=False)
+                    for n in self.names}
+            return _rows(out, run(out, feed), len(inputs))
+        answers: list[Any] = []
+        for x in inputs:
+            feed = {n: (x[n][None] if self.batched else x[n]).astype(self._dtypes[n],
+                                                                     copy=False)
+                    for n in self.names}
+            results = run(out, feed)
+            answers.extend(_rows(out, results, 1) if self.batched
+                           else [_answer(out, results)])
+        return answers
+
+
+def _onnx_spec(path: str, node: Any) -> tuple[TensorSpec, list[int]]:
+    """A node's spec (its whole shape; -1 for dynamic sizes) and that shape."""
+    if node.type not in _ONNX_DTYPES:
+        raise ValueError(f"{path}: {node.name} of type {node.type} is not served; tensors "
+                         "of numbers, bools or strings are")
+    shape = [d if isinstance(d, int) and d >= 0 else -1 for d in node.shape]
+    return TensorSpec(_ONNX_DTYPES[node.type], tuple(shape), node.name), shape
+
+
+def _rows(names: list[str], results: list[Any], count: int) -> list[Any]:
+    """Per row of a batch: the one output's row, or a dict of each output's row."""
+    if len(names) == 1:
+        return list(results[0])
+    return [{n: r[i] for n, r in zip(names, results, strict=True)} for i in range(count)]
+
+
+def _answer(names: list[str], results: list[Any]) -> Any:
+    return results[0] if len(names) == 1 else dict(zip(names, results, strict=True))
 
 
 class _Booster:

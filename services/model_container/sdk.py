@@ -8,6 +8,13 @@ are arrays, numbers, strings or bytes. The runtime batches queries, runs
 model may also say what its queries look like (`input_spec`, a TensorSpec); the
 container then checks queries against it when no spec is given.
 
+Several named inputs and outputs (features plus a mask; a label plus
+probabilities): a model that declares `inputs` (a sequence of TensorSpec, each
+with its `name`) gets each query as a dict name -> array, and one that declares
+`outputs` answers each query with a dict name -> array (the container checks the
+queries' names and shapes against `inputs`; the frontend combines an ensemble's
+answers output by output). `ModelSpecs` gathers what a model declares.
+
 Ready adapters, one per runtime (`--runtime`, else chosen by the model file):
 - `python`: an importable object, `package.module:attr`: a Model as is, a
   function (`CallableModel`), an estimator (`SklearnModel`), or a class or
@@ -29,6 +36,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from services.common.tensors import TensorSpec
 from services.model_container import runtimes
 from services.model_container.runtimes import (
     OUTPUTS,
@@ -39,14 +47,41 @@ from services.model_container.runtimes import (
 )
 
 __all__ = ["OUTPUTS", "RUNTIMES", "CallableModel", "MissingRuntime", "Model", "ModelLoadFailed",
-           "ModelSource", "SklearnModel", "as_model", "load_model"]
+           "ModelSource", "ModelSpecs", "SklearnModel", "as_model", "load_model", "specs_of"]
 
 
 @runtime_checkable
 class Model(Protocol):
-    """A batch predictor. It may be called from a worker thread, one batch at a time."""
+    """A batch predictor. It may be called from a worker thread, one batch at a time.
 
-    def predict_batch(self, inputs: list[np.ndarray]) -> Sequence[Any]: ...
+    `inputs` holds one array per query, or one dict name -> array per query for a model
+    with named `inputs`."""
+
+    def predict_batch(self, inputs: list[Any]) -> Sequence[Any]: ...
+
+
+@dataclass(frozen=True)
+class ModelSpecs:
+    """What a model says its queries and answers look like (each optional): one input
+    (`input_spec`), or named `inputs`; named `outputs`."""
+
+    input_spec: TensorSpec | None = None
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+
+
+def specs_of(model: Any) -> ModelSpecs:
+    """The specs `model` declares (its `input_spec`, `inputs` and `outputs` attributes)."""
+    spec = getattr(model, "input_spec", None)
+    return ModelSpecs(spec if isinstance(spec, TensorSpec) else None,
+                      _named(getattr(model, "inputs", ())),
+                      _named(getattr(model, "outputs", ())))
+
+
+def _named(specs: Any) -> tuple[TensorSpec, ...]:
+    if not isinstance(specs, list | tuple):
+        return ()
+    return tuple(s for s in specs if isinstance(s, TensorSpec) and s.name)
 
 
 class CallableModel:

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from services.common import clock, tensors, tracing
+from services.common import clock, named_tensors, tensors, tracing
 from services.common.channels import DEFAULT_MAX_MESSAGE_BYTES
 from services.common.errors import ClipperError, InvalidInput, handle_stream_errors, to_error_proto
 from services.common.streams import (
@@ -41,10 +41,13 @@ class ContainerServicer(pb_grpc.ModelContainerServicer):
     """
 
     def __init__(self, batcher: Batcher, input_spec: TensorSpec | None,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
-        """`max_message_bytes`: the server's receive and send limit, stated to frontends."""
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 inputs: tuple[TensorSpec, ...] = ()) -> None:
+        """`max_message_bytes`: the server's receive and send limit, stated to frontends;
+        `input_spec` (one input) or `inputs` (named): what queries are checked against."""
         self.batcher = batcher
         self.input_spec = input_spec
+        self.inputs = inputs
         self.max_message_bytes = max_message_bytes
 
     @handle_stream_errors
@@ -67,9 +70,7 @@ class ContainerServicer(pb_grpc.ModelContainerServicer):
             async for message in request_iterator:
                 for query in message.queries:
                     try:
-                        value = tensors.decode(query.input)
-                        if self.input_spec is not None:
-                            self.input_spec.check(value)
+                        value = self._decode(query)
                         deadline = clock.now() + query.budget_us / 1e6
                         future = self.batcher.submit(
                             value, deadline, tracing.extract(query.trace_context)
@@ -80,6 +81,23 @@ class ContainerServicer(pb_grpc.ModelContainerServicer):
                     in_flight.add(future)
                     future.add_done_callback(
                         _reply_when_done(query.id, replies, in_flight, send_limit))
+
+    def _decode(self, query: pb.ContainerQuery) -> Any:
+        """The query's array, or its dict of named arrays, checked against the specs."""
+        if not query.inputs:
+            if self.inputs:
+                raise InvalidInput(f"this model takes named inputs "
+                                   f"({named_tensors.describe(self.inputs)}), not one input")
+            value = tensors.decode(query.input)
+            if self.input_spec is not None:
+                self.input_spec.check(value)
+            return value
+        if self.input_spec is not None:
+            raise InvalidInput(f"this model takes one input {self.input_spec.describe()}, "
+                               "not named inputs")
+        if self.inputs:
+            return named_tensors.decode(query.inputs, self.inputs)
+        return named_tensors.decode_any(query.inputs)
 
     def _response(self, replies: list[pb.ContainerReply]) -> pb.ContainerResponse:
         load = self.batcher.load()
@@ -106,7 +124,7 @@ def _reply_when_done(
             reply = _error_reply(query_id, ClipperError("internal error"))
         else:
             try:
-                reply = pb.ContainerReply(id=query_id, output=tensors.encode(future.result()))
+                reply = _output_reply(query_id, future.result())
             except Exception as err:
                 reply = _error_reply(query_id, ClipperError(f"cannot encode model output: {err}"))
             if (size := reply.ByteSize()) > item_budget(send_limit):
@@ -117,6 +135,13 @@ def _reply_when_done(
         replies.put_nowait(reply)
 
     return done
+
+
+def _output_reply(query_id: int, output: Any) -> pb.ContainerReply:
+    """The reply carrying the model's answer: one tensor, or named ones (a dict)."""
+    if isinstance(output, dict):
+        return pb.ContainerReply(id=query_id, outputs=named_tensors.encode(output))
+    return pb.ContainerReply(id=query_id, output=tensors.encode(output))
 
 
 def _error_reply(query_id: int, exc: ClipperError) -> pb.ContainerReply:

@@ -16,19 +16,22 @@ its first queries. The time it took is logged and exported
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from services.common import clock
+from services.common import clock, named_tensors
 from services.common.errors import InvalidInput
 from services.common.tensors import OBJECT_DTYPES, TensorSpec
 from services.model_container import metrics
 from services.model_container.batcher import Batcher
+from services.model_container.sdk import ModelSpecs
 
 logger = logging.getLogger(__name__)
 
@@ -65,19 +68,52 @@ def batch_sizes(config: WarmupConfig, max_batch_size: int) -> list[int]:
     return [*sizes, max_batch_size]
 
 
-def warmup_inputs(config: WarmupConfig, spec: TensorSpec | None) -> list[np.ndarray] | None:
-    """The inputs warm-up batches are made of; None when there is nothing to make them
-    from (no inputs given and no input spec)."""
+def warmup_inputs(config: WarmupConfig, specs: ModelSpecs) -> list[Any] | None:
+    """The inputs warm-up batches are made of (for named inputs, dicts); None when there
+    is nothing to make them from (no inputs given and no input spec)."""
+    if specs.inputs:
+        if config.inputs:
+            return _given_named(config.inputs, specs.inputs)
+        columns = {spec.name: _made(spec) for spec in specs.inputs}
+        return [{name: column[i % len(column)] for name, column in columns.items()}
+                for i in range(max(map(len, columns.values())))]
     if config.inputs:
-        return _given_inputs(config.inputs, spec)
-    if spec is None:
+        return _given_inputs(config.inputs, specs.input_spec)
+    if specs.input_spec is None:
         return None
+    return _made(specs.input_spec)
+
+
+def _made(spec: TensorSpec) -> list[np.ndarray]:
+    """Inputs made from a spec: uniform in [0, 1) (bools: random; strings: empty)."""
     shape = tuple(1 if d == -1 else d for d in spec.shape)
     if spec.dtype in OBJECT_DTYPES:
         blank: Any = "" if spec.dtype == "string" else b""
         return [np.full(shape, blank, dtype=object)]
     rng = np.random.default_rng(0)
+    if spec.dtype == "bool":
+        return [rng.uniform(0, 1, shape) < 0.5 for _ in range(8)]
     return [rng.uniform(0, 1, shape).astype(spec.dtype) for _ in range(8)]
+
+
+def _given_named(source: str, specs: tuple[TensorSpec, ...]) -> list[dict[str, np.ndarray]]:
+    """Named warm-up inputs: a .npz file, or a JSON object, of name -> [N, *shape]."""
+    try:
+        if source.lstrip().startswith("{"):
+            given = {name: np.asarray(values) for name, values in json.loads(source).items()}
+        else:
+            with np.load(Path(source), allow_pickle=False) as npz:
+                given = {name: npz[name] for name in npz.files}
+        named_tensors.check_names(specs, given)
+        columns = {spec.name: np.asarray(given[spec.name], dtype=spec.dtype)
+                   for spec in specs}
+        for spec in specs:
+            spec.check(columns[spec.name][0])
+    except (OSError, ValueError, TypeError, IndexError, InvalidInput) as exc:
+        raise WarmupFailed(f"warm-up inputs {source[:80]}: {exc} (named inputs: a .npz file "
+                           "or a JSON object of name -> [N, *shape])") from exc
+    count = min(len(column) for column in columns.values())
+    return [{name: column[i] for name, column in columns.items()} for i in range(count)]
 
 
 def _given_inputs(source: str, spec: TensorSpec | None) -> list[np.ndarray]:
@@ -101,23 +137,25 @@ def _given_inputs(source: str, spec: TensorSpec | None) -> list[np.ndarray]:
     return inputs
 
 
-async def warm_up(batcher: Batcher, config: WarmupConfig, spec: TensorSpec | None,
+async def warm_up(batcher: Batcher, config: WarmupConfig, specs: ModelSpecs,
                   output_spec: TensorSpec | None = None) -> WarmupReport | None:
-    """Run the warm-up batches and teach the batcher's latency model; None if skipped."""
+    """Run the warm-up batches and teach the batcher's latency model; None if skipped.
+    The answers are checked against `output_spec` (one output) or `specs.outputs`."""
     if config.rounds == 0:
         return None
-    inputs = warmup_inputs(config, spec)
+    inputs = warmup_inputs(config, specs)
+    check = functools.partial(_check_answer, output_spec, specs.outputs)
     if inputs is None:
         logger.info("no warm-up: no input spec (--input-dtype) and no --warmup-inputs")
         return None
     sizes = batch_sizes(config, batcher.config.max_batch_size)
     started = clock.now()
-    first_s = await _run(batcher, inputs[:1], output_spec, observe=False)  # lazy set-up
+    first_s = await _run(batcher, inputs[:1], check, observe=False)  # lazy set-up
     batches = 1
     for round_ in range(config.rounds):
         for size in sizes:
             batch = [inputs[(round_ + i) % len(inputs)] for i in range(size)]
-            await _run(batcher, batch, output_spec, observe=True)
+            await _run(batcher, batch, check, observe=True)
             batches += 1
     batcher.latency.fit()
     report = WarmupReport(batches, clock.now() - started, first_s)
@@ -131,7 +169,7 @@ async def warm_up(batcher: Batcher, config: WarmupConfig, spec: TensorSpec | Non
     return report
 
 
-async def _run(batcher: Batcher, batch: list[np.ndarray], output_spec: TensorSpec | None,
+async def _run(batcher: Batcher, batch: list[Any], check: Callable[[Any], None],
                observe: bool) -> float:
     """Run one batch, check its answers, and return how long it took."""
     started = clock.now()
@@ -146,12 +184,27 @@ async def _run(batcher: Batcher, batch: list[np.ndarray], output_spec: TensorSpe
     if len(outputs) != len(batch):
         raise WarmupFailed(f"the model returned {len(outputs)} outputs for a warm-up batch "
                            f"of {len(batch)}")
-    if output_spec is not None:
-        try:
-            output_spec.check(np.asarray(outputs[0]))
-        except InvalidInput as exc:
-            raise WarmupFailed(f"the model's answer does not match the manifest's outputs "
-                               f"({output_spec.describe()}): {exc}") from exc
+    check(outputs[0])
     if observe:
         batcher.latency.observe(len(batch), elapsed)
     return elapsed
+
+
+def _check_answer(output_spec: TensorSpec | None, outputs: tuple[TensorSpec, ...],
+                  answer: Any) -> None:
+    """Raise WarmupFailed unless `answer` matches the declared output(s)."""
+    try:
+        if outputs:
+            if not isinstance(answer, dict):
+                raise InvalidInput(f"expected a dict of named outputs, got "
+                                   f"{type(answer).__name__}")
+            named_tensors.check_names(outputs, answer, "output")
+            for spec in outputs:
+                spec.check(np.asarray(answer[spec.name]))
+        elif output_spec is not None:
+            output_spec.check(np.asarray(answer))
+    except InvalidInput as exc:
+        declared = named_tensors.describe(outputs) if outputs else (
+            output_spec.describe() if output_spec else "")
+        raise WarmupFailed(f"the model's answer does not match the manifest's outputs "
+                           f"({declared}): {exc}") from exc

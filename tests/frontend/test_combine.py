@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from services.common import tensors
+from services.common.tensors import TensorSpec
 from services.frontend.combine import Answer, combine, weighted_vote
 
 
@@ -50,3 +51,27 @@ def test_classes_and_mixed_shapes_vote() -> None:
     mixed = combine([number("a", [1.0]), number("b", [1.0, 2.0]), number("c", [1.0])])
     np.testing.assert_allclose(tensors.decode(mixed.output), [1.0])
     assert mixed.confidence == pytest.approx(2 / 3)
+
+
+def two_heads(model: str, label: int, probabilities: list[float],
+              weight: float = 1.0) -> Answer:
+    return Answer(model, f"{model}:1", {
+        "label": tensors.encode(np.int64(label)),
+        "probabilities": tensors.encode(np.array(probabilities, np.float32))}, weight)
+
+
+def test_named_outputs_combine_one_by_one_each_by_its_rule() -> None:
+    combined = combine([two_heads("a", 1, [0.2, 0.8]), two_heads("b", 1, [0.4, 0.6]),
+                        two_heads("c", 0, [0.9, 0.1])])
+    assert isinstance(combined.output, dict)
+    assert tensors.decode(combined.output["label"]).item() == 1
+    np.testing.assert_allclose(tensors.decode(combined.output["probabilities"]), [0.5, 0.5],
+                               rtol=1e-6)
+    assert combined.confidence == pytest.approx(2 / 3)  # the first output by name: label
+
+
+def test_the_declared_first_output_gives_the_confidence() -> None:
+    answers = [two_heads("a", 1, [0.5, 0.5]), two_heads("b", 0, [0.5, 0.5])]
+    order = (TensorSpec("float32", (2,), "probabilities"), TensorSpec("int64", (), "label"))
+    assert combine(answers, order).confidence == pytest.approx(1.0)
+    assert combine(answers).confidence == pytest.approx(0.5)

@@ -51,6 +51,23 @@ def test_the_manifest_gives_every_setting(tmp_path: Path) -> None:
     assert cfg.warmup.inputs == str(directory / "warmup.npy")
 
 
+def test_several_inputs_and_outputs_are_named_tensors(tmp_path: Path) -> None:
+    directory = _model_dir(tmp_path, {
+        **MANIFEST, "output": "label,probabilities",
+        "inputs": [{"name": "features", "dtype": "float32", "shape": [4]},
+                   {"name": "mask", "dtype": "bool", "shape": [4]}],
+        "outputs": [{"name": "label", "dtype": "int64", "shape": []},
+                    {"name": "probabilities", "dtype": "float32", "shape": [3]}],
+        "warmup": {"inputs": {"features": [[0, 1, 2, 3]], "mask": [[True] * 4]}}})
+    cfg = config_from_args(["--model-dir", str(directory)])
+    assert cfg.input_spec is None and cfg.output_spec is None
+    assert cfg.inputs == (TensorSpec("float32", (4,), "features"),
+                          TensorSpec("bool", (4,), "mask"))
+    assert cfg.outputs == (TensorSpec("int64", (), "label"),
+                           TensorSpec("float32", (3,), "probabilities"))
+    assert json.loads(cfg.warmup.inputs)["mask"] == [[True] * 4]
+
+
 def test_flags_and_variables_win_over_the_manifest(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     directory = _model_dir(tmp_path, MANIFEST)
@@ -74,7 +91,11 @@ def test_the_model_file_is_found_when_not_named(tmp_path: Path) -> None:
     ({"batching": {"max_batch": 4}}, "unknown key batching.max_batch"),
     ({"inputz": []}, "unknown key inputz"),
     ({"inputs": [{"dtype": "float99", "shape": [2]}]}, "unknown dtype"),
-    ({"inputs": {"dtype": "float32"}}, "expected a list of one tensor"),
+    ({"inputs": {"dtype": "float32"}}, "inputs: expected a list of tensors"),
+    ({"inputs": [{"name": "a", "dtype": "float32"}, {"dtype": "bool"}]},
+     r"inputs\[1\].name: expected a non-empty string"),
+    ({"outputs": [{"name": "a", "dtype": "int64"}, {"name": "a", "dtype": "float32"}]},
+     "each tensor needs its own name"),
     ({"batching": {"max_batch_size": "big"}}, "batching.max_batch_size: expected an integer"),
     ({"batching": {"concurrency": 1.5}}, "batching.concurrency: expected an integer"),
     ({"batching": {"max_delay_ms": "soon"}}, "batching.max_delay_ms: expected a number"),

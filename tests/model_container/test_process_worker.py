@@ -80,3 +80,25 @@ async def test_a_model_that_cannot_load_in_a_worker_says_why() -> None:
     pool = ProcessPool("tests.helpers.gil_models:OneProcessOnly", 1, 1)
     with pytest.raises(WorkerLoadFailed, match="bound to its first process"):
         await pool.start()
+
+
+def test_named_values_travel_name_by_name_each_raw() -> None:
+    values = [{"features": np.full(4, i, np.float32), "mask": np.arange(4) < i,
+               "tag": np.array([f"q{i}"], dtype=object)} for i in range(3)]
+    header, payload = encode_batch(values)
+    assert header[0] == "named"
+    assert [sub[0] for sub in header[2]] == ["raw", "raw", "pickle"]
+    decoded = decode_batch(header, bytearray(payload))
+    assert len(decoded) == len(values)
+    for got, sent in zip(decoded, values, strict=True):
+        assert list(got) == list(sent)
+        for name in sent:
+            assert got[name].dtype == sent[name].dtype
+            assert np.array_equal(got[name], sent[name])
+
+
+def test_dicts_of_different_names_are_pickled() -> None:
+    values = [{"a": np.ones(2)}, {"b": np.ones(2)}]
+    header, payload = encode_batch(values)
+    assert header[0] == "pickle"
+    assert [list(v) for v in decode_batch(header, bytearray(payload))] == [["a"], ["b"]]

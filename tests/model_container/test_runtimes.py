@@ -139,7 +139,7 @@ async def test_a_worker_process_loads_the_runtime_and_reports_its_input(tmp_path
     await runner.start()
     try:
         labels = await runner.run(QUERIES, timeout_s=30)
-        assert runner.input_spec == TensorSpec("float32", (64,))
+        assert runner.specs.input_spec == TensorSpec("float32", (64,))
     finally:
         await runner.aclose()
     assert [int(v) for v in labels] == estimator.predict(np.stack(QUERIES)).tolist()

@@ -8,7 +8,9 @@ as JSON on stdin, prints one JSON result per call on stdout; the caller
 A call is {"name", "op", ...}: op "live", "ready", "model_ready" (model,
 version), "server_metadata", "metadata" (model), or "infer" (model, datatype,
 shape, values: a flat list, hex strings for BYTES; optional version, timeout_us,
-priority). A result is {"call", "ok": true, ...} or {"call", "ok": false,
+priority), or "infer_named" (model, inputs: a list of {name, datatype, shape,
+values}, outputs: the names to ask for), whose result holds each output's
+{datatype, shape, values} by name. A result is {"call", "ok": true, ...} or {"call", "ok": false,
 "status", "message"}.
 
 Usage: tritonclient_checks.py HOST:PORT [CA [CERT KEY]]: with a CA file the client
@@ -68,6 +70,25 @@ def infer(client: grpcclient.InferenceServerClient, call: dict[str, Any]) -> dic
     }
 
 
+def infer_named(client: grpcclient.InferenceServerClient,
+                call: dict[str, Any]) -> dict[str, Any]:
+    inputs = []
+    for tensor in call["inputs"]:
+        inp = grpcclient.InferInput(tensor["name"], list(tensor["shape"]), tensor["datatype"])
+        inp.set_data_from_numpy(to_array(tensor))
+        inputs.append(inp)
+    result = client.infer(call["model"], inputs,
+                          outputs=[grpcclient.InferRequestedOutput(n) for n in call["outputs"]],
+                          client_timeout=CLIENT_TIMEOUT_S)
+    response = result.get_response(as_json=True)
+    outputs = {}
+    for out in response["outputs"]:
+        array = result.as_numpy(out["name"])
+        outputs[out["name"]] = {"datatype": out["datatype"], "shape": list(array.shape),
+                                "values": flat(array)}
+    return {"outputs": outputs}
+
+
 def run(client: grpcclient.InferenceServerClient, call: dict[str, Any]) -> dict[str, Any]:
     op = call["op"]
     if op == "live":
@@ -84,6 +105,8 @@ def run(client: grpcclient.InferenceServerClient, call: dict[str, Any]) -> dict[
                                               as_json=True, client_timeout=CLIENT_TIMEOUT_S))
     if op == "infer":
         return infer(client, call)
+    if op == "infer_named":
+        return infer_named(client, call)
     raise ValueError(f"unknown op {op!r}")
 
 
