@@ -8,7 +8,7 @@ the interpreter's switch interval. So when the loop's turns grow long (a loaded 
 or a machine short of CPU), calls queue inside gRPC core, where neither a handler
 nor a timer on the loop can see them, and every refusal comes too late.
 
-The probe sees that queue: every `period_s` while the service is in use, it calls
+The probe sees that queue: every PERIOD_S while the service is in use, it calls
 the server's own health check through a Unix socket bound to the same server (the
 same queue of calls), and times the answer. While an answer is outstanding, the wait
 so far counts, so a queue that grows is seen at once. A probe costs the process
