@@ -216,7 +216,8 @@ def _answer(names: list[str], results: list[Any]) -> Any:
 class _Booster:
     """What XGBoost and LightGBM boosters share: labels from probabilities, by objective."""
 
-    # "binary", "multi" (probabilities), "multi_label" (the value is the class) or "" (values)
+    # "binary", "multi" (probabilities), "margin" (a binary classifier's raw score: the
+    # class is its sign), "multi_label" (the value is the class) or "" (values)
     kind = ""
 
     def _check_output(self, output: str, objective: str) -> str:
@@ -237,6 +238,8 @@ class _Booster:
             return list(values)
         if self.kind == "binary":
             return list((values > 0.5).astype(np.int64))
+        if self.kind == "margin":
+            return list((values > 0).astype(np.int64))
         if self.kind == "multi":
             return list(values.argmax(axis=1).astype(np.int64))
         if self.kind == "multi_label":
@@ -256,9 +259,9 @@ class XGBoostModel(_Booster):
         if native_threads > 0:
             self.booster.set_param({"nthread": native_threads})
         objective = json.loads(self.booster.save_config())["learner"]["objective"]["name"]
-        self.kind = ("binary" if objective.startswith("binary:")
-                     else "multi" if objective == "multi:softprob"
-                     else "multi_label" if objective == "multi:softmax" else "")
+        self.kind = {"binary:logistic": "binary", "binary:logitraw": "margin",
+                     "binary:hinge": "multi_label", "multi:softprob": "multi",
+                     "multi:softmax": "multi_label"}.get(objective, "")
         self.output = self._check_output(output, objective)
         self.input_spec = TensorSpec("float32", (self.booster.num_features(),))
 

@@ -97,6 +97,23 @@ def test_xgboost_regressor_answers_values_and_refuses_probabilities(tmp_path: Pa
         load_model(str(path), output="predict_proba")
 
 
+def test_xgboost_raw_scores_give_labels_by_their_sign_and_no_probabilities(
+        tmp_path: Path) -> None:
+    xgb = pytest.importorskip("xgboost")
+    x, y = model_files.digits()
+    odd = (y % 2).astype(int)
+    booster = xgb.train({"objective": "binary:logitraw", "max_depth": 3, "nthread": 1},
+                        xgb.DMatrix(x, label=odd), num_boost_round=8)
+    path = tmp_path / "odd.ubj"
+    booster.save_model(str(path))
+    scores = booster.predict(xgb.DMatrix(np.stack(QUERIES)))
+    assert (scores < 0).any() and (scores > 0).any()  # raw scores, not probabilities
+    labels = load_model(str(path)).predict_batch(QUERIES)
+    assert [int(v) for v in labels] == (scores > 0).astype(int).tolist()
+    with pytest.raises(ModelLoadFailed, match="objective is binary:logitraw"):
+        load_model(str(path), output="predict_proba")
+
+
 @pytest.mark.parametrize("binary", [False, True])
 def test_lightgbm_booster_file(tmp_path: Path, binary: bool) -> None:
     pytest.importorskip("lightgbm")
