@@ -80,12 +80,23 @@ class Flag:
         return raw * self.scale if self.scale is not None else raw
 
 
+def parse_bool(raw: str) -> bool:
+    """A boolean variable: 1, true, yes or on; 0, false, no or off."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
 def flag(default: bool | int | float | str, help: str, *, name: str = "",
          choices: tuple[str, ...] = (), check: Check | None = None,
          scale: float | None = None) -> Any:
     """A dataclass field set by the flag `--<name>` (default: the field's name, dashed);
     a bool flag is off unless given."""
-    spec = Flag(default, help, type(default), name, choices, check, scale)
+    parse = parse_bool if isinstance(default, bool) else type(default)
+    spec = Flag(default, help, parse, name, choices, check, scale)
     return field(default=spec.value(default), metadata={_FLAG: spec})
 
 
@@ -159,8 +170,9 @@ def build_parser(cls: type, service: str | None,
     """The flags of `cls`, with defaults read from the environment now."""
     p = argparse.ArgumentParser(**parser_args)
     for d in declared_flags(cls, service):
-        if d.spec.parse is bool:
-            p.add_argument(d.flag, dest=d.dest, action="store_true", help=d.spec.help)
+        if d.spec.parse is parse_bool:  # on when given, else as its variable says
+            p.add_argument(d.flag, dest=d.dest, action="store_true", default=env_default(d),
+                           help=d.spec.help)
         else:
             p.add_argument(d.flag, dest=d.dest, type=d.spec.parse, default=env_default(d),
                            choices=d.spec.choices or None, help=d.spec.help)

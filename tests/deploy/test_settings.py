@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import importlib
 import re
+from dataclasses import dataclass
 
 import pytest
 
 from services.cli import settings
-from services.common.config import ConfigError, build_parser, declared_flags, parse_config
+from services.common.config import (
+    ConfigError,
+    build_parser,
+    declared_flags,
+    flag,
+    parse_config,
+)
 from services.frontend import config as frontend_config
 from tests.deploy.manifests import REPO
 
@@ -73,3 +80,20 @@ def test_a_bad_variable_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> N
         parse_config(frontend_config.Config, "frontend", ["--max-backlog-ms", "-1"])
     cfg = parse_config(frontend_config.Config, "frontend", ["--max-backlog-ms", "20"])
     assert cfg.admission.max_backlog_s == pytest.approx(0.02)
+
+
+@dataclass(frozen=True)
+class _Switches:
+    verbose: bool = flag(False, "a switch")
+
+
+def test_a_switch_is_on_when_given_else_as_its_variable_says(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse_config(_Switches, "demo", []).verbose is False
+    assert parse_config(_Switches, "demo", ["--verbose"]).verbose is True
+    for raw, expected in (("true", True), ("1", True), ("off", False), ("false", False)):
+        monkeypatch.setenv("CLIPPER_DEMO_VERBOSE", raw)
+        assert parse_config(_Switches, "demo", []).verbose is expected
+    monkeypatch.setenv("CLIPPER_DEMO_VERBOSE", "maybe")
+    with pytest.raises(ConfigError, match="CLIPPER_DEMO_VERBOSE='maybe'"):
+        parse_config(_Switches, "demo", [])
