@@ -125,6 +125,7 @@ async def start_server(
     tls: ServerTLS | None = None,
     health_port: int = -1,
     probe_socket: bool = False,
+    reuse_port: bool = False,
 ) -> Server:
     """Start a server on `host:port` (0 picks a free port), with TLS when `tls` is given.
 
@@ -133,11 +134,15 @@ async def start_server(
     second, plaintext server on that port answers health checks only (the same status),
     for probes that cannot speak TLS, such as Kubernetes' gRPC probes. With
     `probe_socket`, the server also listens on a Unix socket in a directory only this
-    user can enter, for its own accept probe (`Server.probe_address`).
+    user can enter, for its own accept probe (`Server.probe_address`). With
+    `reuse_port`, both ports are bound with SO_REUSEPORT, so that several processes of
+    this user serve them and the kernel spreads connections over them (frontend
+    workers); otherwise a port in use is an error.
     """
+    reuse = [("grpc.so_reuseport", int(reuse_port))]
     server = grpc.aio.server(
         interceptors=[RejectUndecodable(), *interceptors],
-        options=server_options(max_message_bytes, [("grpc.so_reuseport", 0)]),
+        options=server_options(max_message_bytes, reuse),
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
     names: list[str] = []
@@ -168,7 +173,7 @@ async def start_server(
         health_server, health_bound = None, -1
         if health_port >= 0:
             health_server = grpc.aio.server(
-                options=server_options(DEFAULT_MAX_MESSAGE_BYTES, [("grpc.so_reuseport", 0)]))
+                options=server_options(DEFAULT_MAX_MESSAGE_BYTES, reuse))
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
             health_bound = health_server.add_insecure_port(f"{host}:{health_port}")
             if health_bound == 0:
@@ -194,6 +199,7 @@ class Running:
 
     port: int
     stop: Callable[[], Awaitable[None]]
+    health_port: int = -1  # the plaintext health-only port, when there is one
 
 
 def run_service(main: Coroutine[Any, Any, T]) -> T:
@@ -217,10 +223,16 @@ def announce_ready(service: str, port: int) -> None:
     stalled; frozen, they are never scanned, and a full collection only walks what
     serving allocated since.
     """
-    gc.collect()
-    gc.freeze()
+    freeze_startup()
     print(f"{READY_PREFIX} service={service} port={port}", flush=True)
     logger.info("%s listening on port %d", service, port)
+
+
+def freeze_startup() -> None:
+    """Collect once, then keep what startup allocated out of later collections' sight
+    (see `announce_ready`)."""
+    gc.collect()
+    gc.freeze()
 
 
 async def wait_for_signal() -> None:
