@@ -90,7 +90,27 @@ class Server:
         """Not ready (load balancers stop sending), refuse new calls, and let those in
         flight finish within `grace_s`."""
         await self.set_serving(False)
+        await self._take_queued_calls(DRAIN_TAKE_S if grace_s is None
+                                      else min(grace_s, DRAIN_TAKE_S))
         await self.stop(grace_s)
+
+    async def _take_queued_calls(self, timeout_s: float) -> None:
+        """Wait (at most `timeout_s`) until the calls that wait inside gRPC core now have
+        been taken by this server: a stop fails those it finds there (CANCELLED),
+        although their clients sent them before it.
+
+        grpc.aio takes calls from gRPC core one at a time, in the order they came, so
+        once a health check sent now through the probe socket is answered, the calls
+        that came before it are being served."""
+        if not self.probe_address:
+            return
+        try:
+            async with grpc.aio.insecure_channel(self.probe_address) as channel:
+                await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            logger.warning("draining: calls queued in gRPC core not all taken (%s)",
+                           exc.code().name)
 
     async def stop(self, grace_s: float | None) -> None:
         await self.health.enter_graceful_shutdown()
@@ -101,6 +121,9 @@ class Server:
             shutil.rmtree(os.path.dirname(self.probe_address.removeprefix("unix:")),
                           ignore_errors=True)
 
+
+# How long a drain waits for the calls queued inside gRPC core to be taken, at most.
+DRAIN_TAKE_S = 2.0
 
 # The smallest --max-message-bytes: a message must hold a query and its framing.
 MIN_MESSAGE_BYTES = 4096
