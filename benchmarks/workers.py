@@ -111,13 +111,13 @@ def run(work: Path) -> str:
              f"**{capacity} q/s**.", "",
              f"CPU per query (ms) by process kind at {one.cpu_run.rate} q/s (a frontend's "
              "workers and the process that looks after them counted together):", "",
-             "| frontend | " + " | ".join(KINDS) + " | mesh | mesh vs 1 worker |",
+             "| workers | " + " | ".join(KINDS) + " | mesh | mesh vs 1 worker |",
              "|---|" + "---|" * (len(KINDS) + 2)]
     for m in (one, two):
         lines.append(f"| {m.workers} worker(s) | " + " | ".join(
             f"{m.cpu_ms(kind):.2f}" for kind in KINDS) + f" | {m.mesh_cpu_ms:.2f} | "
             f"{m.mesh_cpu_ms / one.mesh_cpu_ms:.2f}x |")
-    lines += ["", "| frontend | offered | goodput q/s | vs 1 worker | within SLO | "
+    lines += ["", "| workers | offered | goodput q/s | vs 1 worker | within SLO | "
               "p50 / p99 answered ms | refused |", "|---|---|---|---|---|---|---|"]
     for m in (one, two):
         for r, base in zip(m.runs, one.runs, strict=True):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import logging
 import multiprocessing
 import os
@@ -41,6 +42,7 @@ from services.common.server import (
     run_service,
     wait_for_signal,
 )
+from services.common.tasks import BackgroundTask
 from services.common.telemetry import setup_logging
 from services.common.tracing import setup_tracing
 from services.frontend.config import Config
@@ -101,7 +103,9 @@ async def _serve(start: Start, cfg: Config, link: socket.socket) -> None:
 class _Worker:
     index: int
     process: BaseProcess | None = None
-    exited: asyncio.Future[None] | None = None  # resolved when its link closes
+    # The link only ever carries the worker's ports; it is at its end once the worker
+    # has exited.
+    link: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
     restarts: deque[float] = field(default_factory=deque)  # when, in the last minute
     quick_exits: int = 0
     started_at: float = 0.0
@@ -116,8 +120,7 @@ class WorkerPool:
         self.port = cfg.port
         self.health_port = cfg.health_port
         self._workers = [_Worker(i) for i in range(cfg.workers)]
-        self._keepers: set[asyncio.Task[None]] = set()
-        self._stopping = False
+        self._keepers: list[BackgroundTask] = []
         self._left_down = 0
         self.all_down = asyncio.Event()  # every worker exited too often: nothing serves
 
@@ -131,16 +134,11 @@ class WorkerPool:
             await self.stop()
             raise
         for worker in self._workers:
-            task = asyncio.create_task(self._keep(worker), name=f"keep-worker-{worker.index}")
-            self._keepers.add(task)
-            task.add_done_callback(self._keepers.discard)
+            keeper = BackgroundTask(f"frontend-worker-{worker.index}",
+                                    functools.partial(self._keep, worker))
+            keeper.start()
+            self._keepers.append(keeper)
         return self.port
-
-    def pids(self) -> list[int]:
-        """The workers' process ids (those running), in worker order."""
-        return [w.process.pid for w in self._workers
-                if w.process is not None and w.process.pid is not None
-                and w.process.is_alive()]
 
     def _config(self, index: int) -> Config:
         metrics_port = self.cfg.metrics_port
@@ -151,7 +149,6 @@ class WorkerPool:
 
     async def _launch(self, worker: _Worker) -> None:
         """Spawn `worker` and wait until it serves (raises WorkerFailed)."""
-        loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
         ctx = multiprocessing.get_context("spawn")
         process = ctx.Process(target=serve_worker, name=f"frontend-worker-{worker.index}",
@@ -161,71 +158,62 @@ class WorkerPool:
             # From this (the main) thread: the kernel's parent-death signal follows the
             # thread that spawned, and this one lives as long as the process.
             process.start()
+        except OSError as exc:
+            ours.close()
+            raise WorkerFailed(f"frontend worker {worker.index} could not start: {exc}") \
+                from exc
         finally:
             theirs.close()
         worker.process, worker.started_at = process, time.monotonic()
-        reader, writer = await asyncio.open_connection(sock=ours)
-        worker.exited = loop.create_future()
+        reader, writer = worker.link = await asyncio.open_connection(sock=ours)
         try:
             async with asyncio.timeout(START_TIMEOUT_S):
                 line = await reader.readline()
-            if not line:
-                await asyncio.to_thread(process.join)
-                raise WorkerFailed(f"frontend worker {worker.index} exited before it served "
-                                   f"({exit_reason(process.exitcode or 0)}); see its log")
+        except TimeoutError:
+            process.kill()
+            raise WorkerFailed(f"frontend worker {worker.index} did not serve within "
+                               f"{START_TIMEOUT_S:g} s; see its log") from None
         except BaseException:
             writer.close()
             process.kill()
             raise
+        if not line:
+            await asyncio.to_thread(process.join)
+            raise WorkerFailed(f"frontend worker {worker.index} exited before it served "
+                               f"({exit_reason(process.exitcode or 0)}); see its log")
         port, health_port = (int(word) for word in line.split())
         if worker.index == 0:
             self.port, self.health_port = port, health_port
         logger.info("frontend worker %d (pid %d) serves port %d", worker.index, process.pid,
                     port)
-        task = asyncio.create_task(self._watch(reader, writer, worker.exited))
-        self._keepers.add(task)
-        task.add_done_callback(self._keepers.discard)
-
-    @staticmethod
-    async def _watch(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     exited: asyncio.Future[None]) -> None:
-        """Resolve `exited` when the worker's end of the link closes: it has exited."""
-        try:
-            await reader.read()
-        finally:
-            writer.close()
-            if not exited.done():
-                exited.set_result(None)
 
     async def _keep(self, worker: _Worker) -> None:
         """Start `worker` again each time it exits, until the pool stops or it exits
         too often."""
         while True:
-            assert worker.exited is not None and worker.process is not None
-            await worker.exited
+            assert worker.link is not None and worker.process is not None
+            reader, writer = worker.link
+            await reader.read()  # to its end: the worker has exited
+            writer.close()
             await asyncio.to_thread(worker.process.join)
-            if self._stopping:
-                return
+            reason = exit_reason(worker.process.exitcode or 0)
             if not self._may_restart(worker):
                 logger.error("frontend worker %d (pid %d) exited (%s), more than %d times in "
                              "a minute: left down, the others serve", worker.index,
-                             worker.process.pid, exit_reason(worker.process.exitcode or 0),
-                             self.policy.max_restarts_per_min)
+                             worker.process.pid, reason, self.policy.max_restarts_per_min)
                 self._left_down += 1
                 if self._left_down == len(self._workers):
                     self.all_down.set()
                 return
             delay_s = self.policy.delay_s(worker.quick_exits)
             logger.error("frontend worker %d (pid %d) exited (%s): the others serve; starting "
-                         "it again in %.1f s", worker.index, worker.process.pid,
-                         exit_reason(worker.process.exitcode or 0), delay_s)
+                         "it again in %.1f s", worker.index, worker.process.pid, reason,
+                         delay_s)
             await asyncio.sleep(delay_s)
             try:
                 await self._launch(worker)
             except WorkerFailed as exc:
-                logger.error("%s", exc)
-                worker.exited = asyncio.get_running_loop().create_future()
-                worker.exited.set_result(None)
+                logger.error("%s", exc)  # its link is at its end: counted as an exit
 
     def _may_restart(self, worker: _Worker) -> bool:
         now = time.monotonic()
@@ -241,9 +229,8 @@ class WorkerPool:
     async def stop(self) -> bool:
         """SIGTERM every worker, wait its grace period, then SIGKILL what is left; True
         when all exited cleanly."""
-        self._stopping = True
-        for task in list(self._keepers):
-            task.cancel()
+        for keeper in self._keepers:
+            await keeper.aclose()
         processes = [w.process for w in self._workers if w.process is not None]
         for process in processes:
             if process.is_alive():

@@ -67,8 +67,8 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
     mesh = Mesh(workdir)
     try:
         mesh.start_selection(state=redis.url)
-        # No prediction cache: every query reaches a worker's query path and its model.
-        frontend = mesh.start_frontend("--workers", "2", "--cache", "none",
+        # State and prediction cache on the one Redis (every query has its own input).
+        frontend = mesh.start_frontend("--workers", "2", "--cache", redis.url,
                                        "--metrics-port", "0", state=redis.url)
         mesh.start_container("tests.helpers.models:TenMsPerBatch", "work", "1",
                              "--max-batch-size", "1")
