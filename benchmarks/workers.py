@@ -33,6 +33,7 @@ from testkit.mesh import Mesh
 from tests.helpers.redis_server import RedisServer
 
 CONNECTIONS = 8
+CPU_RUNS = 3  # CPU per query is the lowest of this many runs
 WORKER_COUNTS = (1, 2)
 
 
@@ -83,10 +84,14 @@ def measure(work: Path, models: dict[str, Path], workers: int, payload: Path,
         if capacity is None:
             capacity = strict_capacity(address, payload, CONNECTIONS)
         pids = mesh_processes(os.getpid())
-        with measured(pids) as cpu:
-            result.cpu_run = ghz_run(address, payload, max(50, capacity // 2), RUN_S,
-                                     CONNECTIONS)
-        result.cpu_run.cpu = cpu
+        cpu_runs = []
+        for _ in range(CPU_RUNS):
+            with measured(pids) as cpu:
+                cpu_runs.append(ghz_run(address, payload, max(50, capacity // 2), RUN_S,
+                                        CONNECTIONS))
+            cpu_runs[-1].cpu = cpu
+        # The least disturbed: another process on the cores only ever adds to it.
+        result.cpu_run = min(cpu_runs, key=lambda r: r.cpu.mesh_s / max(len(r.calls), 1))
         for multiple in MULTIPLES:
             result.runs.append(ghz_run(address, payload, capacity * multiple, RUN_S,
                                        CONNECTIONS))
@@ -109,8 +114,9 @@ def run(work: Path) -> str:
              f"connections, distinct inputs, {RUN_S} s per rate, on {CORES} cores shared with "
              "ghz. Strict capacity of 1 worker (99% within 20 ms): "
              f"**{capacity} q/s**.", "",
-             f"CPU per query (ms) by process kind at {one.cpu_run.rate} q/s (a frontend's "
-             "workers and the process that looks after them counted together):", "",
+             f"CPU per query (ms) by process kind at {one.cpu_run.rate} q/s, the lowest of "
+             f"{CPU_RUNS} runs (a frontend's workers and the process that looks after them "
+             "counted together):", "",
              "| workers | " + " | ".join(KINDS) + " | mesh | mesh vs 1 worker |",
              "|---|" + "---|" * (len(KINDS) + 2)]
     for m in (one, two):
