@@ -25,13 +25,14 @@ from benchmarks import (
     selection_experiments,
     tls_cost,
     tracing_cost,
+    workers,
 )
 from benchmarks.harness import capacity, workdir
 from benchmarks.loadgen import RunResult
 from services.mesh import digits
 
 SECTIONS = ("mesh", "container", "digits", "paper", "frontend", "slo", "burst", "overhead",
-            "limit", "selection", "tls", "tracing", "overload", "runtimes")
+            "limit", "selection", "tls", "tracing", "overload", "runtimes", "workers")
 
 
 def _capacity_table(caps: list[gain.Capacity]) -> list[str]:
@@ -63,6 +64,8 @@ async def run(out: Path, sections: tuple[str, ...], queries: int) -> str:
             lines += [tracing_cost.run(out, queries), ""]
         if "overload" in sections:
             lines += [await asyncio.to_thread(overload.run, out, work / "overload"), ""]
+        if "workers" in sections:
+            lines += [await asyncio.to_thread(workers.run, work / "workers"), ""]
         if "container" in sections:
             caps = await gain.container_capacities(work, gain.SYNTHETIC, np.ones(4, np.float32))
             adaptive = next(c for c in caps if c.label == "adaptive")

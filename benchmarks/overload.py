@@ -60,12 +60,14 @@ class Run:
         return sum(s == status for _, s in self.calls)
 
 
-def ghz_run(target: str, payload: Path, rate: int, seconds: float) -> Run:
-    workers = max(10, min(500, rate // 4))
+def ghz_run(target: str, payload: Path, rate: int, seconds: float,
+            connections: int = 2) -> Run:
+    """ghz open loop at `rate` for `seconds` over `connections` connections."""
+    workers = max(10, connections, min(500, rate // 4))
     done = subprocess.run(
         [str(GHZ), "--insecure", "--call", "clipper.v1.Frontend/Predict", "-D", str(payload),
          "--rps", str(rate), "-z", f"{seconds}s", "--duration-stop", "wait", "-t", "2s",
-         "-c", str(workers), "--connections", "2", "--format", "json", target],
+         "-c", str(workers), "--connections", str(connections), "--format", "json", target],
         capture_output=True, text=True, timeout=seconds * 10 + 60, check=False,
     )
     if done.returncode not in (0, 1) or not done.stdout:
@@ -98,11 +100,11 @@ def write_payload(work: Path, count: int = 4000) -> Path:
     return payload
 
 
-def strict_capacity(target: str, payload: Path) -> int:
+def strict_capacity(target: str, payload: Path, connections: int = 2) -> int:
     """The highest rate with at least 99% of answers within the SLO (the lowest if none)."""
     best = CAPACITY_RATES[0]
     for rate in CAPACITY_RATES:
-        run = max((ghz_run(target, payload, rate, 2) for _ in range(2)),
+        run = max((ghz_run(target, payload, rate, 2, connections) for _ in range(2)),
                   key=lambda r: r.within_slo)
         if run.within_slo < 0.99:
             break

@@ -90,7 +90,27 @@ class Server:
         """Not ready (load balancers stop sending), refuse new calls, and let those in
         flight finish within `grace_s`."""
         await self.set_serving(False)
+        await self._take_queued_calls(DRAIN_TAKE_S if grace_s is None
+                                      else min(grace_s, DRAIN_TAKE_S))
         await self.stop(grace_s)
+
+    async def _take_queued_calls(self, timeout_s: float) -> None:
+        """Wait (at most `timeout_s`) until the calls that wait inside gRPC core now have
+        been taken by this server: a stop fails those it finds there (CANCELLED),
+        although their clients sent them before it.
+
+        grpc.aio takes calls from gRPC core one at a time, in the order they came, so
+        once a health check sent now through the probe socket is answered, the calls
+        that came before it are being served."""
+        if not self.probe_address:
+            return
+        try:
+            async with grpc.aio.insecure_channel(self.probe_address) as channel:
+                await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            logger.warning("draining: calls queued in gRPC core not all taken (%s)",
+                           exc.code().name)
 
     async def stop(self, grace_s: float | None) -> None:
         await self.health.enter_graceful_shutdown()
@@ -101,6 +121,9 @@ class Server:
             shutil.rmtree(os.path.dirname(self.probe_address.removeprefix("unix:")),
                           ignore_errors=True)
 
+
+# How long a drain waits for the calls queued inside gRPC core to be taken, at most.
+DRAIN_TAKE_S = 2.0
 
 # The smallest --max-message-bytes: a message must hold a query and its framing.
 MIN_MESSAGE_BYTES = 4096
@@ -125,6 +148,7 @@ async def start_server(
     tls: ServerTLS | None = None,
     health_port: int = -1,
     probe_socket: bool = False,
+    reuse_port: bool = False,
 ) -> Server:
     """Start a server on `host:port` (0 picks a free port), with TLS when `tls` is given.
 
@@ -133,11 +157,15 @@ async def start_server(
     second, plaintext server on that port answers health checks only (the same status),
     for probes that cannot speak TLS, such as Kubernetes' gRPC probes. With
     `probe_socket`, the server also listens on a Unix socket in a directory only this
-    user can enter, for its own accept probe (`Server.probe_address`).
+    user can enter, for its own accept probe (`Server.probe_address`). With
+    `reuse_port`, both ports are bound with SO_REUSEPORT, so that several processes of
+    this user serve them and the kernel spreads connections over them (frontend
+    workers); otherwise a port in use is an error.
     """
+    reuse = [("grpc.so_reuseport", int(reuse_port))]
     server = grpc.aio.server(
         interceptors=[RejectUndecodable(), *interceptors],
-        options=server_options(max_message_bytes, [("grpc.so_reuseport", 0)]),
+        options=server_options(max_message_bytes, reuse),
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
     names: list[str] = []
@@ -168,7 +196,7 @@ async def start_server(
         health_server, health_bound = None, -1
         if health_port >= 0:
             health_server = grpc.aio.server(
-                options=server_options(DEFAULT_MAX_MESSAGE_BYTES, [("grpc.so_reuseport", 0)]))
+                options=server_options(DEFAULT_MAX_MESSAGE_BYTES, reuse))
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
             health_bound = health_server.add_insecure_port(f"{host}:{health_port}")
             if health_bound == 0:
@@ -194,6 +222,7 @@ class Running:
 
     port: int
     stop: Callable[[], Awaitable[None]]
+    health_port: int = -1  # the plaintext health-only port, when there is one
 
 
 def run_service(main: Coroutine[Any, Any, T]) -> T:
@@ -217,10 +246,16 @@ def announce_ready(service: str, port: int) -> None:
     stalled; frozen, they are never scanned, and a full collection only walks what
     serving allocated since.
     """
-    gc.collect()
-    gc.freeze()
+    freeze_startup()
     print(f"{READY_PREFIX} service={service} port={port}", flush=True)
     logger.info("%s listening on port %d", service, port)
+
+
+def freeze_startup() -> None:
+    """Collect once, then keep what startup allocated out of later collections' sight
+    (see `announce_ready`)."""
+    gc.collect()
+    gc.freeze()
 
 
 async def wait_for_signal() -> None:

@@ -42,6 +42,7 @@ from services.frontend.registry import Registry
 from services.frontend.replica_table import ReplicaTable
 from services.frontend.selection_client import SelectionClient
 from services.frontend.servicer import FrontendServicer
+from services.frontend.workers import serve_workers
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.generated.inference import grpc_service_pb2_grpc as oip_grpc
@@ -93,6 +94,7 @@ async def start(cfg: Config, now: clock.Now = clock.now) -> Running:
         health_port=cfg.health_port,
         interceptors=[AuthInterceptor(auth_rules(cfg))],
         probe_socket=True,
+        reuse_port=cfg.reuse_port,
     )
     await replicas.start()
     stack.push_async_callback(replicas.aclose)
@@ -106,7 +108,7 @@ async def start(cfg: Config, now: clock.Now = clock.now) -> Running:
         await probe.start()
         stack.push_async_callback(probe.aclose)
     await server.set_serving(True)
-    return Running(server.port, stack.aclose)
+    return Running(server.port, stack.aclose, server.health_port)
 
 
 async def main(cfg: Config) -> None:
@@ -134,5 +136,8 @@ def auth_rules(cfg: Config) -> dict[str, Authenticator]:
 if __name__ == "__main__":
     config = config_from_args()
     setup_logging("frontend", config.log_level, config.log_format)
+    if config.workers > 1:
+        raise SystemExit(run_service(serve_workers(
+            config, functools.partial(announce_ready, "frontend"))))
     setup_tracing("frontend")
     run_service(main(config))

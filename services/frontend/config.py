@@ -24,7 +24,7 @@ from services.common.config import (
 )
 from services.common.credentials import MIN_SECRET_CHARS
 from services.common.limits import Limits
-from services.common.redis_url import CACHE_SCHEMES, redact_url
+from services.common.redis_url import CACHE_SCHEMES, REDIS_SCHEMES, redact_url
 from services.common.server import max_message_bytes_flag
 from services.common.tls import ClientTLS, ServerTLS
 from services.frontend.quotas import QuotaLimits
@@ -36,6 +36,11 @@ SERVICE = "frontend"
 class Config:
     host: str = host_flag()
     port: int = port_flag(1337)
+    workers: int = flag(
+        1, "frontend processes serving --port together (SO_REUSEPORT: the kernel spreads "
+        "connections over them), each a full frontend on its own core; more than 1 needs "
+        "--state redis://... and --cache none or redis://...; with --metrics-port P, "
+        "worker i serves metrics on P+i", check=POSITIVE)
     state: str = flag(
         ".run/frontend-state.json", "state store: an embedded file path, or "
         "redis[s]://[[USER]:PASSWORD@]HOST:PORT/DB shared by several frontends "
@@ -75,6 +80,9 @@ class Config:
     # containers when enabled.
     tls: ServerTLS | None = None
     client_tls: ClientTLS = field(default_factory=ClientTLS)
+    # Set by services/frontend/workers.py for each of several workers: bind the ports
+    # with SO_REUSEPORT, beside the other workers.
+    reuse_port: bool = False
 
 
 def config_from_args(argv: list[str] | None = None) -> Config:
@@ -91,6 +99,13 @@ def config_from_args(argv: list[str] | None = None) -> Config:
     require(cfg.cache in ("memory", "none") or cfg.cache.startswith(CACHE_SCHEMES),
             f"--cache={redact_url(cfg.cache)}: expected memory, none or "
             "redis[s]://[[USER]:PASSWORD@]HOST:PORT/DB")
+    require(cfg.workers == 1 or cfg.state.startswith(REDIS_SCHEMES),
+            f"--workers={cfg.workers} needs a shared state store, --state redis://HOST:PORT/DB "
+            f"(--state={cfg.state} is an embedded file, which one process alone may write)")
+    require(cfg.workers == 1 or cfg.cache != "memory",
+            f"--workers={cfg.workers} needs --cache none or a shared redis://HOST:PORT/DB "
+            "(with --cache=memory each worker would keep its own, and feedback reaching "
+            "another worker than its query would not find the prediction it follows)")
     require(0.0 <= cfg.access_log_sample <= 1.0,
             f"--access-log-sample={cfg.access_log_sample}: must be within 0..1")
     return replace(cfg, management_token=management_token, mesh_secret=mesh_secret,
