@@ -30,7 +30,7 @@ from benchmarks.overload import (
 from benchmarks.process_cpu import KINDS, measured, mesh_processes
 from services.mesh import digits
 from testkit.mesh import Mesh
-from tests.helpers.redis_server import RedisServer
+from testkit.redis_server import RedisServer
 
 CONNECTIONS = 8
 CPU_RUNS = 3  # CPU per query is the lowest of this many runs
