@@ -14,6 +14,8 @@ that names both), then each tensor against its spec.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeAlias
 
@@ -29,6 +31,8 @@ from services.generated.clipper.v1 import clipper_pb2 as pb
 Value: TypeAlias = pb.Tensor | Mapping[str, pb.Tensor]
 # Most named inputs or outputs one application or model may declare.
 MAX_NAMED = 16
+# What a tensor's name may hold: it goes into error messages and logs as it is.
+_NAME = re.compile(r"[A-Za-z0-9_.:/-]+")
 
 
 def describe(specs: Sequence[TensorSpec]) -> str:
@@ -36,13 +40,18 @@ def describe(specs: Sequence[TensorSpec]) -> str:
     return ", ".join(f"{s.name}: {s.describe()}" for s in specs)
 
 
-def specs_from_proto(msgs: Iterable[pb.TensorSpec], what: str,
+def specs_from_proto(msgs: Sequence[pb.TensorSpec], what: str,
                      limits: Limits = DEFAULT_LIMITS) -> tuple[TensorSpec, ...]:
     """Named specs (`what`: "inputs" or "outputs"), each named, once, within the limits."""
+    if len(msgs) > MAX_NAMED:
+        raise InvalidInput(f"{len(msgs)} {what} exceed the limit of {MAX_NAMED}")
     specs: list[TensorSpec] = []
     for i, msg in enumerate(msgs):
         if not msg.name:
             raise InvalidInput(f"{what}[{i}] has no name: each of several tensors is named")
+        if not _NAME.fullmatch(msg.name):
+            raise InvalidInput(f"{what}[{i}] name {short_repr(msg.name)}: letters, digits "
+                               "and _ . : / - only")
         limits.check_length(f"{what}[{i}] name", msg.name, limits.name_length,
                             "--max-name-length")
         if len(msg.shape) > limits.rank:
@@ -52,8 +61,6 @@ def specs_from_proto(msgs: Iterable[pb.TensorSpec], what: str,
             specs.append(tensors.spec_from_proto(msg))
         except InvalidInput as exc:
             raise InvalidInput(f"{what}[{i}] ({short_repr(msg.name)}): {exc.message}") from None
-    if len(specs) > MAX_NAMED:
-        raise InvalidInput(f"{len(specs)} {what} exceed the limit of {MAX_NAMED}")
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         twice = sorted({n for n in names if names.count(n) > 1})
@@ -66,7 +73,7 @@ def check_names(specs: Sequence[TensorSpec], names: Iterable[str], what: str = "
     wanted = [s.name for s in specs]
     given = set(names)
     missing = [n for n in wanted if n not in given]
-    unknown = sorted(given - set(wanted))
+    unknown = sorted(itertools.islice((n for n in given if n not in wanted), 4))
     if missing or unknown:
         parts = []
         if missing:
@@ -106,7 +113,9 @@ def decode_any(value: Mapping[str, pb.Tensor],
 
 
 def encode(values: Mapping[str, Any]) -> pb.TensorMap:
-    """A TensorMap of named arrays (or anything `tensors.encode` takes)."""
+    """A TensorMap of named arrays (or anything `tensors.encode` takes), at least one."""
+    if not values:
+        raise InvalidInput("the model answered no named output")
     out = pb.TensorMap()
     for name, value in values.items():
         if not isinstance(name, str) or not name:

@@ -128,12 +128,13 @@ class InferencePlane:
         if queries is None:
             one = values if app.inputs else values[specs[0].name]
             prediction = await predict(one, request.id)
-            return InferAnswer(_named(prediction.output), [prediction], raw)
+            return InferAnswer(_named(app, prediction.output), [prediction], raw)
         predictions = await _gather([
             predict(query, f"{request.id}/{i}" if request.id else "")
             for i, query in enumerate(queries)
         ])
-        return InferAnswer(_stack([_named(p.output) for p in predictions]), predictions, raw)
+        return InferAnswer(_stack([_named(app, p.output) for p in predictions]), predictions,
+                           raw)
 
     def _versions(self, app: Application) -> list[str]:
         """Every known version of the application's linked models."""
@@ -186,8 +187,12 @@ def _queries(app: Application, values: dict[str, pb.Tensor],
     return [{name: batch[i] for name, batch in rows.items()} for i in range(count)]
 
 
-def _named(output: Value) -> dict[str, pb.Tensor]:
-    return {OUTPUT_NAME: output} if isinstance(output, pb.Tensor) else dict(output)
+def _named(app: Application, output: Value) -> dict[str, pb.Tensor]:
+    """An answer's outputs by name: one tensor is the application's one declared output
+    (when it declares one), else "output"."""
+    if isinstance(output, pb.Tensor):
+        return {output_names(app)[0] if len(app.outputs) == 1 else OUTPUT_NAME: output}
+    return dict(output)
 
 
 def _stack(answers: list[dict[str, pb.Tensor]]) -> dict[str, pb.Tensor]:

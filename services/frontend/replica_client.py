@@ -18,8 +18,8 @@ from opentelemetry.trace import SpanKind
 from services.common import clock, tracing
 from services.common.auth import bearer
 from services.common.channels import DEFAULT_MAX_MESSAGE_BYTES
-from services.common.errors import DeadlineExpired, error_from_code
-from services.common.named_tensors import Value
+from services.common.errors import ClipperError, DeadlineExpired, error_from_code
+from services.common.named_tensors import MAX_NAMED, Value
 from services.common.stream_client import Metadata, StreamClient
 from services.common.tls import ClientTLS
 from services.frontend.outliers import ReplicaHealth
@@ -146,7 +146,10 @@ class ReplicaClient:
         if result == "output":
             return reply.output
         if result == "outputs":
-            return dict(reply.outputs.tensors)
+            outputs = dict(reply.outputs.tensors)
+            if not 0 < len(outputs) <= MAX_NAMED:
+                raise ClipperError(f"{self.record.model} answered {len(outputs)} named outputs")
+            return outputs
         raise error_from_code(reply.error.code, reply.error.message)
 
     async def _traced_query(self, value: Value, deadline: float) -> Value:

@@ -52,6 +52,8 @@ logger = logging.getLogger(__name__)
 
 Start = Callable[[Config], Awaitable[Running]]
 START_TIMEOUT_S = 60.0
+# A worker whose starts never serve this many times in a row is left down.
+MAX_FAILED_STARTS = 3
 _PR_SET_PDEATHSIG = 1
 
 
@@ -109,6 +111,19 @@ class _Worker:
     restarts: deque[float] = field(default_factory=deque)  # when, in the last minute
     quick_exits: int = 0
     started_at: float = 0.0
+    served: bool = False  # its latest start reached serving
+    failed_starts: int = 0  # starts in a row that never served
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Raise WorkerFailed when `host:port` is taken, by another pool of workers too
+    (whose SO_REUSEPORT would otherwise let ours join it and split its traffic)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT only
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise WorkerFailed(f"{host}:{port} is in use ({exc.strerror})") from None
 
 
 class WorkerPool:
@@ -127,6 +142,8 @@ class WorkerPool:
     async def start(self) -> int:
         """Start every worker and return the port they serve, once all do; raises
         WorkerFailed (after stopping those started) when one does not."""
+        if self.cfg.port:
+            _check_port_free(self.cfg.host, self.cfg.port)
         try:
             await self._launch(self._workers[0])  # binds the port: the others need it
             await asyncio.gather(*(self._launch(w) for w in self._workers[1:]))
@@ -164,7 +181,7 @@ class WorkerPool:
                 from exc
         finally:
             theirs.close()
-        worker.process, worker.started_at = process, time.monotonic()
+        worker.process, worker.started_at, worker.served = process, time.monotonic(), False
         reader, writer = worker.link = await asyncio.open_connection(sock=ours)
         try:
             async with asyncio.timeout(START_TIMEOUT_S):
@@ -182,6 +199,7 @@ class WorkerPool:
             raise WorkerFailed(f"frontend worker {worker.index} exited before it served "
                                f"({exit_reason(process.exitcode or 0)}); see its log")
         port, health_port = (int(word) for word in line.split())
+        worker.served = True
         if worker.index == 0:
             self.port, self.health_port = port, health_port
         logger.info("frontend worker %d (pid %d) serves port %d", worker.index, process.pid,
@@ -199,8 +217,9 @@ class WorkerPool:
             reason = exit_reason(worker.process.exitcode or 0)
             if not self._may_restart(worker):
                 logger.error("frontend worker %d (pid %d) exited (%s), more than %d times in "
-                             "a minute: left down, the others serve", worker.index,
-                             worker.process.pid, reason, self.policy.max_restarts_per_min)
+                             "a minute or %d starts in a row without serving: left down, the "
+                             "others serve", worker.index, worker.process.pid, reason,
+                             self.policy.max_restarts_per_min, MAX_FAILED_STARTS)
                 self._left_down += 1
                 if self._left_down == len(self._workers):
                     self.all_down.set()
@@ -217,8 +236,12 @@ class WorkerPool:
 
     def _may_restart(self, worker: _Worker) -> bool:
         now = time.monotonic()
-        quick = now - worker.started_at < self.policy.stable_s
+        # A start that never served counts as a quick exit, however long it hung.
+        quick = not worker.served or now - worker.started_at < self.policy.stable_s
         worker.quick_exits = worker.quick_exits + 1 if quick else 1
+        worker.failed_starts = 0 if worker.served else worker.failed_starts + 1
+        if worker.failed_starts >= MAX_FAILED_STARTS:
+            return False
         while worker.restarts and now - worker.restarts[0] > 60.0:
             worker.restarts.popleft()
         if len(worker.restarts) >= self.policy.max_restarts_per_min:

@@ -105,7 +105,8 @@ def _given_named(source: str, specs: tuple[TensorSpec, ...]) -> list[dict[str, n
             with np.load(Path(source), allow_pickle=False) as npz:
                 given = {name: npz[name] for name in npz.files}
         named_tensors.check_names(specs, given)
-        columns = {spec.name: np.asarray(given[spec.name], dtype=spec.dtype)
+        columns = {spec.name: np.asarray(given[spec.name], dtype=None
+                                         if spec.dtype in OBJECT_DTYPES else spec.dtype)
                    for spec in specs}
         for spec in specs:
             spec.check(columns[spec.name][0])
