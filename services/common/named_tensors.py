@@ -84,16 +84,16 @@ def check_names(specs: Sequence[TensorSpec], names: Iterable[str], what: str = "
 
 
 def decode(value: Mapping[str, pb.Tensor], specs: Sequence[TensorSpec],
-           limits: Limits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:
+           limits: Limits = DEFAULT_LIMITS, what: str = "input") -> dict[str, np.ndarray]:
     """Decode named tensors and check each against its spec (names first)."""
-    check_names(specs, value)
+    check_names(specs, value, what)
     arrays: dict[str, np.ndarray] = {}
     for spec in specs:
         try:
             array = tensors.decode(value[spec.name], limits)
             spec.check(array)
         except InvalidInput as exc:
-            raise InvalidInput(f"input {short_repr(spec.name)}: {exc.message}") from None
+            raise InvalidInput(f"{what} {short_repr(spec.name)}: {exc.message}") from None
         arrays[spec.name] = array
     return arrays
 

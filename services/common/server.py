@@ -90,8 +90,9 @@ class Server:
         """Not ready (load balancers stop sending), refuse new calls, and let those in
         flight finish within `grace_s`."""
         await self.set_serving(False)
-        await self._take_queued_calls(DRAIN_TAKE_S if grace_s is None
-                                      else min(grace_s, DRAIN_TAKE_S))
+        if grace_s is None or grace_s > 0:  # no grace: stop at once
+            await self._take_queued_calls(DRAIN_TAKE_S if grace_s is None
+                                          else min(grace_s, DRAIN_TAKE_S))
         await self.stop(grace_s)
 
     async def _take_queued_calls(self, timeout_s: float) -> None:

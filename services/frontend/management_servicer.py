@@ -262,8 +262,7 @@ def _default_output(msg: pb.Application, outputs: tuple[TensorSpec, ...],
         if not outputs:
             raise InvalidInput("default_outputs are for an application with named outputs; "
                                "declare its outputs, or give one default_output")
-        named_tensors.check_names(outputs, msg.default_outputs, "default output")
-        named_tensors.decode_any(msg.default_outputs, limits)
+        named_tensors.decode(msg.default_outputs, outputs, limits, "default output")
         return named_tensors.to_bytes(msg.default_outputs)
     if msg.HasField("default_output"):
         if len(outputs) > 1:

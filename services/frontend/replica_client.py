@@ -45,7 +45,7 @@ class _Outgoing:
         if isinstance(self.input, pb.Tensor):
             size = self.input.ByteSize() + 6 + _QUERY_FIELDS_BYTES
         else:
-            size = _QUERY_FIELDS_BYTES + sum(len(k) + t.ByteSize() + 12
+            size = _QUERY_FIELDS_BYTES + sum(len(k.encode()) + t.ByteSize() + 12
                                              for k, t in self.input.items())
         if self.trace_context:
             size += sum(len(k) + len(v) + 6 for k, v in self.trace_context.items())

@@ -178,6 +178,9 @@ def test_specs_round_trip_through_management(mesh: Mesh) -> None:
     ({"default_output": tensors.encode(np.int64(0))}, "takes default_outputs"),
     ({"default_outputs": {"label": tensors.encode(np.int64(0))}},
      "missing default output 'probabilities'"),
+    ({"default_outputs": {"label": tensors.encode(np.int64(0)),
+                          "probabilities": tensors.encode(np.zeros(2, np.float32))}},
+     "default output 'probabilities': .*shape"),
 ])
 def test_bad_named_specs_are_refused(mesh: Mesh, change: dict[str, Any], needle: str) -> None:
     app = pb.Application(name="bad", inputs=INPUTS, outputs=OUTPUTS, slo_ms=100)
