@@ -19,6 +19,7 @@ import grpc
 import joblib
 import numpy as np
 
+from benchmarks.process_cpu import tree_rss_mb
 from services.common import tensors
 from services.common.processes import REPO_ROOT
 from services.generated.clipper.v1 import clipper_pb2 as pb
@@ -62,29 +63,6 @@ def stop_mesh(proc: subprocess.Popen[str]) -> None:
         proc.stdout.close()
 
 
-def _tree_rss_mb(pid: int) -> tuple[float, int]:
-    """Resident memory of a process and all its descendants (MB), and how many there are."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    total_kb, count, todo = 0, 0, [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            status = Path(f"/proc/{current}/status").read_text()
-        except OSError:
-            continue
-        total_kb += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
-        count += 1
-        todo.extend(children.get(current, []))
-    return total_kb / 1024, count
-
-
 def _percentiles(samples_s: list[float]) -> tuple[float, float]:
     ms = np.array(samples_s) * 1000
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
@@ -125,7 +103,7 @@ def run(out: Path, queries: int) -> str:
         proc, address, warm_s = start_mesh(state)
         try:
             time.sleep(2.0)  # let the mesh settle before reading its idle memory
-            rss_mb, processes = _tree_rss_mb(proc.pid)
+            rss_mb, processes = tree_rss_mb(proc.pid)
             _mesh_latency(address, x[:50])  # warm-up
             mesh_samples, defaults = _mesh_latency(address, x)
         finally:

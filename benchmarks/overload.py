@@ -22,8 +22,8 @@ import numpy as np
 
 from benchmarks import plots
 from benchmarks.ghz_limit import GHZ, STRICT_APP, TOKEN, _register_strict_app
-from benchmarks.mesh_latency import _tree_rss_mb, start_mesh, stop_mesh
-from benchmarks.process_cpu import KINDS, CpuUse, measured, mesh_processes
+from benchmarks.mesh_latency import start_mesh, stop_mesh
+from benchmarks.process_cpu import KINDS, CpuUse, measured, mesh_processes, tree_rss_mb
 from services.mesh import digits
 
 SLO_S = 0.020
@@ -123,14 +123,14 @@ def measure(work: Path, env: dict[str, str], capacity: int | None, payload: Path
         ghz_run(address, payload, 50, 1)  # uncounted: first queries load code
         if capacity is None:
             capacity = strict_capacity(address, payload)
-        before, _ = _tree_rss_mb(proc.pid)
+        before, _ = tree_rss_mb(proc.pid)
         pids = mesh_processes(proc.pid)
         runs = []
         for multiple in MULTIPLES:
             with measured(pids) as cpu:
                 runs.append(ghz_run(address, payload, capacity * multiple, RUN_S))
             runs[-1].cpu = cpu
-        after, _ = _tree_rss_mb(proc.pid)
+        after, _ = tree_rss_mb(proc.pid)
     finally:
         stop_mesh(proc)
     return capacity, runs, after - before

@@ -30,9 +30,8 @@ from benchmarks.harness import (
 )
 from benchmarks.loadgen import ContainerStream, RunResult, closed_loop, open_loop, settle
 from services.common.metrics import sample, scrape
-from services.common.processes import ServiceProcess
+from services.common.processes import ServiceProcess, free_port
 from services.model_container.runner import ModelRunner
-from testkit.ports import free_port
 
 # (label, container flags). Batch size 1 on today's worker: the paper's baseline.
 FLAGS: dict[str, list[str]] = {

@@ -1,10 +1,11 @@
-"""CPU time (user + system, from /proc) of a mesh's processes by kind, over a stretch of
-load: what each process spent per query, which stays steadier than any rate on a
-shared machine."""
+"""A mesh's processes as /proc shows them: their CPU time (user + system) by kind over a
+stretch of load, what each process spent per query, which stays steadier than any rate
+on a shared machine; and their resident memory."""
 
 from __future__ import annotations
 
 import os
+import re
 import resource
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,9 +16,8 @@ KINDS = ("frontend", "selection", "model_container")
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
 
-def mesh_processes(root: int) -> dict[str, list[int]]:
-    """The service processes under `root` (at any depth), by kind (from their command
-    lines), with the processes they started (a container's worker processes)."""
+def _process_table() -> tuple[dict[int, list[int]], dict[int, str]]:
+    """Every process's children, and its command line, now."""
     children: dict[int, list[int]] = {}
     commands: dict[int, str] = {}
     for entry in Path("/proc").iterdir():
@@ -29,6 +29,29 @@ def mesh_processes(root: int) -> dict[str, list[int]]:
         except (OSError, IndexError):
             continue
         children.setdefault(ppid, []).append(int(entry.name))
+    return children, commands
+
+
+def tree_rss_mb(root: int) -> tuple[float, int]:
+    """Resident memory of `root` and all its descendants (MB), and how many there are."""
+    children, _ = _process_table()
+    total_kb, count, todo = 0, 0, [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        total_kb += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+        count += 1
+        todo.extend(children.get(pid, []))
+    return total_kb / 1024, count
+
+
+def mesh_processes(root: int) -> dict[str, list[int]]:
+    """The service processes under `root` (at any depth), by kind (from their command
+    lines), with the processes they started (a container's worker processes)."""
+    children, commands = _process_table()
     found: dict[str, list[int]] = {kind: [] for kind in KINDS}
     todo: list[tuple[int, str | None]] = [(pid, None) for pid in children.get(root, [])]
     while todo:  # a process counts for its nearest service ancestor (a container's workers)

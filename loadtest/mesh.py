@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from testkit.ports import free_port
+from services.common.processes import free_port
 
 MESH_READY = "Mesh ready"
 MESH_START_S = 180.0

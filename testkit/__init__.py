@@ -1,3 +1,4 @@
 """What the tests and the benchmarks share: real mesh processes on loopback ports
-(`testkit.mesh.Mesh`) and free ports (`testkit.ports`). Test-only helpers stay in
-tests/helpers."""
+(`testkit.mesh.Mesh`), a Redis server (`testkit.redis_server`), an OTLP receiver and test
+model files. Free ports come from `services.common.processes.free_port`. Test-only
+helpers stay in tests/helpers."""

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from testkit.ports import free_port
+from services.common.processes import free_port
 
 
 class RedisServer:

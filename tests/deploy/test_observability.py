@@ -19,10 +19,10 @@ import yaml
 
 from services.common import tensors
 from services.common.metrics import Samples, sample, scrape
+from services.common.processes import free_port
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from testkit.mesh import Mesh
-from testkit.ports import free_port
 from tests.helpers.tools import require_tool
 
 OBSERVABILITY = Path(__file__).resolve().parents[2] / "deploy" / "observability"

@@ -16,11 +16,10 @@ from services.common import tensors
 from services.common.auth import bearer
 from services.common.errors import PUSHBACK_KEY
 from services.common.metrics import sample, scrape
-from services.common.processes import start_service
+from services.common.processes import free_port, start_service
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from testkit.mesh import ENV, SELECTION_TOKEN, Mesh
-from testkit.ports import free_port
 
 DEFAULT = tensors.encode(np.int64(-1))
 METRICS_PORT = free_port()

@@ -14,10 +14,10 @@ import pytest
 
 from services.common import tensors
 from services.common.metrics import sample, scrape
+from services.common.processes import free_port
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from testkit.mesh import Mesh
-from testkit.ports import free_port
 
 DEFAULT = tensors.encode(np.int64(-1))
 STRAGGLER_SLO_MS = 200

@@ -14,11 +14,10 @@ import pytest
 
 from services.cli.top import quantile
 from services.common import tensors
-from services.common.processes import REPO_ROOT
+from services.common.processes import REPO_ROOT, free_port
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from testkit.mesh import ENV, Mesh
-from testkit.ports import free_port
 
 PORTS = {name: free_port() for name in ("frontend", "sum", "slow")}
 Rows = dict[str, dict[str, str]]

@@ -16,11 +16,10 @@ from services.common import clock, tensors
 from services.common.credentials import container_token, replica_credential
 from services.common.errors import ClipperError, DeadlineExpired, Overloaded
 from services.common.metrics import sample, scrape
-from services.common.processes import ServiceProcess, start_service
+from services.common.processes import ServiceProcess, free_port, start_service
 from services.frontend.registry import ReplicaRecord
 from services.frontend.replica_client import ReplicaClient
 from testkit.mesh import MESH_SECRET, container_env
-from testkit.ports import free_port
 
 BUDGET_S = 0.040  # a 40 ms SLO: a stall of a few milliseconds costs deadlines
 RATE_QPS = 100

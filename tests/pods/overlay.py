@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from testkit.ports import free_port
+from services.common.processes import free_port
 from tests.deploy.conftest import DEPLOY, render
 
 OVERLAY = DEPLOY / "overlays" / "podman"
