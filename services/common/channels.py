@@ -28,7 +28,7 @@ MIN_PING_INTERVAL_MS = KEEPALIVE_TIME_MS // 2
 _KEEPALIVE: Options = (
     ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
     ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
-    # What gRPC core (1.81) enforces: how long any ping waits for its ack (1 min unset).
+    # What gRPC core (1.75) enforces: how long any ping waits for its ack (1 min unset).
     ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),  # no cap on pings between data frames

@@ -67,7 +67,7 @@ async def test_past_the_in_flight_limit_a_query_is_refused_at_once_with_a_pushba
     refused_in_s = time.monotonic() - started
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "--max-inflight-per-app" in (caught.value.details() or "")
-    pushback = dict(await call.trailing_metadata() or ())
+    pushback = {key: value for key, value in await call.trailing_metadata() or ()}
     assert int(pushback[PUSHBACK_KEY]) >= 10
     assert refused_in_s < 1.0  # refused, not queued behind the model
     for reply in await asyncio.gather(*held):

@@ -78,7 +78,7 @@ async def test_past_its_quota_a_client_is_refused_with_a_pushback_not_the_defaul
     assert first is None
     assert second is not None and second.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "client quota" in (second.details() or "")
-    trailers = dict(second.trailing_metadata() or ())
+    trailers = {key: value for key, value in second.trailing_metadata() or ()}
     pushback_ms = int(trailers[PUSHBACK_KEY])
     assert 0 < pushback_ms <= 1000
     await asyncio.sleep(pushback_ms / 1000 + 0.05)
