@@ -19,7 +19,7 @@ import grpc
 import joblib
 import numpy as np
 
-from benchmarks.process_cpu import tree_rss_mb
+from benchmarks.process_cpu import tree_memory
 from services.common import tensors
 from services.common.processes import REPO_ROOT
 from services.generated.clipper.v1 import clipper_pb2 as pb
@@ -103,7 +103,7 @@ def run(out: Path, queries: int) -> str:
         proc, address, warm_s = start_mesh(state)
         try:
             time.sleep(2.0)  # let the mesh settle before reading its idle memory
-            rss_mb, processes = tree_rss_mb(proc.pid)
+            memory = tree_memory(proc.pid)
             _mesh_latency(address, x[:50])  # warm-up
             mesh_samples, defaults = _mesh_latency(address, x)
         finally:
@@ -116,7 +116,9 @@ def run(out: Path, queries: int) -> str:
         "",
         f"- Start to first answer, models already trained: **{warm_s:.2f} s** "
         f"(first start, training included: {cold_s:.2f} s)",
-        f"- Idle resident memory, all {processes} processes: **{rss_mb:.0f} MB**",
+        f"- Idle memory, all {memory.processes} processes: **{memory.pss_mb:.0f} MB** "
+        f"(proportional set size; their resident sets add up to {memory.rss_mb:.0f} MB, "
+        "counting the interpreter's and libraries' shared pages once per process)",
         f"- `digits` query (3 models, majority vote), one at a time, {queries} queries, "
         f"{defaults} defaults:",
         "",

@@ -23,7 +23,7 @@ import numpy as np
 from benchmarks import plots
 from benchmarks.ghz_limit import GHZ, STRICT_APP, TOKEN, _register_strict_app
 from benchmarks.mesh_latency import start_mesh, stop_mesh
-from benchmarks.process_cpu import KINDS, CpuUse, measured, mesh_processes, tree_rss_mb
+from benchmarks.process_cpu import KINDS, CpuUse, measured, mesh_processes, tree_memory
 from services.mesh import digits
 
 SLO_S = 0.020
@@ -123,14 +123,14 @@ def measure(work: Path, env: dict[str, str], capacity: int | None, payload: Path
         ghz_run(address, payload, 50, 1)  # uncounted: first queries load code
         if capacity is None:
             capacity = strict_capacity(address, payload)
-        before, _ = tree_rss_mb(proc.pid)
+        before = tree_memory(proc.pid).pss_mb
         pids = mesh_processes(proc.pid)
         runs = []
         for multiple in MULTIPLES:
             with measured(pids) as cpu:
                 runs.append(ghz_run(address, payload, capacity * multiple, RUN_S))
             runs[-1].cpu = cpu
-        after, _ = tree_rss_mb(proc.pid)
+        after = tree_memory(proc.pid).pss_mb
     finally:
         stop_mesh(proc)
     return capacity, runs, after - before
@@ -169,8 +169,8 @@ def run(out: Path, work: Path) -> str:
             lines.append(f"| {name} | {r.rate // capacity}x | " + " | ".join(
                 f"{r.cpu.per_query_ms(kind, offered):.2f}" for kind in (*KINDS, "load"))
                 + f" | {busy:.0%} |")
-    lines += ["", f"Memory of the mesh's processes over the runs: {on_mb:+.0f} MB shedding on, "
-              f"{off_mb:+.0f} MB off.", "", "![](overload.png)", ""]
+    lines += ["", "Memory (proportional set size) of the mesh's processes over the runs: "
+              f"{on_mb:+.0f} MB shedding on, {off_mb:+.0f} MB off.", "", "![](overload.png)", ""]
     return "\n".join(lines)
 
 

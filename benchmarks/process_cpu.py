@@ -1,6 +1,6 @@
 """A mesh's processes as /proc shows them: their CPU time (user + system) by kind over a
 stretch of load, what each process spent per query, which stays steadier than any rate
-on a shared machine; and their resident memory."""
+on a shared machine; and their memory."""
 
 from __future__ import annotations
 
@@ -32,20 +32,39 @@ def _process_table() -> tuple[dict[int, list[int]], dict[int, str]]:
     return children, commands
 
 
-def tree_rss_mb(root: int) -> tuple[float, int]:
-    """Resident memory of `root` and all its descendants (MB), and how many there are."""
+@dataclass(frozen=True)
+class TreeMemory:
+    """The memory of a process tree (MB). `pss_mb` is what the machine gives it: each
+    shared page (the interpreter's and libraries' code, mapped by every process) counted
+    once, split among the processes that map it; `rss_mb` counts such a page once per
+    process, so it grows with the number of processes more than the memory used does."""
+
+    pss_mb: float
+    rss_mb: float
+    processes: int
+
+
+def tree_memory(root: int) -> TreeMemory:
+    """The memory of `root` and all its descendants."""
     children, _ = _process_table()
-    total_kb, count, todo = 0, 0, [root]
+    pss_kb = rss_kb = count = 0
+    todo = [root]
     while todo:
         pid = todo.pop()
         try:
-            status = Path(f"/proc/{pid}/status").read_text()
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
         except OSError:
             continue
-        total_kb += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+        pss_kb += _kb(rollup, "Pss")
+        rss_kb += _kb(rollup, "Rss")
         count += 1
         todo.extend(children.get(pid, []))
-    return total_kb / 1024, count
+    return TreeMemory(pss_kb / 1024, rss_kb / 1024, count)
+
+
+def _kb(rollup: str, field_name: str) -> int:
+    found = re.search(rf"^{field_name}:\s+(\d+) kB", rollup, re.MULTILINE)
+    return int(found.group(1)) if found else 0
 
 
 def mesh_processes(root: int) -> dict[str, list[int]]:
