@@ -15,6 +15,7 @@ import numpy as np
 
 from benchmarks import batching_gain as gain
 from benchmarks import (
+    cpu_per_query,
     ghz_limit,
     mesh_latency,
     overhead,
@@ -32,7 +33,7 @@ from benchmarks.loadgen import RunResult
 from services.mesh import digits
 
 SECTIONS = ("mesh", "container", "digits", "paper", "frontend", "slo", "burst", "overhead",
-            "limit", "selection", "tls", "tracing", "overload", "runtimes", "workers")
+            "limit", "selection", "tls", "tracing", "overload", "runtimes", "workers", "cpu")
 
 
 def _capacity_table(caps: list[gain.Capacity]) -> list[str]:
@@ -66,6 +67,8 @@ async def run(out: Path, sections: tuple[str, ...], queries: int) -> str:
             lines += [await asyncio.to_thread(overload.run, out, work / "overload"), ""]
         if "workers" in sections:
             lines += [await asyncio.to_thread(workers.run, work / "workers"), ""]
+        if "cpu" in sections:
+            lines += [await asyncio.to_thread(cpu_per_query.run, work / "cpu"), ""]
         if "container" in sections:
             caps = await gain.container_capacities(work, gain.SYNTHETIC, np.ones(4, np.float32))
             adaptive = next(c for c in caps if c.label == "adaptive")

@@ -83,8 +83,8 @@ def _status(detail: dict[str, object]) -> str:
     return "OK" if status == "OK" else status.replace(" ", "")
 
 
-def write_payload(work: Path, count: int = 4000) -> Path:
-    """`count` distinct digits queries to the strict application, as a ghz data array."""
+def write_payload(work: Path, count: int = 4000, application: str = STRICT_APP) -> Path:
+    """`count` distinct digits queries to `application`, as a ghz data array."""
     _, x_test, _, _ = digits.split()
     rng = np.random.default_rng(7)
     rows = np.resize(x_test, (count, x_test.shape[1])).astype(np.float32)
@@ -92,7 +92,7 @@ def write_payload(work: Path, count: int = 4000) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     payload = work / "overload-payload.json"
     payload.write_text(json.dumps([
-        {"application": STRICT_APP,
+        {"application": application,
          "input": {"dtype": "float32", "shape": [64],
                    "raw": base64.b64encode(row.tobytes()).decode()}}
         for row in rows

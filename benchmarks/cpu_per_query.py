@@ -1,0 +1,153 @@
+"""CPU per query of the `make run` mesh against a bare grpc.aio echo server, same run.
+
+ghz drives each open loop at each rate, with distinct inputs and the cache off, through
+two applications without a default (a late answer is a failure): the one-model
+application (`digits-onnx`) and the three-model ensemble (`digits`). Every process's CPU
+over the run is divided by the queries sent. The models' own compute comes from the
+containers' batch durations, measured in process, and so does the mean batch size they
+ran. The echo server answers Predict with its input, with the same payload: what a
+query costs gRPC alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from benchmarks.ghz_limit import TOKEN
+from benchmarks.mesh_latency import start_mesh, stop_mesh
+from benchmarks.overload import Run, ghz_run, write_payload
+from benchmarks.process_cpu import KINDS, CpuUse, measured, mesh_processes
+from services.common.auth import bearer
+from services.common.metrics import read_metrics, sample
+from services.common.processes import start_service
+from services.generated.clipper.v1 import clipper_pb2 as pb
+from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
+from services.mesh import digits
+from services.mesh.specs import METRICS_URLS
+
+RATES = (100, 200, 400, 600, 800)
+RUN_S = 4
+APPS = {"1 model": digits.ONNX_MODEL, "3 models": "digits"}
+SLO_S = 0.020
+
+
+@dataclass
+class Point:
+    """One ghz run at `rate`: its calls, the CPU of each process kind, and (for the
+    mesh) the models' own compute per query and the mean batch size they ran."""
+
+    rate: int
+    run: Run
+    cpu: CpuUse
+    compute_ms: float = 0.0
+    batch_size: float = 0.0
+
+    @property
+    def sent(self) -> int:
+        return len(self.run.calls)
+
+    def cpu_ms(self, kind: str) -> float:
+        return self.cpu.per_query_ms(kind, self.sent)
+
+    @property
+    def mesh_ms(self) -> float:
+        return 1000 * self.cpu.mesh_s / max(self.sent, 1)
+
+
+def _strict_copy(address: str, name: str) -> str:
+    """Register `name` again as `<name>-strict`, without its default output."""
+    strict = f"{name}-strict"
+    with grpc.insecure_channel(address) as channel:
+        mgmt = pb_grpc.ManagementStub(channel)
+        app = mgmt.GetApplication(pb.ApplicationName(name=name), metadata=bearer(TOKEN),
+                                  timeout=5)
+        app.name = strict
+        app.ClearField("default_output")
+        mgmt.CreateApplication(pb.ApplicationRequest(application=app),
+                               metadata=bearer(TOKEN), timeout=5)
+    return strict
+
+
+def _batch_totals(urls: list[str]) -> tuple[float, float, float]:
+    """Summed over the services' /metrics: milliseconds the models ran, queries they ran,
+    and batches."""
+    found = [read_metrics(url) for url in urls]
+    ran, queries, batches = (sum(sample(samples, name) for samples in found) for name in (
+        "clipper_batch_duration_milliseconds_sum", "clipper_batch_size_sum",
+        "clipper_batch_size_count"))
+    return ran, queries, batches
+
+
+def measure_echo(work: Path) -> list[Point]:
+    payload = write_payload(work)
+    echo = start_service("benchmarks.echo_server", ["--port", "0"], name="echo-cpu")
+    try:
+        ghz_run(echo.address, payload, 50, 1)  # uncounted: first calls load code
+        points = []
+        for rate in RATES:
+            with measured({"frontend": [echo.proc.pid]}) as cpu:
+                run = ghz_run(echo.address, payload, rate, RUN_S)
+            points.append(Point(rate, run, cpu))
+        return points
+    finally:
+        echo.stop()
+
+
+def measure_mesh(work: Path) -> dict[str, list[Point]]:
+    """Each application of APPS at each rate, on one `make run` mesh."""
+    proc, address, _ = start_mesh(work / "mesh", "--slo-ms", "20",
+                                  env={"CLIPPER_MANAGEMENT_TOKEN": TOKEN})
+    try:
+        urls = (work / "mesh" / METRICS_URLS).read_text().split()
+        pids = mesh_processes(proc.pid)
+        found: dict[str, list[Point]] = {}
+        for label, app in APPS.items():
+            payload = write_payload(work / app, application=_strict_copy(address, app))
+            ghz_run(address, payload, 50, 1)  # uncounted
+            found[label] = []
+            for rate in RATES:
+                ran_before, queries_before, batches_before = _batch_totals(urls)
+                with measured(pids) as cpu:
+                    run = ghz_run(address, payload, rate, RUN_S)
+                ran, queries, batches = _batch_totals(urls)
+                found[label].append(Point(  # compute: all the application's models
+                    rate, run, cpu, compute_ms=(ran - ran_before) / max(len(run.calls), 1),
+                    batch_size=(queries - queries_before) / max(batches - batches_before, 1)))
+        return found
+    finally:
+        stop_mesh(proc)
+
+
+def run(work: Path) -> str:
+    echo = measure_echo(work / "echo")
+    mesh = measure_mesh(work)
+    lines = [
+        "## CPU per query: the mesh against a bare grpc.aio echo server (20 ms SLO)",
+        "",
+        f"ghz open loop, {RUN_S} s per rate, distinct inputs, cache off, applications "
+        "without a default; CPU is each process's own over the run divided by the queries "
+        "sent (ms). Models' compute: the containers' batch durations per query, measured in "
+        "process, all of an application's models per query; mean batch: queries per batch.",
+        "",
+        "| rate q/s | echo p50/p99 ms | echo CPU | application | p50/p99 ms | within SLO | "
+        + " | ".join(KINDS) + " | mesh CPU | vs echo | models' compute | mean batch |",
+        "|---|---|---|---|---|---|" + "---|" * len(KINDS) + "---|---|---|---|",
+    ]
+    for i, rate in enumerate(RATES):
+        e = echo[i]
+        for label, points in mesh.items():
+            p = points[i]
+            lines.append(
+                f"| {rate} | {_p50_99(e.run)} | {e.cpu_ms('frontend'):.2f} | {label} | "
+                f"{_p50_99(p.run)} | {p.run.within_slo:.1%} | "
+                + " | ".join(f"{p.cpu_ms(kind):.2f}" for kind in KINDS)
+                + f" | {p.mesh_ms:.2f} | {p.mesh_ms / max(e.cpu_ms('frontend'), 1e-9):.1f}x | "
+                f"{p.compute_ms:.2f} | {p.batch_size:.1f} |")
+    return "\n".join(lines)
+
+
+def _p50_99(run: Run) -> str:
+    return f"{run.quantile_ms(0.5, 'OK'):.1f} / {run.quantile_ms(0.99, 'OK'):.1f}"
