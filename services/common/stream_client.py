@@ -29,7 +29,7 @@ from services.common.channels import (
     stated_limit,
 )
 from services.common.errors import InvalidInput, Unavailable
-from services.common.streams import MessagePacker, item_budget, pump
+from services.common.streams import Coalescer, MessagePacker, item_budget, pump
 from services.common.tasks import BackgroundTask
 from services.common.tls import ClientTLS, ReloadingChannel
 
@@ -58,7 +58,8 @@ class StreamClient(Generic[Item, Reply]):
     replies a response message carries; `measure(item)` is an item's encoded size.
 
     `receive_limit_bytes`: the largest response message accepted, stated to the server.
-    `kind` names an item in errors ("query").
+    `kind` names an item in errors ("query"). `coalescer`: how long the writer waits for
+    more items to share a message (none: it never waits).
     """
 
     def __init__(
@@ -71,6 +72,7 @@ class StreamClient(Generic[Item, Reply]):
         receive_limit_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         tls: ClientTLS | None = None,
         kind: str = "request",
+        coalescer: Coalescer[Item] | None = None,
     ) -> None:
         self.address = address
         self.kind = kind
@@ -87,6 +89,7 @@ class StreamClient(Generic[Item, Reply]):
         self._wrap = wrap
         self._unwrap = unwrap
         self._measure = measure
+        self._coalescer = coalescer
         self._metadata = limit_metadata(receive_limit_bytes)
         self._channels = ReloadingChannel(
             address, tls, [("grpc.max_receive_message_length", receive_limit_bytes)])
@@ -177,7 +180,7 @@ class StreamClient(Generic[Item, Reply]):
             self._outbox = asyncio.Queue()
             writer = asyncio.create_task(pump(
                 MessagePacker(self._outbox, self._measure, self.send_limit_bytes),
-                call, self._wrap))
+                call, self._wrap, self._coalescer))
             self.connected_at = self.last_heard = clock.now()
             self.connects += 1
             self._connected.set()

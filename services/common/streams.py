@@ -10,6 +10,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import grpc
 from google.protobuf.message import Message
 
+from services.common import clock
 from services.common.channels import limit_metadata, stated_limit
 
 T = TypeVar("T")
@@ -18,6 +19,8 @@ T = TypeVar("T")
 MAX_ITEMS_PER_MESSAGE = 256
 # Counted for each item beyond its own size: its field tag and length prefix.
 ITEM_FRAMING_BYTES = 6
+# Weight of each message's rate in a coalescer's moving average of its stream's rate.
+RATE_WEIGHT = 0.2
 # Kept back from a message's limit for what it carries besides its items (a replica's
 # load, say) and gRPC's own framing.
 MESSAGE_RESERVE_BYTES = 1024
@@ -54,6 +57,16 @@ class MessagePacker(Generic[T]):
         self._budget = limit_bytes - MESSAGE_RESERVE_BYTES if measure else 0
         self._held: list[T] = []  # taken from the queue, for the next message
 
+    async def ready(self) -> None:
+        """Wait until an item is there to take (then `first` is it)."""
+        if not self._held:
+            self._held.append(await self._queue.get())
+
+    @property
+    def first(self) -> T:
+        """The item the next message starts with (after `ready`)."""
+        return self._held[-1]
+
     async def take(self) -> list[T]:
         """The next message's items, in order; waits for the first one."""
         first = self._held.pop() if self._held else await self._queue.get()
@@ -72,12 +85,57 @@ class MessagePacker(Generic[T]):
         return 0 if self._measure is None else self._measure(item) + ITEM_FRAMING_BYTES
 
 
+class Coalescer(Generic[T]):
+    """How long a stream's writer waits, once an item is ready, for more items to share
+    its message: each message costs both ends of the stream a write, a read and a wake-up
+    of their event loops whatever it carries, and a container runs the queries of one
+    message as one batch.
+
+    Waiting pays only while items come faster than the wait. So the writer waits
+    `max_wait_s` only while the stream's recent rate brings at least one more item within
+    it and the stream has not been quiet for longer than that, and never more than
+    `share` of the time the first item has left (`slack(item)`, seconds); otherwise it
+    sends at once, as it does when items come slowly.
+    """
+
+    def __init__(self, max_wait_s: float, slack: Callable[[T], float],
+                 share: float = 0.25, now: clock.Now = clock.now) -> None:
+        self.max_wait_s = max_wait_s
+        self._slack = slack
+        self._share = share
+        self._now = now
+        self.rate = 0.0  # items per second, a moving average over messages
+        self._last_sent = now()
+
+    def wait_s(self, first: T) -> float:
+        """How long to wait before taking the next message, `first` its first item."""
+        if (self.rate * self.max_wait_s < 1
+                or self._now() - self._last_sent > self.max_wait_s):
+            return 0.0
+        return max(min(self.max_wait_s, self._share * self._slack(first)), 0.0)
+
+    def sent(self, items: int) -> None:
+        """A message of `items` is going out now."""
+        now = self._now()
+        elapsed, self._last_sent = max(now - self._last_sent, 1e-6), now
+        self.rate += (items / elapsed - self.rate) * RATE_WEIGHT
+
+
 async def pump(packer: MessagePacker[T], call: _Writable,
-               wrap: Callable[[list[T]], Any]) -> None:
+               wrap: Callable[[list[T]], Any], coalescer: Coalescer[T] | None = None) -> None:
     """The one writer of a client stream: forever, send what waits, in order, as few
-    messages as fit (`wrap` builds one message from a list of items)."""
+    messages as fit (`wrap` builds one message from a list of items); with a
+    `coalescer`, after waiting as long as it says for more items to share the message."""
     while True:
-        await call.write(wrap(await packer.take()))
+        if coalescer is not None:
+            await packer.ready()
+            wait_s = coalescer.wait_s(packer.first)
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+        items = await packer.take()
+        if coalescer is not None:
+            coalescer.sent(len(items))
+        await call.write(wrap(items))
 
 
 async def replies_until_done(replies: MessagePacker[T | None],

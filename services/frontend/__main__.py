@@ -60,7 +60,7 @@ async def start(cfg: Config, now: clock.Now = clock.now) -> Running:
     stack.push_async_callback(registry.aclose)
     replicas = ReplicaTable(registry, cfg.mesh_secret,
                             cfg.client_tls.with_server_name(cfg.tls_container_name),
-                            cfg.max_message_bytes)
+                            cfg.max_message_bytes, cfg.coalesce_s)
     metrics.watch_mesh(replicas)
     selection = SelectionClient(cfg.selection, selection_token(cfg.mesh_secret),
                                 tls=cfg.client_tls)

@@ -74,13 +74,16 @@ class ReplicaStatus:
 
 class ReplicaTable:
     def __init__(self, registry: Registry, mesh_secret: str, tls: ClientTLS | None = None,
-                 receive_limit_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+                 receive_limit_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 coalesce_s: float = 0.0) -> None:
         """`receive_limit_bytes`: the largest reply message taken (the frontend's
-        --max-message-bytes); each container packs its replies to fit."""
+        --max-message-bytes); each container packs its replies to fit. `coalesce_s`:
+        the frontend's --coalesce-ms (services/common/streams.Coalescer)."""
         self.registry = registry
         self.mesh_secret = mesh_secret
         self.tls = tls  # how replicas are dialled (TLS when enabled)
         self.receive_limit_bytes = receive_limit_bytes
+        self.coalesce_s = coalesce_s
         self.clients: dict[str, ReplicaClient] = {}
         self.hedges = HedgeBudget()
         self._changed = asyncio.Event()
@@ -116,7 +119,7 @@ class ReplicaTable:
                 credential = replica_credential(
                     container_token(self.mesh_secret, record.model), rid)
                 client = ReplicaClient(record, credential, self.tls,
-                                       self.receive_limit_bytes)
+                                       self.receive_limit_bytes, self.coalesce_s)
                 await client.start()
                 self.clients[rid] = client
 

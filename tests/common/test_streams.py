@@ -1,18 +1,24 @@
-"""Packing stream messages to fit the receiver, and the limits and keepalive peers agree on."""
+"""Packing stream messages to fit the receiver, coalescing them while items come fast, and
+the limits and keepalive peers agree on."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 
+import pytest
+
 from services.common import channels
 from services.common.streams import (
     ITEM_FRAMING_BYTES,
     MAX_ITEMS_PER_MESSAGE,
     MESSAGE_RESERVE_BYTES,
+    Coalescer,
     MessagePacker,
     item_budget,
+    pump,
 )
+from tests.helpers.clock import ManualClock
 
 
 async def take_all(packer: MessagePacker[bytes], count: int) -> list[list[bytes]]:
@@ -80,3 +86,43 @@ def test_client_and_server_keepalive_agree() -> None:
     # Options given win over the defaults.
     assert dict(channels.client_options([("grpc.keepalive_time_ms", 60_000)]))[
         "grpc.keepalive_time_ms"] == 60_000
+
+
+def test_a_coalescer_waits_only_while_items_come_faster_than_its_wait() -> None:
+    clock = ManualClock()
+    coalescer: Coalescer[float] = Coalescer(0.003, slack=lambda left: left, now=clock.now)
+    assert coalescer.wait_s(1.0) == 0  # nothing seen yet: no reason to wait
+    for _ in range(20):  # one item every 10 ms: the next would not come within 3 ms
+        clock.advance(0.010)
+        coalescer.sent(1)
+    assert coalescer.wait_s(1.0) == 0
+    for _ in range(20):  # one every millisecond: three more within the wait
+        clock.advance(0.001)
+        coalescer.sent(1)
+    assert coalescer.wait_s(1.0) == 0.003
+    # Never more than a quarter of what the first item has left.
+    assert coalescer.wait_s(0.004) == pytest.approx(0.001)
+    assert coalescer.wait_s(-0.5) == 0
+    clock.advance(0.004)  # quiet for longer than the wait: the stream is not busy now
+    assert coalescer.wait_s(1.0) == 0
+
+
+async def test_pump_sends_items_that_come_during_the_wait_in_one_message() -> None:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    coalescer: Coalescer[int] = Coalescer(0.05, slack=lambda _: 1.0)
+    coalescer.rate = 1000.0  # a busy stream
+    sent: list[list[int]] = []
+
+    class Call:
+        async def write(self, request: list[int]) -> None:
+            sent.append(request)
+
+    writer = asyncio.create_task(pump(MessagePacker(queue), Call(), list, coalescer))
+    try:
+        for i in range(5):
+            queue.put_nowait(i)
+            await asyncio.sleep(0.002)
+        await asyncio.sleep(0.1)
+    finally:
+        writer.cancel()
+    assert sent == [[0, 1, 2, 3, 4]]
