@@ -27,7 +27,7 @@ from benchmarks.process_cpu import KINDS, CpuUse, measured, mesh_processes, tree
 from services.mesh import digits
 
 SLO_S = 0.020
-CAPACITY_RATES = (50, 100, 150, 200, 250, 300, 400)
+CAPACITY_RATES = (50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 800, 1000)
 MULTIPLES = (1, 2, 4)
 RUN_S = 4
 CORES = os.cpu_count() or 1
