@@ -28,7 +28,7 @@ from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.mesh import digits
 from services.mesh.specs import METRICS_URLS
 
-RATES = (100, 200, 400, 600, 800)
+RATES = (100, 200, 400, 500, 600, 800)
 RUN_S = 4
 APPS = {"1 model": digits.ONNX_MODEL, "3 models": "digits"}
 SLO_S = 0.020

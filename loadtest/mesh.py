@@ -10,14 +10,18 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.processes import free_port
+from services.common.metrics import read_metrics
+from services.mesh.specs import METRICS_URLS
 
 MESH_READY = "Mesh ready"
 MESH_START_S = 180.0
+# The mesh's state directory, as `make run` has it.
+STATE_DIR = Path(".run")
 
 
 @dataclass
@@ -52,18 +56,17 @@ def serving(target: str, timeout_s: float = 2.0) -> bool:
 def start_mesh(port: int, management_token: str = "") -> LocalMesh:
     """`python -m services.mesh` on `port`; returns once it prints its ready line.
 
-    The frontend serves its metrics on a free port found here (the mesh prints no
-    metrics address), and the management token is `management_token` or a new one."""
-    metrics_port = free_port()
+    The frontend's metrics URL is the one of those the mesh lists in its state
+    directory that the frontend serves; the management token is `management_token` or
+    a new one."""
     token = management_token or secrets.token_urlsafe(16)
-    env = {"CLIPPER_FRONTEND_METRICS_PORT": str(metrics_port),
-           "CLIPPER_MANAGEMENT_TOKEN": token}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.mesh", "--port", str(port)],
+        [sys.executable, "-m", "services.mesh", "--port", str(port),
+         "--state-dir", str(STATE_DIR)],
         stdout=subprocess.PIPE, text=True, start_new_session=True,
-        env={**os.environ, **env},
+        env={**os.environ, "CLIPPER_MANAGEMENT_TOKEN": token},
     )
-    mesh = LocalMesh(proc, f"http://127.0.0.1:{metrics_port}/metrics", token)
+    mesh = LocalMesh(proc, "", token)
     assert proc.stdout is not None
     give_up = threading.Timer(MESH_START_S, proc.terminate)  # ends a silent mesh too
     give_up.start()
@@ -71,9 +74,20 @@ def start_mesh(port: int, management_token: str = "") -> LocalMesh:
         for line in proc.stdout:  # ends when the mesh exits
             if line.startswith(MESH_READY):
                 print(line.rstrip(), flush=True)
+                mesh.metrics_url = frontend_metrics_url(STATE_DIR / METRICS_URLS)
                 return mesh
     finally:
         give_up.cancel()
     mesh.stop()
     raise RuntimeError(f"the local mesh did not start within {MESH_START_S:.0f} s")
 
+
+
+def frontend_metrics_url(listing: Path) -> str:
+    """Of the /metrics URLs in `listing` (one per line, a mesh's every service), the
+    frontend's: the one whose `target_info` names the service clipper-frontend."""
+    for url in listing.read_text().split():
+        if any(name == "target_info" and labels.get("service_name") == "clipper-frontend"
+               for name, labels, _ in read_metrics(url)):
+            return url
+    raise RuntimeError(f"no frontend among the metrics URLs in {listing}")

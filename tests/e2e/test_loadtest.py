@@ -14,6 +14,8 @@ import pytest
 
 from loadtest.__main__ import main as loadtest_main
 from loadtest.ghz import CONFIGS
+from loadtest.mesh import frontend_metrics_url
+from services.common.processes import free_port
 from services.mesh import digits
 from testkit.mesh import MANAGEMENT_TOKEN, Mesh
 from tests.helpers.tools import require_tool
@@ -142,3 +144,19 @@ def test_open_loop_sends_at_the_rate_for_the_duration(
         assert 0 < result["calls"] <= 25 and result["errors"] == {}
         assert result["offered_rps"] == 20
         assert result["cache_hit_ratio"] == 0.0
+
+
+def test_the_frontends_metrics_are_found_among_every_services(
+    mesh: Mesh, metrics_url: str, tmp_path: Path,
+) -> None:
+    """`make loadtest` starting the local mesh reads its frontend's counters from the
+    URLs the mesh lists, one per service."""
+    port = free_port()
+    mesh.start_container("tests.helpers.models:SumModel", "listed", "1",
+                         "--metrics-port", str(port))
+    listing = tmp_path / "metrics-urls"
+    listing.write_text(f"http://127.0.0.1:{port}/metrics\n{metrics_url}\n")
+    assert frontend_metrics_url(listing) == metrics_url
+    listing.write_text(f"http://127.0.0.1:{port}/metrics\n")
+    with pytest.raises(RuntimeError, match="no frontend"):
+        frontend_metrics_url(listing)
