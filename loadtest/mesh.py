@@ -82,12 +82,15 @@ def start_mesh(port: int, management_token: str = "") -> LocalMesh:
     raise RuntimeError(f"the local mesh did not start within {MESH_START_S:.0f} s")
 
 
-
 def frontend_metrics_url(listing: Path) -> str:
     """Of the /metrics URLs in `listing` (one per line, a mesh's every service), the
     frontend's: the one whose `target_info` names the service clipper-frontend."""
     for url in listing.read_text().split():
+        try:
+            samples = read_metrics(url)
+        except OSError:  # a service that is restarting: not the one looked for, or later
+            continue
         if any(name == "target_info" and labels.get("service_name") == "clipper-frontend"
-               for name, labels, _ in read_metrics(url)):
+               for name, labels, _ in samples):
             return url
     raise RuntimeError(f"no frontend among the metrics URLs in {listing}")

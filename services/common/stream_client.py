@@ -58,8 +58,9 @@ class StreamClient(Generic[Item, Reply]):
     replies a response message carries; `measure(item)` is an item's encoded size.
 
     `receive_limit_bytes`: the largest response message accepted, stated to the server.
-    `kind` names an item in errors ("query"). `coalescer`: how long the writer waits for
-    more items to share a message (none: it never waits).
+    `kind` names an item in errors ("query"). `coalesce_s`: the longest the writer holds
+    an item for others to share its message, `slack(item)` the seconds it has left
+    (services/common/streams.Coalescer; 0: never held).
     """
 
     def __init__(
@@ -72,7 +73,8 @@ class StreamClient(Generic[Item, Reply]):
         receive_limit_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         tls: ClientTLS | None = None,
         kind: str = "request",
-        coalescer: Coalescer[Item] | None = None,
+        coalesce_s: float = 0.0,
+        slack: Callable[[Item], float] | None = None,
     ) -> None:
         self.address = address
         self.kind = kind
@@ -89,7 +91,8 @@ class StreamClient(Generic[Item, Reply]):
         self._wrap = wrap
         self._unwrap = unwrap
         self._measure = measure
-        self._coalescer = coalescer
+        self._coalescer = (Coalescer(coalesce_s, slack, lambda: len(self._pending))
+                           if coalesce_s > 0 and slack is not None else None)
         self._metadata = limit_metadata(receive_limit_bytes)
         self._channels = ReloadingChannel(
             address, tls, [("grpc.max_receive_message_length", receive_limit_bytes)])
@@ -135,6 +138,8 @@ class StreamClient(Generic[Item, Reply]):
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         self._outbox.put_nowait(item)
+        if self._coalescer is not None:
+            self._coalescer.arrived(item)
         try:
             async with asyncio.timeout_at(timeout_at):
                 return await future

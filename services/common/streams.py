@@ -19,8 +19,12 @@ T = TypeVar("T")
 MAX_ITEMS_PER_MESSAGE = 256
 # Counted for each item beyond its own size: its field tag and length prefix.
 ITEM_FRAMING_BYTES = 6
-# Weight of each message's rate in a coalescer's moving average of its stream's rate.
+# Weight of each message in a coalescer's moving averages of its stream's rate and of
+# the items per message.
 RATE_WEIGHT = 0.2
+# Items per message, on average, from which a coalescer holds a message even while the
+# item ready is the only one in flight: holds are filling messages.
+SHARED_ITEMS = 1.5
 # Kept back from a message's limit for what it carries besides its items (a replica's
 # load, say) and gRPC's own framing.
 MESSAGE_RESERVE_BYTES = 1024
@@ -56,6 +60,8 @@ class MessagePacker(Generic[T]):
         self._measure = measure
         self._budget = limit_bytes - MESSAGE_RESERVE_BYTES if measure else 0
         self._held: list[T] = []  # taken from the queue, for the next message
+        # Whether the last message left items waiting (it was full): a backlog.
+        self.backlogged = False
 
     async def ready(self) -> None:
         """Wait until an item is there to take (then `first` is it)."""
@@ -79,6 +85,7 @@ class MessagePacker(Generic[T]):
                 break
             items.append(item)
             size += item_size
+        self.backlogged = bool(self._held) or not self._queue.empty()
         return items
 
     def _size(self, item: T) -> int:
@@ -86,52 +93,90 @@ class MessagePacker(Generic[T]):
 
 
 class Coalescer(Generic[T]):
-    """How long a stream's writer waits, once an item is ready, for more items to share
-    its message: each message costs both ends of the stream a write, a read and a wake-up
-    of their event loops whatever it carries, and a container runs the queries of one
-    message as one batch.
+    """How long a stream's writer holds a ready item for more to share its message: each
+    message costs both ends of the stream a write, a read and a wake-up of their event
+    loops whatever it carries, and a container runs the queries of one message as one
+    batch.
 
-    Waiting pays only while items come faster than the wait. So the writer waits
-    `max_wait_s` only while the stream's recent rate brings at least one more item within
-    it and the stream has not been quiet for longer than that, and never more than
-    `share` of the time the first item has left (`slack(item)`, seconds); otherwise it
-    sends at once, as it does when items come slowly.
+    Holding pays only when more items come during the hold. So the writer holds (at most
+    `max_wait_s`) only while items have come at least one per `max_wait_s` of late, the
+    stream has not been quiet for longer than that, the last message left no backlog,
+    and either another item is in flight besides the one ready (`in_flight()` counts
+    both) or holds have been filling messages (SHARED_ITEMS a message of late). One
+    caller at a time, which waits for each answer, is never held: its messages carry
+    one item each, and nothing else is in flight. A hold ends once any item waiting
+    has only `share` of its time left to go (`slack(item)`, seconds): `arrived` tells it
+    of each item queued.
     """
 
     def __init__(self, max_wait_s: float, slack: Callable[[T], float],
-                 share: float = 0.25, now: clock.Now = clock.now) -> None:
+                 in_flight: Callable[[], int], share: float = 0.25,
+                 now: clock.Now = clock.now) -> None:
         self.max_wait_s = max_wait_s
         self._slack = slack
+        self._in_flight = in_flight
         self._share = share
         self._now = now
         self.rate = 0.0  # items per second, a moving average over messages
+        self.items = 1.0  # items per message, a moving average
         self._last_sent = now()
+        self._send_by = 0.0  # when the hold in progress ends
+        self._woken: asyncio.Event | None = None  # set when it ends sooner
 
-    def wait_s(self, first: T) -> float:
-        """How long to wait before taking the next message, `first` its first item."""
+    def hold_s(self, first: T) -> float:
+        """How long to hold the message `first` starts (0: send it at once)."""
         if (self.rate * self.max_wait_s < 1
-                or self._now() - self._last_sent > self.max_wait_s):
+                or self._now() - self._last_sent > self.max_wait_s
+                or (self._in_flight() < 2 and self.items < SHARED_ITEMS)):
             return 0.0
         return max(min(self.max_wait_s, self._share * self._slack(first)), 0.0)
+
+    def arrived(self, item: T) -> None:
+        """`item` was queued: a hold in progress ends by a share of its time left."""
+        if self._woken is None:
+            return
+        send_by = self._now() + max(self._share * self._slack(item), 0.0)
+        if send_by < self._send_by:
+            self._send_by = send_by
+            self._woken.set()
+
+    async def hold(self, first: T) -> None:
+        """Hold the message `first` starts as long as it is worth it (see the class)."""
+        hold_s = self.hold_s(first)
+        if hold_s <= 0:
+            return
+        self._send_by = self._now() + hold_s
+        self._woken = asyncio.Event()
+        try:
+            while (left := self._send_by - self._now()) > 0:
+                self._woken.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(left):
+                        await self._woken.wait()
+        finally:
+            self._woken = None
 
     def sent(self, items: int) -> None:
         """A message of `items` is going out now."""
         now = self._now()
-        elapsed, self._last_sent = max(now - self._last_sent, 1e-6), now
+        # Over at least a quarter of a hold: messages sent back to back (a burst after a
+        # quiet spell) are not a rate of millions.
+        elapsed, self._last_sent = max(now - self._last_sent, self.max_wait_s / 4), now
         self.rate += (items / elapsed - self.rate) * RATE_WEIGHT
+        self.items += (items - self.items) * RATE_WEIGHT
 
 
 async def pump(packer: MessagePacker[T], call: _Writable,
                wrap: Callable[[list[T]], Any], coalescer: Coalescer[T] | None = None) -> None:
     """The one writer of a client stream: forever, send what waits, in order, as few
     messages as fit (`wrap` builds one message from a list of items); with a
-    `coalescer`, after waiting as long as it says for more items to share the message."""
+    `coalescer`, after holding each message as long as it says, unless the last one
+    left a backlog."""
     while True:
         if coalescer is not None:
             await packer.ready()
-            wait_s = coalescer.wait_s(packer.first)
-            if wait_s > 0:
-                await asyncio.sleep(wait_s)
+            if not packer.backlogged:
+                await coalescer.hold(packer.first)
         items = await packer.take()
         if coalescer is not None:
             coalescer.sent(len(items))

@@ -52,10 +52,11 @@ class Config:
     replica_ttl_s: float = flag(3.0, "drop a replica after this long without a heartbeat")
     max_message_bytes: int = max_message_bytes_flag()
     coalesce_s: float = flag(
-        3.0, "longest a query waits for others to share its message to a container, only "
-        "while a replica's queries come at least that often and never over a quarter of the "
-        "time the query has left (fewer messages: less CPU per query on both ends, bigger "
-        "batches); 0: never wait", name="coalesce-ms", check=NON_NEGATIVE, scale=1 / 1000)
+        3.0, "longest a query is held for others to share its message to a container, only "
+        "while a replica's queries come at least that often and another is in flight, "
+        "ending once any waiting query has a quarter of its time left (fewer messages: "
+        "less CPU per query on both ends, bigger batches); 0: never hold",
+        name="coalesce-ms", check=NON_NEGATIVE, scale=1 / 1000)
     max_concurrent_rpcs: int = flag(10_000, "RPCs served at once before new ones are refused")
     cache: str = flag("memory", "prediction cache: memory, none, or "
                       "redis[s]://[[USER]:PASSWORD@]HOST:PORT/DB (shared)")

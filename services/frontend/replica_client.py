@@ -21,7 +21,6 @@ from services.common.channels import DEFAULT_MAX_MESSAGE_BYTES
 from services.common.errors import ClipperError, DeadlineExpired, error_from_code
 from services.common.named_tensors import MAX_NAMED, Value
 from services.common.stream_client import Metadata, StreamClient
-from services.common.streams import Coalescer
 from services.common.tls import ClientTLS
 from services.frontend.outliers import ReplicaHealth
 from services.frontend.records import ReplicaRecord
@@ -83,8 +82,8 @@ class ReplicaClient:
                  coalesce_s: float = 0.0) -> None:
         """`credential`: the replica credential (services/common/credentials.py);
         `receive_limit_bytes`: the largest reply message taken (the replica packs its
-        replies to fit); `coalesce_s`: the longest a query waits for others to share its
-        message, while queries come fast enough (services/common/streams.Coalescer)."""
+        replies to fit); `coalesce_s`: the longest a query is held for others to share
+        its message (services/common/streams.Coalescer)."""
         self.record = record
         # As last reported by the replica with its replies.
         self.queue_depth = 0
@@ -98,7 +97,7 @@ class ReplicaClient:
         self._stream: StreamClient[_Outgoing, pb.ContainerReply] = StreamClient(
             record.address, open_call, _request, self._unwrap, _size,
             receive_limit_bytes=receive_limit_bytes, tls=tls, kind="query",
-            coalescer=Coalescer(coalesce_s, _slack) if coalesce_s > 0 else None)
+            coalesce_s=coalesce_s, slack=_slack)
 
     @property
     def connected(self) -> bool:

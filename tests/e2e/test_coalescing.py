@@ -1,6 +1,6 @@
 """Coalescing over real processes: while a replica's queries come faster than the
-frontend's --coalesce-ms, they share stream messages (and so the container's batches);
-a query that comes alone goes out at once."""
+frontend's --coalesce-ms and several are in flight, they share stream messages (and so
+the container's batches); a query that comes alone goes out at once."""
 
 from __future__ import annotations
 
@@ -62,8 +62,8 @@ async def test_queries_that_come_fast_share_messages_and_batches(
 ) -> None:
     queries_before, batches_before = batches()
     calls = []
-    for i in range(80):  # open loop, one query every 5 ms: 40 within a wait
-        calls.append(asyncio.create_task(ask(stub, i)))
+    for i in range(0, 80, 2):  # open loop, two queries every 5 ms: 80 within a hold
+        calls += [asyncio.create_task(ask(stub, i)), asyncio.create_task(ask(stub, i + 1))]
         await asyncio.sleep(0.005)
     assert await asyncio.gather(*calls) == [i + 6 for i in range(80)]
     queries, ran = batches()
