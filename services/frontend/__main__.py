@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 
 from services.common import clock
 from services.common.admission import Admission, export_metrics
@@ -47,6 +48,12 @@ from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.generated.inference import grpc_service_pb2_grpc as oip_grpc
 
+logger = logging.getLogger(__name__)
+
+# Longest a worker of a pool waits for its streams to the known replicas before it
+# binds the shared port (replicas that are gone do not hold it longer).
+WORKER_CONNECT_S = 2.0
+
 
 async def start(cfg: Config, now: clock.Now = clock.now) -> Running:
     """Start the frontend on `cfg.port` (0: a free one), serving; `stop()` it after.
@@ -71,6 +78,13 @@ async def start(cfg: Config, now: clock.Now = clock.now) -> Running:
     router = ModelRouter(registry, replicas, cache)
     query_path = QueryPath(registry, router, selection, cache, cfg.limits, admission,
                            Quotas(cfg.quotas, now), AccessLog(cfg.access_log_sample))
+    await replicas.start()
+    stack.push_async_callback(replicas.aclose)
+    if cfg.reuse_port:
+        # A worker of a pool takes connections as soon as it binds the shared port: its
+        # streams to the replicas the shared store knows come first.
+        if missing := await replicas.wait_connected(WORKER_CONNECT_S):
+            logger.warning("serving with %d replica stream(s) not connected yet", missing)
     server = await start_server(
         [
             (functools.partial(pb_grpc.add_FrontendServicer_to_server,
@@ -96,8 +110,6 @@ async def start(cfg: Config, now: clock.Now = clock.now) -> Running:
         probe_socket=True,
         reuse_port=cfg.reuse_port,
     )
-    await replicas.start()
-    stack.push_async_callback(replicas.aclose)
     await selection.start()
     stack.push_async_callback(selection.aclose)
     await admission.lag.start()

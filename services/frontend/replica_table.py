@@ -94,6 +94,17 @@ class ReplicaTable:
         await self.sync()
         self._task.start()
 
+    async def wait_connected(self, timeout_s: float) -> int:
+        """Wait up to `timeout_s` for the streams to the replicas known now to connect;
+        return how many are not connected by then."""
+        waits = [asyncio.create_task(c.wait_connected()) for c in self.clients.values()]
+        if not waits:
+            return 0
+        _, pending = await asyncio.wait(waits, timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        return len(pending)
+
     async def aclose(self) -> None:
         await self._task.aclose()
         for client in self.clients.values():

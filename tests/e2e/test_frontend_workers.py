@@ -7,6 +7,7 @@ through the workers' own metrics (every worker logs its metrics port).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 import signal
@@ -164,6 +165,50 @@ async def test_a_killed_worker_leaves_the_other_serving_and_is_started_again(
         await asyncio.sleep(0.1)
     async with channel_per_worker(workers) as channels:  # both serve again
         assert set(channels) == {0, 1}
+
+
+async def test_a_restarted_worker_takes_connections_once_its_streams_are_up(
+        workers: Workers) -> None:
+    victim = workers.pids()[1]
+    os.kill(victim, signal.SIGKILL)
+    exited = re.compile(rf"frontend worker 1 \(pid {victim}\) exited")
+    deadline = time.monotonic() + 10
+    while not exited.search(workers.log.read_text()):
+        assert time.monotonic() < deadline, "the pool did not report the killed worker"
+        await asyncio.sleep(0.05)
+    failures: list[str] = []
+    answered = 0
+    restarted = asyncio.Event()
+
+    async def keep_asking(offset: int) -> None:
+        """A query on a new connection at a time until the worker is back, and a while
+        after: some land on the new worker as soon as it takes connections."""
+        nonlocal answered
+        for i in itertools.count(offset, 4):
+            if restarted.is_set() and answered >= 200:
+                return
+            async with grpc.aio.insecure_channel(workers.mesh.address,
+                                                 OWN_CONNECTION) as channel:
+                try:
+                    reply = await pb_grpc.FrontendStub(channel).Predict(query(float(i)),
+                                                                        timeout=5)
+                    assert tensors.decode(reply.output).item() == 4.0 * i
+                    answered += 1
+                except grpc.aio.AioRpcError as exc:
+                    failures.append(f"{exc.code().name}: {exc.details()}")
+
+    askers = [asyncio.create_task(keep_asking(k)) for k in range(4)]
+    try:
+        deadline = time.monotonic() + 30
+        while workers.pids()[1] == victim:
+            assert time.monotonic() < deadline, "worker 1 was not started again within 30 s"
+            await asyncio.sleep(0.05)
+        restarted.set()
+        await asyncio.wait_for(asyncio.gather(*askers), 60)
+    finally:
+        for task in askers:
+            task.cancel()
+    assert failures == []
 
 
 async def test_sigterm_drains_both_workers_and_loses_no_query(workers: Workers) -> None:
