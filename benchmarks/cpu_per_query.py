@@ -14,17 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
-from benchmarks.ghz_limit import TOKEN
+from benchmarks.ghz_limit import TOKEN, register_strict_copy
 from benchmarks.mesh_latency import start_mesh, stop_mesh
 from benchmarks.overload import Run, ghz_run, write_payload
 from benchmarks.process_cpu import KINDS, CpuUse, measured, mesh_processes
-from services.common.auth import bearer
 from services.common.metrics import read_metrics, sample
 from services.common.processes import start_service
-from services.generated.clipper.v1 import clipper_pb2 as pb
-from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.mesh import digits
 from services.mesh.specs import METRICS_URLS
 
@@ -55,20 +50,6 @@ class Point:
     @property
     def mesh_ms(self) -> float:
         return 1000 * self.cpu.mesh_s / max(self.sent, 1)
-
-
-def _strict_copy(address: str, name: str) -> str:
-    """Register `name` again as `<name>-strict`, without its default output."""
-    strict = f"{name}-strict"
-    with grpc.insecure_channel(address) as channel:
-        mgmt = pb_grpc.ManagementStub(channel)
-        app = mgmt.GetApplication(pb.ApplicationName(name=name), metadata=bearer(TOKEN),
-                                  timeout=5)
-        app.name = strict
-        app.ClearField("default_output")
-        mgmt.CreateApplication(pb.ApplicationRequest(application=app),
-                               metadata=bearer(TOKEN), timeout=5)
-    return strict
 
 
 def _batch_totals(urls: list[str]) -> tuple[float, float, float]:
@@ -105,7 +86,7 @@ def measure_mesh(work: Path) -> dict[str, list[Point]]:
         pids = mesh_processes(proc.pid)
         found: dict[str, list[Point]] = {}
         for label, app in APPS.items():
-            payload = write_payload(work / app, application=_strict_copy(address, app))
+            payload = write_payload(work / app, application=register_strict_copy(address, app))
             ghz_run(address, payload, 50, 1)  # uncounted
             found[label] = []
             for rate in RATES:

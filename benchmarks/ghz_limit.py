@@ -80,7 +80,7 @@ async def mesh_vs_echo(work: Path) -> tuple[list[RunResult], list[RunResult]]:
     proc, address, _ = start_mesh(work / "mesh-ghz", "--slo-ms", "20",
                                   env={"CLIPPER_MANAGEMENT_TOKEN": TOKEN})
     try:
-        _register_strict_app(address)
+        register_strict_copy(address)
         mesh_runs = await sweep(address, payload)
     finally:
         stop_mesh(proc)
@@ -100,15 +100,19 @@ def _write_payload(work: Path) -> Path:
     return payload
 
 
-def _register_strict_app(address: str) -> None:
-    """`digits` as `make run` registers it (SLO 20 ms here), without a default output."""
+def register_strict_copy(address: str, name: str = "digits") -> str:
+    """Register the application `name` as `make run` has it again as `<name>-strict`,
+    without its default output (a late answer is then a failure); return that name.
+    `digits`' copy is STRICT_APP."""
+    strict = f"{name}-strict"
     with grpc.insecure_channel(address) as channel:
         mgmt = pb_grpc.ManagementStub(channel)
         md = bearer(TOKEN)
-        app = mgmt.GetApplication(pb.ApplicationName(name="digits"), metadata=md, timeout=5)
-        app.name = STRICT_APP
+        app = mgmt.GetApplication(pb.ApplicationName(name=name), metadata=md, timeout=5)
+        app.name = strict
         app.ClearField("default_output")
         mgmt.CreateApplication(pb.ApplicationRequest(application=app), metadata=md, timeout=5)
+    return strict
 
 
 def _seconds(timestamp: str) -> float:

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from benchmarks import plots
-from benchmarks.ghz_limit import GHZ, STRICT_APP, TOKEN, _register_strict_app
+from benchmarks.ghz_limit import GHZ, STRICT_APP, TOKEN, register_strict_copy
 from benchmarks.mesh_latency import start_mesh, stop_mesh
 from benchmarks.process_cpu import KINDS, CpuUse, measured, mesh_processes, tree_memory
 from services.mesh import digits
@@ -119,7 +119,7 @@ def measure(work: Path, env: dict[str, str], capacity: int | None, payload: Path
     proc, address, _ = start_mesh(work, "--slo-ms", "20",
                                   env={"CLIPPER_MANAGEMENT_TOKEN": TOKEN, **env})
     try:
-        _register_strict_app(address)
+        register_strict_copy(address)
         ghz_run(address, payload, 50, 1)  # uncounted: first queries load code
         if capacity is None:
             capacity = strict_capacity(address, payload)

@@ -7,6 +7,7 @@ through the workers' own metrics (every worker logs its metrics port).
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 import re
@@ -30,6 +31,7 @@ from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from testkit.mesh import ENV, MGMT, Mesh
 from tests.helpers.redis_server import RedisServer
+from tests.helpers.served import served_within
 
 WORKER_SERVES = re.compile(r"frontend worker (\d+) \(pid (\d+)\) serves port")
 WORKER_METRICS = re.compile(r"frontend-worker-(\d+) \S+: metrics at http://\S+:(\d+)/metrics")
@@ -112,20 +114,6 @@ async def channel_per_worker(workers: Workers) -> AsyncIterator[dict[int, grpc.a
             await channel.close()
 
 
-async def served_within(channel: grpc.aio.Channel, app: str, limit_s: float) -> float:
-    """Seconds until `app` is served through `channel` (fails past `limit_s`)."""
-    started = time.monotonic()
-    stub = pb_grpc.FrontendStub(channel)
-    while True:
-        try:
-            await stub.Predict(query(1.0, app), timeout=5)
-            return time.monotonic() - started
-        except grpc.aio.AioRpcError as exc:
-            assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
-            assert time.monotonic() - started < limit_s, f"{app} not served in {limit_s} s"
-            await asyncio.sleep(0.02)
-
-
 async def test_connections_land_on_both_workers(workers: Workers) -> None:
     assert set(workers.pids()) == {0, 1}
     async with channel_per_worker(workers) as channels:
@@ -141,7 +129,9 @@ async def test_an_application_created_through_one_worker_is_served_by_the_other(
                 policy="static", linked_models=["work"])
             await pb_grpc.ManagementStub(channels[via]).CreateApplication(
                 pb.ApplicationRequest(application=application), metadata=MGMT, timeout=5)
-            assert await served_within(channels[other], app, limit_s=2.0) < 2.0
+            ask = functools.partial(pb_grpc.FrontendStub(channels[other]).Predict,
+                                    query(1.0, app), timeout=5)
+            assert await served_within(ask, app, 2.0) < 2.0
 
 
 async def test_a_killed_worker_leaves_the_other_serving_and_is_started_again(

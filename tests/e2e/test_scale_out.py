@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import functools
 from collections.abc import Iterator
 
 import grpc
@@ -16,6 +16,7 @@ from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from testkit.mesh import Mesh
 from tests.helpers.redis_server import RedisServer
+from tests.helpers.served import served_within
 
 DEFAULT = tensors.encode(np.int64(-1))
 
@@ -56,25 +57,13 @@ async def predict(address: str, request: pb.PredictRequest) -> pb.PredictRespons
         return reply
 
 
-async def served_within(address: str, app: str, limit_s: float) -> float:
-    """Seconds until `app` is served through `address` (fails past `limit_s`)."""
-    started = time.monotonic()
-    while True:
-        try:
-            await predict(address, query(app))
-            return time.monotonic() - started
-        except grpc.aio.AioRpcError as exc:
-            assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
-            assert time.monotonic() - started < limit_s, f"{app} not served in {limit_s} s"
-            await asyncio.sleep(0.02)
-
-
 async def test_either_frontend_serves_what_the_other_registered(scale: TwoFrontends) -> None:
     for address in (scale.a, scale.b):
         reply = await predict(address, query("sum", 2.0))
         assert tensors.decode(reply.output).item() == 8.0 and list(reply.models) == ["sum:1"]
     await asyncio.to_thread(scale.mesh.create_app, "sum-again", ["sum"], via=scale.b)
-    assert await served_within(scale.a, "sum-again", limit_s=1.0) < 1.0
+    ask = functools.partial(predict, scale.a, query("sum-again"))
+    assert await served_within(ask, "sum-again", 1.0) < 1.0
 
 
 async def test_a_killed_replica_leaves_both_frontends(scale: TwoFrontends) -> None:
@@ -91,7 +80,7 @@ async def test_a_killed_replica_leaves_both_frontends(scale: TwoFrontends) -> No
 async def test_a_redis_restart_loses_no_query_and_no_registration(scale: TwoFrontends) -> None:
     await asyncio.to_thread(scale.mesh.create_app, "guarded", ["sum"], default=DEFAULT,
                             via=scale.a)
-    await served_within(scale.b, "guarded", limit_s=1.0)
+    await served_within(functools.partial(predict, scale.b, query("guarded")), "guarded", 1.0)
     answers: list[pb.PredictResponse] = []
     stop = asyncio.Event()
 
@@ -125,4 +114,5 @@ async def test_a_redis_restart_loses_no_query_and_no_registration(scale: TwoFron
         await asyncio.to_thread(scale.mesh.wait_connected, "sum", 2, 5.0, via)
     # The change feed is back: an application registered now reaches the other frontend.
     await asyncio.to_thread(scale.mesh.create_app, "after-restart", ["sum"], via=scale.b)
-    assert await served_within(scale.a, "after-restart", limit_s=1.0) < 1.0
+    ask = functools.partial(predict, scale.a, query("after-restart"))
+    assert await served_within(ask, "after-restart", 1.0) < 1.0
