@@ -6,7 +6,9 @@ application (`digits-onnx`) and the three-model ensemble (`digits`). Every proce
 over the run is divided by the queries sent. The models' own compute comes from the
 containers' batch durations, measured in process, and so does the mean batch size they
 ran. The echo server answers Predict with its input, with the same payload: what a
-query costs gRPC alone.
+query costs gRPC alone. The relay floor is the mesh's shape with no query logic and no
+model: a relay process that forwards each query over one stream to each of one (or
+three) stream-echo processes (benchmarks/relay_server.py), what the hops alone cost.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from services.mesh.specs import METRICS_URLS
 RATES = (100, 200, 400, 500, 600, 800)
 RUN_S = 4
 APPS = {"1 model": digits.ONNX_MODEL, "3 models": "digits"}
+MODELS = {"1 model": 1, "3 models": 3}  # models each application asks
 SLO_S = 0.020
 
 
@@ -77,6 +80,27 @@ def measure_echo(work: Path) -> list[Point]:
         echo.stop()
 
 
+def measure_floor(work: Path, upstreams: int) -> list[Point]:
+    """The relay floor for an application of `upstreams` models, at each rate."""
+    payload = write_payload(work)
+    echoes = [start_service("benchmarks.relay_server", ["--stream-echo"], name=f"echo-{i}")
+              for i in range(upstreams)]
+    relay = start_service("benchmarks.relay_server",
+                          ["--upstream", ",".join(e.address for e in echoes)], name="relay")
+    try:
+        ghz_run(relay.address, payload, 50, 1)  # uncounted
+        pids = {"frontend": [relay.proc.pid], "model_container": [e.proc.pid for e in echoes]}
+        points = []
+        for rate in RATES:
+            with measured(pids) as cpu:
+                run = ghz_run(relay.address, payload, rate, RUN_S)
+            points.append(Point(rate, run, cpu))
+        return points
+    finally:
+        for service in (relay, *echoes):
+            service.stop()
+
+
 def measure_mesh(work: Path) -> dict[str, list[Point]]:
     """Each application of APPS at each rate, on one `make run` mesh."""
     proc, address, _ = start_mesh(work / "mesh", "--slo-ms", "20",
@@ -104,6 +128,7 @@ def measure_mesh(work: Path) -> dict[str, list[Point]]:
 
 def run(work: Path) -> str:
     echo = measure_echo(work / "echo")
+    floors = {label: measure_floor(work / f"floor-{label}", MODELS[label]) for label in APPS}
     mesh = measure_mesh(work)
     lines = [
         "## CPU per query: the mesh against a bare grpc.aio echo server (20 ms SLO)",
@@ -111,21 +136,24 @@ def run(work: Path) -> str:
         f"ghz open loop, {RUN_S} s per rate, distinct inputs, cache off, applications "
         "without a default; CPU is each process's own over the run divided by the queries "
         "sent (ms). Models' compute: the containers' batch durations per query, measured in "
-        "process, all of an application's models per query; mean batch: queries per batch.",
+        "process, all of an application's models per query; mean batch: queries per batch. "
+        "Floor: the relay floor's CPU (relay + stream echoes) for as many models.",
         "",
         "| rate q/s | echo p50/p99 ms | echo CPU | application | p50/p99 ms | within SLO | "
-        + " | ".join(KINDS) + " | mesh CPU | vs echo | models' compute | mean batch |",
-        "|---|---|---|---|---|---|" + "---|" * len(KINDS) + "---|---|---|---|",
+        + " | ".join(KINDS)
+        + " | mesh CPU | vs echo | floor | vs floor | models' compute | mean batch |",
+        "|---|---|---|---|---|---|" + "---|" * len(KINDS) + "---|---|---|---|---|---|",
     ]
     for i, rate in enumerate(RATES):
         e = echo[i]
         for label, points in mesh.items():
-            p = points[i]
+            p, floor = points[i], floors[label][i]
             lines.append(
                 f"| {rate} | {_p50_99(e.run)} | {e.cpu_ms('frontend'):.2f} | {label} | "
                 f"{_p50_99(p.run)} | {p.run.within_slo:.1%} | "
                 + " | ".join(f"{p.cpu_ms(kind):.2f}" for kind in KINDS)
                 + f" | {p.mesh_ms:.2f} | {p.mesh_ms / max(e.cpu_ms('frontend'), 1e-9):.1f}x | "
+                f"{floor.mesh_ms:.2f} | {p.mesh_ms / max(floor.mesh_ms, 1e-9):.1f}x | "
                 f"{p.compute_ms:.2f} | {p.batch_size:.1f} |")
     return "\n".join(lines)
 
