@@ -30,6 +30,7 @@ from services.common.tracing import setup_tracing, shutdown_tracing
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.model_container.announcer import Announcer
+from services.model_container.answer_check import AnswerCheck
 from services.model_container.batcher import Batcher
 from services.model_container.config import Config, config_from_args
 from services.model_container.runner import ModelRunner
@@ -65,14 +66,16 @@ async def start(cfg: Config) -> Container:
     await batcher.start()
     try:
         specs = _specs(cfg, runner)
+        answers = AnswerCheck(cfg.output_spec, specs.outputs)
         # Before the server starts: not ready (nor reachable) until the model is warm.
-        await warm_up(batcher, cfg.warmup, specs, cfg.output_spec)
+        await warm_up(batcher, cfg.warmup, specs, answers)
     except (ConfigError, WarmupFailed):
         await batcher.aclose()
         raise
     watchdog = LoopWatchdog(cfg.batching.batch_timeout_s or LOOP_STALL_S)
     await watchdog.start()
-    servicer = ContainerServicer(batcher, specs.input_spec, cfg.max_message_bytes, specs.inputs)
+    servicer = ContainerServicer(batcher, specs.input_spec, cfg.max_message_bytes, specs.inputs,
+                                 answers)
     replica_id = cfg.replica_id or uuid.uuid4().hex
     # Frontends dial with a credential valid for this replica only.
     frontends_only = token_auth(replica_credential(cfg.token, replica_id), FRONTEND,

@@ -23,6 +23,7 @@ from services.common.streams import (
 from services.common.tensors import TensorSpec
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
+from services.model_container.answer_check import AnswerCheck
 from services.model_container.batcher import Batcher
 
 logger = logging.getLogger(__name__)
@@ -42,10 +43,13 @@ class ContainerServicer(pb_grpc.ModelContainerServicer):
 
     def __init__(self, batcher: Batcher, input_spec: TensorSpec | None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 inputs: tuple[TensorSpec, ...] = ()) -> None:
+                 inputs: tuple[TensorSpec, ...] = (),
+                 answers: AnswerCheck | None = None) -> None:
         """`max_message_bytes`: the server's receive and send limit, stated to frontends;
-        `input_spec` (one input) or `inputs` (named): what queries are checked against."""
+        `input_spec` (one input) or `inputs` (named): what queries are checked against;
+        `answers`: what the model's answers are checked against before they go out."""
         self.batcher = batcher
+        self.answers = answers or AnswerCheck()
         self.input_spec = input_spec
         self.inputs = inputs
         self.max_message_bytes = max_message_bytes
@@ -80,7 +84,7 @@ class ContainerServicer(pb_grpc.ModelContainerServicer):
                         continue
                     in_flight.add(future)
                     future.add_done_callback(
-                        _reply_when_done(query.id, replies, in_flight, send_limit))
+                        _reply_when_done(query.id, replies, in_flight, send_limit, self.answers))
 
     def _decode(self, query: pb.ContainerQuery) -> Any:
         """The query's array, or its dict of named arrays, checked against the specs."""
@@ -110,9 +114,11 @@ class ContainerServicer(pb_grpc.ModelContainerServicer):
 
 def _reply_when_done(
     query_id: int, replies: Replies, in_flight: set[asyncio.Future[Any]], send_limit: int,
+    answers: AnswerCheck,
 ) -> Callable[[asyncio.Future[Any]], None]:
-    """A done-callback that queues the reply to a query; an answer too large for any
-    message the frontend accepts is replaced by an error saying so."""
+    """A done-callback that queues the reply to a query; an answer that does not match the
+    model's declared outputs, or too large for any message the frontend accepts, is
+    replaced by an error saying so."""
     def done(future: asyncio.Future[Any]) -> None:
         in_flight.discard(future)
         if future.cancelled():
@@ -124,7 +130,10 @@ def _reply_when_done(
             reply = _error_reply(query_id, ClipperError("internal error"))
         else:
             try:
+                answers.served(future.result())
                 reply = _output_reply(query_id, future.result())
+            except ClipperError as err:
+                reply = _error_reply(query_id, err)
             except Exception as err:
                 reply = _error_reply(query_id, ClipperError(f"cannot encode model output: {err}"))
             if (size := reply.ByteSize()) > item_budget(send_limit):

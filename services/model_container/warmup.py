@@ -30,6 +30,7 @@ from services.common import clock, named_tensors
 from services.common.errors import InvalidInput
 from services.common.tensors import OBJECT_DTYPES, TensorSpec
 from services.model_container import metrics
+from services.model_container.answer_check import AnswerCheck
 from services.model_container.batcher import Batcher
 from services.model_container.sdk import ModelSpecs
 
@@ -139,13 +140,13 @@ def _given_inputs(source: str, spec: TensorSpec | None) -> list[np.ndarray]:
 
 
 async def warm_up(batcher: Batcher, config: WarmupConfig, specs: ModelSpecs,
-                  output_spec: TensorSpec | None = None) -> WarmupReport | None:
+                  answers: AnswerCheck | None = None) -> WarmupReport | None:
     """Run the warm-up batches and teach the batcher's latency model; None if skipped.
-    The answers are checked against `output_spec` (one output) or `specs.outputs`."""
+    The answers are checked by `answers` (the declared outputs)."""
     if config.rounds == 0:
         return None
     inputs = warmup_inputs(config, specs)
-    check = functools.partial(_check_answer, output_spec, specs.outputs)
+    check = functools.partial(_check_answer, answers or AnswerCheck())
     if inputs is None:
         logger.info("no warm-up: no input spec (--input-dtype) and no --warmup-inputs")
         return None
@@ -191,21 +192,10 @@ async def _run(batcher: Batcher, batch: list[Any], check: Callable[[Any], None],
     return elapsed
 
 
-def _check_answer(output_spec: TensorSpec | None, outputs: tuple[TensorSpec, ...],
-                  answer: Any) -> None:
+def _check_answer(check: AnswerCheck, answer: Any) -> None:
     """Raise WarmupFailed unless `answer` matches the declared output(s)."""
     try:
-        if outputs:
-            if not isinstance(answer, dict):
-                raise InvalidInput(f"expected a dict of named outputs, got "
-                                   f"{type(answer).__name__}")
-            named_tensors.check_names(outputs, answer, "output")
-            for spec in outputs:
-                spec.check(np.asarray(answer[spec.name]))
-        elif output_spec is not None:
-            output_spec.check(np.asarray(answer))
+        check.check(answer)
     except InvalidInput as exc:
-        declared = named_tensors.describe(outputs) if outputs else (
-            output_spec.describe() if output_spec else "")
         raise WarmupFailed(f"the model's answer does not match the manifest's outputs "
-                           f"({declared}): {exc}") from exc
+                           f"({check.declared}): {exc}") from exc

@@ -102,6 +102,29 @@ async def test_only_the_query_the_model_raises_on_gets_its_error(
             assert tensors.decode(reply.output).item() == sum(v)
 
 
+async def test_an_answer_the_model_did_not_declare_fails_that_query_alone(
+    mesh: Mesh, stub: pb_grpc.FrontendStub,
+) -> None:
+    """The model declares its output; the one answer of another shape, in a batch of
+    good ones, fails alone (the application's default goes out, saying why)."""
+    mesh.start_container("tests.helpers.models:MisanswersOnNegative", "misanswers", "1",
+                         "--max-batch-size", "16")
+    mesh.create_app("misanswers", ["misanswers"], slo_ms=5000, default=DEFAULT)
+    mesh.wait_connected("misanswers", 1)
+    values = [[float(i), 1, 1, 1] for i in range(12)]
+    values[7][0] = -5.0
+    replies = await asyncio.gather(*(stub.Predict(query("misanswers", v), timeout=10)
+                                     for v in values))
+    for v, reply in zip(values, replies, strict=True):
+        if v[0] < 0:
+            assert reply.default_used
+            assert ("does not match its declared outputs (sum: float64[]): expected shape [], "
+                    "got [3]") in reply.default_reason, reply.default_reason
+        else:
+            assert not reply.default_used, reply.default_reason
+            assert tensors.decode(reply.outputs["sum"]).item() == sum(v)
+
+
 async def test_a_model_hanging_on_the_event_loop_ends_its_container(
     mesh: Mesh, stub: pb_grpc.FrontendStub,
 ) -> None:

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from services.common.tensors import TensorSpec
+
 
 class SumModel:
     """Returns the sum of each input as float64: distinct inputs give distinct answers."""
@@ -138,3 +140,14 @@ class RecordsBatches:
                 log.write("setup\n")
             log.write(f"{len(inputs)}\n")
         return [np.float64(x.sum()) for x in inputs]
+
+
+class MisanswersOnNegative:
+    """Declares one named output, `sum` (float64, one value), and answers it, except for an
+    input whose first value is negative: then three values, a shape it did not declare."""
+
+    outputs = (TensorSpec("float64", (), name="sum"),)
+
+    def predict_batch(self, inputs: list[np.ndarray]) -> Sequence[Any]:
+        return [{"sum": np.full(3, float(x.sum())) if float(x.reshape(-1)[0]) < 0
+                 else np.float64(x.sum())} for x in inputs]
