@@ -30,6 +30,14 @@ def test_one_declared_output() -> None:
         ONE.served({"x": np.zeros(3, np.float32)})
 
 
+def test_scalars_numpy_or_plain() -> None:
+    scalar = AnswerCheck(TensorSpec("float64", ()))
+    scalar.served(np.float64(2.0))
+    scalar.served(2.0)  # the full check takes what numpy makes of it
+    with pytest.raises(ClipperError, match="expected dtype float64, got int64"):
+        scalar.served(np.int64(2))
+
+
 def test_named_outputs() -> None:
     NAMED.served({"label": np.int64(2), "probabilities": np.zeros(10, np.float32)})
     with pytest.raises(InvalidInput, match="expected a dict of named outputs, got ndarray"):
