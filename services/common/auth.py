@@ -81,13 +81,15 @@ def bearer_token(metadata: Metadata) -> str:
     return _value(metadata, METADATA_KEY).removeprefix("Bearer ").strip()
 
 
-def token_auth(expected: str, role: str, what: str) -> Authenticator:
-    """Callers carrying `authorization: Bearer <expected>`, as `role`."""
+def token_auth(expected: str | Sequence[str], role: str, what: str) -> Authenticator:
+    """Callers carrying `authorization: Bearer <expected>` (or any of several), as `role`."""
+    accepted = (expected,) if isinstance(expected, str) else tuple(expected)
+
     def authenticate(metadata: Metadata) -> Caller:
         sent = bearer_token(metadata)
         if not sent:
             raise Unauthenticated(f"needs metadata '{METADATA_KEY}: Bearer <{what} token>'")
-        if not same(sent, expected):
+        if not any([same(sent, token) for token in accepted]):  # each compared, in full
             raise PermissionDenied(f"wrong {what} token")
         return Caller(role)
 

@@ -1,4 +1,8 @@
-"""`python -m services.model_container --model pkg.mod:attr --name NAME --frontend HOST:PORT`."""
+"""`python -m services.model_container --model pkg.mod:attr --name NAME --frontend HOST:PORT`.
+
+Several models in one process, each its own replica on the one port and stream:
+`... --name a ... --and --model other:Model --name b --frontend HOST:PORT ...`.
+"""
 
 from __future__ import annotations
 
@@ -32,10 +36,10 @@ from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 from services.model_container.announcer import Announcer
 from services.model_container.answer_check import AnswerCheck
 from services.model_container.batcher import Batcher
-from services.model_container.config import Config, config_from_args
+from services.model_container.config import Config, configs_from_args
 from services.model_container.runner import ModelRunner
 from services.model_container.sdk import ModelLoadFailed, ModelSpecs
-from services.model_container.servicer import ContainerServicer
+from services.model_container.servicer import ContainerServicer, Replica
 from services.model_container.warmup import WarmupFailed, warm_up
 from services.model_container.watchdog import EXIT_CODE, LoopWatchdog
 
@@ -52,34 +56,37 @@ class Container:
     """A container started in this process: serving, announced, and what stops it."""
 
     running: Running
-    batcher: Batcher
+    batchers: list[Batcher]  # one per model served
 
 
-async def start(cfg: Config) -> Container:
-    """Load the model, serve on `cfg.port` (0: a free one) and announce this replica to
-    the frontends; ready once one of them knows it."""
+async def start(configs: list[Config]) -> Container:
+    """Load each model, serve them all on the first config's port (0: a free one), each
+    its own replica, and announce them to the frontends; ready once one knows each.
+
+    The process's own settings (address, TLS, metrics, health, message limit, grace
+    period) are the first config's (services/model_container/config.configs_from_args)."""
+    cfg = configs[0]
     serve_metrics("model_container", cfg.host, cfg.metrics_port,
-                  {MODEL_ATTRIBUTE: cfg.name, VERSION_ATTRIBUTE: cfg.version})
-    runner = ModelRunner(cfg.source, cfg.worker, cfg.batching.concurrency,
-                         native_threads=cfg.native_threads)
-    batcher = Batcher(runner, cfg.batching)
-    await batcher.start()
+                  {MODEL_ATTRIBUTE: ",".join(c.name for c in configs),
+                   VERSION_ATTRIBUTE: ",".join(c.version for c in configs)})
+    loaded: list[tuple[Replica, ModelSpecs]] = []
     try:
-        specs = _specs(cfg, runner)
-        answers = AnswerCheck(cfg.output_spec, specs.outputs)
-        # Before the server starts: not ready (nor reachable) until the model is warm.
-        await warm_up(batcher, cfg.warmup, specs, answers)
-    except (ConfigError, WarmupFailed):
-        await batcher.aclose()
+        for member in configs:
+            loaded.append(await _load(member))
+    except (ConfigError, ModelLoadFailed, WarmupFailed):
+        for replica, _ in loaded:
+            await replica.batcher.aclose()
         raise
-    watchdog = LoopWatchdog(cfg.batching.batch_timeout_s or LOOP_STALL_S)
+    replicas = [replica for replica, _ in loaded]
+    batchers = [replica.batcher for replica in replicas]
+    watchdog = LoopWatchdog(min(c.batching.batch_timeout_s or LOOP_STALL_S for c in configs))
     await watchdog.start()
-    servicer = ContainerServicer(batcher, specs.input_spec, cfg.max_message_bytes, specs.inputs,
-                                 answers)
-    replica_id = cfg.replica_id or uuid.uuid4().hex
-    # Frontends dial with a credential valid for this replica only.
-    frontends_only = token_auth(replica_credential(cfg.token, replica_id), FRONTEND,
-                                "replica credential")
+    servicer = ContainerServicer(replicas, cfg.max_message_bytes)
+    # Frontends dial with a credential valid for one of this process's replicas only.
+    frontends_only = token_auth(
+        [replica_credential(c.token, r.replica_id) for c, r in zip(configs, replicas,
+                                                                   strict=True)],
+        FRONTEND, "replica credential")
     server = await start_server(
         [(functools.partial(pb_grpc.add_ModelContainerServicer_to_server, servicer),
           "clipper.v1.ModelContainer")],
@@ -91,11 +98,51 @@ async def start(cfg: Config) -> Container:
         interceptors=[AuthInterceptor(
             rules_for(pb.DESCRIPTOR.services_by_name["ModelContainer"], frontends_only))],
     )
+    announcers = [_announcer(member, replica, specs, f"{cfg.advertise_host}:{server.port}")
+                  for member, (replica, specs) in zip(configs, loaded, strict=True)]
+    for announcer in announcers:
+        await announcer.start()
+    for member, announcer in zip(configs, announcers, strict=True):
+        if member.frontends:  # ready once the model is loaded (above) and a frontend knows us
+            await announcer.registered.wait()
+    await server.set_serving(True)
+    for member, replica in zip(configs, replicas, strict=True):
+        logger.info("serving model %s version %s as replica %s", member.name, member.version,
+                    replica.replica_id)
+
+    async def stop() -> None:
+        await shut_down(cfg, server, announcers, batchers)
+        await watchdog.aclose()
+
+    return Container(Running(server.port, stop), batchers)
+
+
+async def _load(cfg: Config) -> tuple[Replica, ModelSpecs]:
+    """The model of `cfg` loaded and warm, as a replica (not yet served)."""
+    runner = ModelRunner(cfg.source, cfg.worker, cfg.batching.concurrency,
+                         native_threads=cfg.native_threads)
+    batcher = Batcher(runner, cfg.batching, model=cfg.name)
+    await batcher.start()
+    try:
+        specs = _specs(cfg, runner)
+        answers = AnswerCheck(cfg.output_spec, specs.outputs)
+        # Before the server starts: not ready (nor reachable) until the model is warm.
+        await warm_up(batcher, cfg.warmup, specs, answers)
+    except (ConfigError, WarmupFailed):
+        await batcher.aclose()
+        raise
+    replica = Replica(cfg.replica_id or uuid.uuid4().hex, batcher, specs.input_spec,
+                      specs.inputs, answers)
+    return replica, specs
+
+
+def _announcer(cfg: Config, replica: Replica, specs: ModelSpecs, address: str) -> Announcer:
+    """What keeps the frontends told of `replica`, served at `address`."""
     announce = pb.AnnounceRequest(
         model=cfg.name,
         version=cfg.version,
-        address=f"{cfg.advertise_host}:{server.port}",
-        replica_id=replica_id,
+        address=address,
+        replica_id=replica.replica_id,
         # Proves to the frontends that later announces come from this process.
         replica_secret=secrets.token_urlsafe(32),
     )
@@ -103,20 +150,8 @@ async def start(cfg: Config) -> Container:
         announce.input_spec.CopyFrom(spec_to_proto(specs.input_spec))
     announce.inputs.extend(spec_to_proto(spec) for spec in specs.inputs)
     announce.outputs.extend(spec_to_proto(spec) for spec in specs.outputs)
-    announcer = Announcer(list(cfg.frontends), announce, cfg.token, cfg.heartbeat_s,
-                          tls=cfg.client_tls)
-    await announcer.start()
-    if cfg.frontends:  # ready once the model is loaded (above) and a frontend knows us
-        await announcer.registered.wait()
-    await server.set_serving(True)
-    logger.info("serving model %s version %s as replica %s", cfg.name, cfg.version,
-                replica_id)
-
-    async def stop() -> None:
-        await shut_down(cfg, server, announcer, batcher)
-        await watchdog.aclose()
-
-    return Container(Running(server.port, stop), batcher)
+    return Announcer(list(cfg.frontends), announce, cfg.token, cfg.heartbeat_s,
+                     tls=cfg.client_tls)
 
 
 def _specs(cfg: Config, runner: ModelRunner) -> ModelSpecs:
@@ -155,36 +190,40 @@ def _compatible(declared: TensorSpec, own: TensorSpec) -> bool:
         -1 in (a, b) or a == b for a, b in zip(declared.shape, own.shape, strict=True))
 
 
-async def main(cfg: Config) -> int:
-    """Serve until SIGTERM (exit code 0) or until the model leaves a worker stuck (70);
-    exit code 2 when the model cannot be served."""
+async def main(configs: list[Config]) -> int:
+    """Serve until SIGTERM (exit code 0) or until a model leaves a worker stuck (70);
+    exit code 2 when a model cannot be served."""
     try:
-        container = await start(cfg)
+        container = await start(configs)
     except (ConfigError, ModelLoadFailed, WarmupFailed) as exc:
         logger.error("the model cannot be served: %s", exc)
         return 2
     announce_ready("model_container", container.running.port)
-    stop = asyncio.create_task(wait_for_signal())
-    unhealthy = asyncio.create_task(container.batcher.unhealthy.wait())
+    waits = [asyncio.create_task(wait_for_signal())] + [
+        asyncio.create_task(b.unhealthy.wait()) for b in container.batchers]
     try:
-        await asyncio.wait([stop, unhealthy], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        stop.cancel()
-        unhealthy.cancel()
+        for wait in waits:
+            wait.cancel()
         await container.running.stop()
-    return EXIT_CODE if container.batcher.unhealthy.is_set() else 0
+    return EXIT_CODE if any(b.unhealthy.is_set() for b in container.batchers) else 0
 
 
-async def shut_down(cfg: Config, server: Server, announcer: Announcer, batcher: Batcher) -> None:
+async def shut_down(cfg: Config, server: Server, announcers: list[Announcer],
+                    batchers: list[Batcher]) -> None:
     """Not ready; refuse new queries (frontends retry elsewhere); leave the registry;
     answer what is queued or running within the grace period; then stop."""
     await server.set_serving(False)
-    drained = asyncio.create_task(batcher.drain(cfg.grace_s))
-    await announcer.aclose()
-    if not await drained:
-        logger.warning("grace period over with %d queries unanswered", batcher.queue_depth)
+    drained = asyncio.gather(*(batcher.drain(cfg.grace_s) for batcher in batchers))
+    for announcer in announcers:
+        await announcer.aclose()
+    if not all(await drained):
+        logger.warning("grace period over with %d queries unanswered",
+                       sum(batcher.queue_depth for batcher in batchers))
     await server.stop(1.0)  # the replies just made go out on their streams
-    await batcher.aclose()
+    for batcher in batchers:
+        await batcher.aclose()
     logger.info("stopped")
 
 
@@ -200,10 +239,10 @@ def exit_now(code: int) -> None:
 
 if __name__ == "__main__":
     try:
-        config = config_from_args()
+        configs = configs_from_args(sys.argv[1:])
     except ConfigError as error:
         sys.exit(f"error: {error}")
-    setup_logging(f"container[{config.name}:{config.version}]", config.log_level,
-                  config.log_format)
+    served = ",".join(f"{c.name}:{c.version}" for c in configs)
+    setup_logging(f"container[{served}]", configs[0].log_level, configs[0].log_format)
     setup_tracing("model-container")
-    exit_now(run_service(main(config)))
+    exit_now(run_service(main(configs)))

@@ -132,8 +132,10 @@ class Load:
 
 class Batcher:
     def __init__(self, runner: ModelRunner, config: BatchingConfig | None = None,
-                 latency: LatencyModel | None = None) -> None:
+                 latency: LatencyModel | None = None, model: str = "") -> None:
+        """`model`: its name, on the batcher's metrics (a process may serve several)."""
         self.runner = runner
+        self.attributes = {"model": model} if model else {}
         self.config = config or BatchingConfig()
         self.latency = latency or LatencyModel()
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent sizes, for tests and metrics
@@ -196,23 +198,23 @@ class Batcher:
         loop = asyncio.get_running_loop()
         now = clock.now()
         if self.unhealthy.is_set():
-            metrics.refused.add(1, {"reason": "unhealthy"})
+            metrics.refused.add(1, {**self.attributes, "reason": "unhealthy"})
             raise Unavailable(f"replica is unhealthy: {self.unhealthy_reason}")
         if self._draining:
-            metrics.refused.add(1, {"reason": "shutting_down"})
+            metrics.refused.add(1, {**self.attributes, "reason": "shutting_down"})
             raise Unavailable("replica is shutting down")
         if deadline <= now:
-            metrics.refused.add(1, {"reason": "expired"})
+            metrics.refused.add(1, {**self.attributes, "reason": "expired"})
             raise DeadlineExpired("query arrived after its deadline")
         if len(self._heap) >= self.config.max_queue:
-            metrics.refused.add(1, {"reason": "overloaded"})
+            metrics.refused.add(1, {**self.attributes, "reason": "overloaded"})
             raise Overloaded(f"queue full ({self.config.max_queue} queries waiting)")
         probe = False
         if self.config.mode == "adaptive":
             wait_s = self.estimated_wait(now)
             if wait_s is not None and now + wait_s > deadline:
                 if self._idle_for(now) <= PROBE_S:
-                    metrics.refused.add(1, {"reason": "overloaded"})
+                    metrics.refused.add(1, {**self.attributes, "reason": "overloaded"})
                     raise Overloaded(
                         f"estimated wait {wait_s * 1000:.1f} ms exceeds the "
                         f"{(deadline - now) * 1000:.1f} ms left"
@@ -373,7 +375,7 @@ class Batcher:
                 heapq.heappop(self._heap)
             elif head.deadline <= now + alone and not head.probe:
                 heapq.heappop(self._heap)
-                metrics.refused.add(1, {"reason": "expired"})
+                metrics.refused.add(1, {**self.attributes, "reason": "expired"})
                 head.future.set_exception(
                     DeadlineExpired("cannot finish before its deadline; not run")
                 )
@@ -447,13 +449,13 @@ class Batcher:
         finished = self._last_finished = clock.now()
         self.latency.observe(len(batch), finished - started)
         self.batch_sizes.append(len(batch))
-        metrics.batch_size.record(len(batch))
-        metrics.batch_duration.record((finished - started) * 1000)
+        metrics.batch_size.record(len(batch), self.attributes)
+        metrics.batch_duration.record((finished - started) * 1000, self.attributes)
         if traced:
             batch_trace.record_batch(batch, formed_at, started, finished,
                                      expected_end - formed_at)
         for item in batch:
-            metrics.queue_delay.record((started - item.arrival) * 1000)
+            metrics.queue_delay.record((started - item.arrival) * 1000, self.attributes)
         met = finished <= min(item.deadline for item in batch)
         cap = self.config.max_batch_size
         self._aimd_cap = min(cap, self._aimd_cap + 1) if met else max(1.0, self._aimd_cap / 2)

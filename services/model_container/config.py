@@ -153,10 +153,54 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
     return args, specs
 
 
+# Separates the flags of the models one container process serves (each its own replica).
+MEMBER_SEPARATOR = "--and"
+
+
+def configs_from_args(argv: list[str]) -> list[Config]:
+    """The models a container process serves: one, or several with their flags separated
+    by `--and`. The process's own settings (port, host, TLS, metrics and health ports,
+    message limit, grace period, logging) are the first model's flags."""
+    members: list[list[str]] = [[]]
+    for arg in argv:
+        if arg == MEMBER_SEPARATOR:
+            members.append([])
+        else:
+            members[-1].append(arg)
+    configs = [config_from_args(member) for member in members]
+    names = [(c.name, c.version) for c in configs]
+    duplicated = {f"{n}:{v}" for n, v in names if names.count((n, v)) > 1}
+    require(not duplicated, f"one process serves each model version once: "
+            f"{', '.join(sorted(duplicated))} given twice")
+    return configs
+
+
+def _token_of(name: str, tokens: str) -> str:
+    """The token of model `name` among CLIPPER_CONTAINER_TOKEN's (one per model the
+    process serves, comma-separated)."""
+    require(bool(tokens), "CLIPPER_CONTAINER_TOKEN must be set: this model's token, printed "
+            f"by python -m services.cli tokens container {name or 'MODEL'}")
+    named = {}
+    for token in (t.strip() for t in tokens.split(",") if t.strip()):
+        try:
+            named[token_model(token)] = token
+        except ValueError as exc:
+            raise ConfigError(
+                f"CLIPPER_CONTAINER_TOKEN: {exc}; the shared token of older versions is no "
+                f"longer accepted: python -m services.cli tokens container {name} prints "
+                "this model's") from None
+    if name not in named:
+        held = ", ".join(repr(n) for n in named)
+        raise ConfigError(f"CLIPPER_CONTAINER_TOKEN is the token of model {held}, "
+                          f"not of --name {name!r}" if len(named) == 1 else
+                          f"CLIPPER_CONTAINER_TOKEN holds the tokens of models {held}, "
+                          f"none of --name {name!r}")
+    return named[name]
+
+
 def config_from_args(argv: list[str] | None = None) -> Config:
     args, specs = _parse(argv)
     cfg = config_from_namespace(Config, SERVICE, args)
-    token = os.environ.get("CLIPPER_CONTAINER_TOKEN", "")
     require(bool(cfg.model_ref), "--model (CLIPPER_CONTAINER_MODEL) or --model-dir is required")
     runtime = runtime_for(cfg.model_ref) if cfg.runtime == "auto" else cfg.runtime
     try:
@@ -167,18 +211,7 @@ def config_from_args(argv: list[str] | None = None) -> Config:
             f"--output={cfg.output!r}: expected one of {', '.join(OUTPUTS)} (or, for an ONNX "
             "model, the name of one of its outputs)")
     require(bool(cfg.name), "--name (CLIPPER_CONTAINER_NAME) is required")
-    require(bool(token), "CLIPPER_CONTAINER_TOKEN must be set: this model's token, printed by "
-            f"python -m services.cli tokens container {cfg.name or 'MODEL'}")
-    try:
-        token_model_name = token_model(token)
-    except ValueError as exc:
-        raise ConfigError(
-            f"CLIPPER_CONTAINER_TOKEN: {exc}; the shared token of older versions is no "
-            f"longer accepted: python -m services.cli tokens container {cfg.name} prints "
-            "this model's") from None
-    require(token_model_name == cfg.name,
-            f"CLIPPER_CONTAINER_TOKEN is the token of model {token_model_name!r}, "
-            f"not of --name {cfg.name!r}")
+    token = _token_of(cfg.name, os.environ.get("CLIPPER_CONTAINER_TOKEN", ""))
     spec = None
     try:
         if cfg.input_dtype:

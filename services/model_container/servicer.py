@@ -5,13 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
 from services.common import clock, named_tensors, tensors, tracing
 from services.common.channels import DEFAULT_MAX_MESSAGE_BYTES
-from services.common.errors import ClipperError, InvalidInput, handle_stream_errors, to_error_proto
+from services.common.errors import (
+    ClipperError,
+    InvalidInput,
+    Unavailable,
+    handle_stream_errors,
+    to_error_proto,
+)
 from services.common.streams import (
     MessagePacker,
     accept_stream,
@@ -31,27 +38,37 @@ logger = logging.getLogger(__name__)
 Replies = asyncio.Queue[pb.ContainerReply | None]
 
 
-class ContainerServicer(pb_grpc.ModelContainerServicer):
-    """Decodes queries, hands them to the batcher and streams replies as they finish.
+@dataclass(frozen=True)
+class Replica:
+    """One model the process serves, as a replica: its batcher, and what its queries
+    (`input_spec`, or named `inputs`) and answers (`answers`) are checked against."""
 
+    replica_id: str
+    batcher: Batcher
+    input_spec: TensorSpec | None = None
+    inputs: tuple[TensorSpec, ...] = ()
+    answers: AnswerCheck = field(default_factory=AnswerCheck)
+
+
+class ContainerServicer(pb_grpc.ModelContainerServicer):
+    """Decodes queries, hands them to their replica's batcher and streams replies as they
+    finish.
+
+    A process serves one model or several, each its own replica; a query names its
+    replica (`replica_id`; empty: the only one), so that one stream from a frontend
+    carries the queries of every model here, and one message those of an ensemble's.
     Every response message carries the replies that were waiting (a whole batch,
-    typically), as many as fit the message limit, and the replica's current load.
+    typically), as many as fit the message limit, and the replicas' current load.
     The stream's initial metadata states the largest message the container receives,
     so that frontends pack their queries to fit. Only frontends reach it: the
     AuthInterceptor checks their replica credential first (see __main__).
     """
 
-    def __init__(self, batcher: Batcher, input_spec: TensorSpec | None,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 inputs: tuple[TensorSpec, ...] = (),
-                 answers: AnswerCheck | None = None) -> None:
-        """`max_message_bytes`: the server's receive and send limit, stated to frontends;
-        `input_spec` (one input) or `inputs` (named): what queries are checked against;
-        `answers`: what the model's answers are checked against before they go out."""
-        self.batcher = batcher
-        self.answers = answers or AnswerCheck()
-        self.input_spec = input_spec
-        self.inputs = inputs
+    def __init__(self, replicas: list[Replica],
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        """`max_message_bytes`: the server's receive and send limit, stated to frontends."""
+        self.replicas = {r.replica_id: r for r in replicas}
+        self.first = replicas[0]
         self.max_message_bytes = max_message_bytes
 
     @handle_stream_errors
@@ -74,42 +91,60 @@ class ContainerServicer(pb_grpc.ModelContainerServicer):
             async for message in request_iterator:
                 for query in message.queries:
                     try:
-                        value = self._decode(query)
+                        replica = self._replica(query.replica_id)
+                        value = _decode(replica, query)
                         deadline = clock.now() + query.budget_us / 1e6
-                        future = self.batcher.submit(
+                        future = replica.batcher.submit(
                             value, deadline, tracing.extract(query.trace_context)
                             if tracing.enabled and query.trace_context else None)
                     except ClipperError as exc:
                         replies.put_nowait(_error_reply(query.id, exc))
                         continue
                     in_flight.add(future)
-                    future.add_done_callback(
-                        _reply_when_done(query.id, replies, in_flight, send_limit, self.answers))
+                    future.add_done_callback(_reply_when_done(
+                        query.id, replies, in_flight, send_limit, replica.answers))
 
-    def _decode(self, query: pb.ContainerQuery) -> Any:
-        """The query's array, or its dict of named arrays, checked against the specs."""
-        if not query.inputs:
-            if self.inputs:
-                raise InvalidInput(f"this model takes named inputs "
-                                   f"({named_tensors.describe(self.inputs)}), not one input")
-            value = tensors.decode(query.input)
-            if self.input_spec is not None:
-                self.input_spec.check(value)
-            return value
-        if self.input_spec is not None:
-            raise InvalidInput(f"this model takes one input {self.input_spec.describe()}, "
-                               "not named inputs")
-        if self.inputs:
-            return named_tensors.decode(query.inputs, self.inputs)
-        return named_tensors.decode_any(query.inputs)
+    def _replica(self, replica_id: str) -> Replica:
+        if not replica_id and len(self.replicas) == 1:
+            return self.first
+        replica = self.replicas.get(replica_id)
+        if replica is None:  # a frontend's stale record: it asks another replica
+            raise Unavailable(f"replica {replica_id!r} is not served here" if replica_id else
+                              "this process serves several replicas: a query names its "
+                              "replica_id")
+        return replica
 
     def _response(self, replies: list[pb.ContainerReply]) -> pb.ContainerResponse:
-        load = self.batcher.load()
-        return pb.ContainerResponse(
-            replies=replies,
-            load=pb.ReplicaLoad(queue_depth=load.queue_depth,
-                                est_wait_us=int(load.est_wait_s * 1e6)),
-        )
+        response = pb.ContainerResponse(replies=replies)
+        _load(self.first, response.load)
+        if len(self.replicas) > 1:
+            for replica_id, replica in self.replicas.items():
+                _load(replica, response.loads[replica_id])
+        return response
+
+
+def _load(replica: Replica, into: pb.ReplicaLoad) -> None:
+    load = replica.batcher.load()
+    into.queue_depth = load.queue_depth
+    into.est_wait_us = int(load.est_wait_s * 1e6)
+
+
+def _decode(replica: Replica, query: pb.ContainerQuery) -> Any:
+    """The query's array, or its dict of named arrays, checked against the specs."""
+    if not query.inputs:
+        if replica.inputs:
+            raise InvalidInput(f"this model takes named inputs "
+                               f"({named_tensors.describe(replica.inputs)}), not one input")
+        value = tensors.decode(query.input)
+        if replica.input_spec is not None:
+            replica.input_spec.check(value)
+        return value
+    if replica.input_spec is not None:
+        raise InvalidInput(f"this model takes one input {replica.input_spec.describe()}, "
+                           "not named inputs")
+    if replica.inputs:
+        return named_tensors.decode(query.inputs, replica.inputs)
+    return named_tensors.decode_any(query.inputs)
 
 
 def _reply_when_done(

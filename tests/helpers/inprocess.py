@@ -98,7 +98,7 @@ async def in_process_mesh(workdir: Path, models: Sequence[tuple[str, str]] = (),
                 cfg = container_config(["--model", ref, "--name", name, "--version", "1",
                                         "--frontend", mesh.address, "--heartbeat-s", "0.2",
                                         "--worker", "thread", "--grace-s", "1"])
-            started = await container.start(cfg)
+            started = await container.start([cfg])
             stack.push_async_callback(started.running.stop)
             mesh.containers.append(started)
         yield mesh
