@@ -1,10 +1,13 @@
-"""One long-lived stream from this frontend to one container replica.
+"""The frontend's side of a container replica, and the stream it shares.
 
-Queries are multiplexed by id on a StreamClient (which packs them into messages
-the replica accepts, reconnects, and fails waiting queries at once when the stream
-breaks, so the caller may retry on another replica). Every response also carries
-the replica's load. The replica's health, as its queries went, is kept beside it
-for outlier ejection (services/frontend/outliers.py).
+One long-lived stream goes to each container process (SharedStream): queries are
+multiplexed by id on a StreamClient (which packs them into messages the container
+accepts, reconnects, and fails waiting queries at once when the stream breaks, so
+the caller may retry on another replica). A process may serve several models, each its
+own replica at the same address: their queries share the stream, each naming its
+replica, so that the queries of an ensemble whose models live there go out in one
+message. Every response carries each replica's load. A replica's health, as its
+queries went, is kept beside it for outlier ejection (services/frontend/outliers.py).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class _Outgoing:
     """A query waiting to be written; its budget is counted then, not when it was queued."""
 
     id: int
+    replica_id: str
     input: Value  # one tensor, or named ones
     deadline: float
     trace_context: tracing.Carrier | None = None  # when the query is traced
@@ -43,10 +47,10 @@ class _Outgoing:
 
     def __post_init__(self) -> None:
         if isinstance(self.input, pb.Tensor):
-            size = self.input.ByteSize() + 6 + _QUERY_FIELDS_BYTES
+            size = self.input.ByteSize() + 6 + _QUERY_FIELDS_BYTES + len(self.replica_id)
         else:
-            size = _QUERY_FIELDS_BYTES + sum(len(k.encode()) + t.ByteSize() + 12
-                                             for k, t in self.input.items())
+            size = _QUERY_FIELDS_BYTES + len(self.replica_id) + sum(
+                len(k.encode()) + t.ByteSize() + 12 for k, t in self.input.items())
         if self.trace_context:
             size += sum(len(k) + len(v) + 6 for k, v in self.trace_context.items())
         object.__setattr__(self, "size", size)
@@ -61,9 +65,9 @@ def _query(q: _Outgoing, now: float) -> pb.ContainerQuery:
     budget_us = max(int((q.deadline - now - clock.REPLY_MARGIN_S) * 1e6), 0)
     if isinstance(q.input, pb.Tensor):
         return pb.ContainerQuery(id=q.id, input=q.input, budget_us=budget_us,
-                                 trace_context=q.trace_context)
+                                 trace_context=q.trace_context, replica_id=q.replica_id)
     return pb.ContainerQuery(id=q.id, inputs=q.input, budget_us=budget_us,
-                             trace_context=q.trace_context)
+                             trace_context=q.trace_context, replica_id=q.replica_id)
 
 
 def _size(query: _Outgoing) -> int:
@@ -74,30 +78,82 @@ def _slack(query: _Outgoing) -> float:
     return query.deadline - clock.now()
 
 
-class ReplicaClient:
-    """Sends queries to one replica over one stream and matches the replies."""
+class SharedStream:
+    """The one stream to a container process, shared by the replicas it serves (one, or
+    several models in one process): each attached ReplicaClient's queries name it, and
+    each response's loads go to each. It dials with the credential of a replica attached
+    (the process takes any of its replicas'), and ends with the last one detached."""
 
-    def __init__(self, record: ReplicaRecord, credential: str, tls: ClientTLS | None = None,
+    def __init__(self, address: str, tls: ClientTLS | None = None,
                  receive_limit_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  coalesce_s: float = 0.0) -> None:
-        """`credential`: the replica credential (services/common/credentials.py);
-        `receive_limit_bytes`: the largest reply message taken (the replica packs its
+        """`receive_limit_bytes`: the largest reply message taken (the container packs its
         replies to fit); `coalesce_s`: the longest a query is held for others to share
         its message (services/common/streams.Coalescer)."""
+        self.replicas: dict[str, ReplicaClient] = {}
+        self._credentials: dict[str, str] = {}
+        self._started = False
+
+        def open_call(channel: grpc.aio.Channel, metadata: Metadata) -> Any:
+            credential = next(iter(self._credentials.values()))  # at each (re)connect
+            return pb_grpc.ModelContainerStub(channel).Predict(
+                metadata=(*bearer(credential), *metadata))
+
+        self.stream: StreamClient[_Outgoing, pb.ContainerReply] = StreamClient(
+            address, open_call, _request, self._unwrap, _size,
+            receive_limit_bytes=receive_limit_bytes, tls=tls, kind="query",
+            coalesce_s=coalesce_s, slack=_slack)
+
+    def attach(self, client: ReplicaClient, credential: str) -> None:
+        self.replicas[client.record.replica_id] = client
+        self._credentials[client.record.replica_id] = credential
+
+    async def start(self) -> None:
+        if not self._started:
+            self._started = True
+            await self.stream.start()
+
+    async def detach(self, replica_id: str) -> None:
+        """`replica_id` no longer uses the stream: once none does, it ends."""
+        self.replicas.pop(replica_id, None)
+        self._credentials.pop(replica_id, None)
+        if not self.replicas:
+            await self.stream.aclose()
+
+    def _unwrap(self, response: pb.ContainerResponse) -> list[pb.ContainerReply]:
+        if response.loads:  # several replicas in the process: each its own load
+            for replica_id, load in response.loads.items():
+                client = self.replicas.get(replica_id)
+                if client is not None:
+                    client.reported(load)
+        else:
+            for client in self.replicas.values():
+                client.reported(response.load)
+        return list(response.replies)
+
+
+class ReplicaClient:
+    """Sends queries to one replica over its container's stream and matches the replies."""
+
+    def __init__(self, record: ReplicaRecord, credential: str,
+                 stream: SharedStream) -> None:
+        """`credential`: the replica credential (services/common/credentials.py);
+        `stream`: the one to the replica's container process (at `record.address`)."""
         self.record = record
         # As last reported by the replica with its replies.
         self.queue_depth = 0
         self.est_wait_s = 0.0
+        # Our queries to this replica not yet answered.
+        self.in_flight = 0
         self.health = ReplicaHealth()
+        self.container = stream
+        self._stream = stream.stream
+        stream.attach(self, credential)
 
-        def open_call(channel: grpc.aio.Channel, metadata: Metadata) -> Any:
-            return pb_grpc.ModelContainerStub(channel).Predict(
-                metadata=(*bearer(credential), *metadata))
-
-        self._stream: StreamClient[_Outgoing, pb.ContainerReply] = StreamClient(
-            record.address, open_call, _request, self._unwrap, _size,
-            receive_limit_bytes=receive_limit_bytes, tls=tls, kind="query",
-            coalesce_s=coalesce_s, slack=_slack)
+    def reported(self, load: pb.ReplicaLoad) -> None:
+        """The replica's load, as a response just said."""
+        self.queue_depth = load.queue_depth
+        self.est_wait_s = load.est_wait_us / 1e6
 
     @property
     def connected(self) -> bool:
@@ -120,7 +176,7 @@ class ReplicaClient:
 
     @property
     def outstanding(self) -> int:
-        return self._stream.outstanding
+        return self.in_flight
 
     @property
     def reconnects(self) -> int:
@@ -133,10 +189,10 @@ class ReplicaClient:
         return max(self.outstanding, self.queue_depth), self.est_wait_s
 
     async def start(self) -> None:
-        await self._stream.start()
+        await self.container.start()
 
     async def aclose(self) -> None:
-        await self._stream.aclose()
+        await self.container.detach(self.record.replica_id)
 
     async def query(self, value: Value, deadline: float,
                     trace_context: tracing.Carrier | None = None) -> Value:
@@ -144,11 +200,14 @@ class ReplicaClient:
         if tracing.enabled and trace_context is None and tracing.active():
             return await self._traced_query(value, deadline)
         query_id = self._stream.next_id()
+        self.in_flight += 1
         try:
-            reply = await self._stream.request(
-                query_id, _Outgoing(query_id, value, deadline, trace_context), deadline)
+            reply = await self._stream.request(query_id, _Outgoing(
+                query_id, self.record.replica_id, value, deadline, trace_context), deadline)
         except TimeoutError:
             raise DeadlineExpired(f"{self.record.address} did not answer in time") from None
+        finally:
+            self.in_flight -= 1
         result = reply.WhichOneof("result")
         if result == "output":
             return reply.output
@@ -166,7 +225,3 @@ class ReplicaClient:
                 attributes={"clipper.replica": self.record.address}):
             return await self.query(value, deadline, tracing.carrier() or {})
 
-    def _unwrap(self, response: pb.ContainerResponse) -> list[pb.ContainerReply]:
-        self.queue_depth = response.load.queue_depth
-        self.est_wait_s = response.load.est_wait_us / 1e6
-        return list(response.replies)

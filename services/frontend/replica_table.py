@@ -31,7 +31,7 @@ from services.common.tasks import BackgroundTask
 from services.common.tls import ClientTLS
 from services.frontend import metrics
 from services.frontend.registry import Registry
-from services.frontend.replica_client import ReplicaClient
+from services.frontend.replica_client import ReplicaClient, SharedStream
 
 logger = logging.getLogger(__name__)
 
@@ -119,18 +119,23 @@ class ReplicaTable:
             await self.sync()
 
     async def sync(self) -> None:
-        """Open clients for new replicas (or moved ones) and close those that left."""
+        """Open clients for new replicas (or moved ones) and close those that left. The
+        replicas at one address (models served by one process) share its stream."""
         wanted = self.registry.replicas
         for rid in [rid for rid, c in self.clients.items() if wanted.get(rid) != c.record]:
             await self.clients.pop(rid).aclose()
+        streams = {c.record.address: c.container for c in self.clients.values()}
         for rid, record in wanted.items():
             if rid not in self.clients:
                 # Valid for this replica only: whoever listens at the address learns
-                # nothing that would open another replica's stream.
+                # nothing that would open another process's stream.
                 credential = replica_credential(
                     container_token(self.mesh_secret, record.model), rid)
-                client = ReplicaClient(record, credential, self.tls,
-                                       self.receive_limit_bytes, self.coalesce_s)
+                stream = streams.get(record.address)
+                if stream is None:
+                    stream = streams[record.address] = SharedStream(
+                        record.address, self.tls, self.receive_limit_bytes, self.coalesce_s)
+                client = ReplicaClient(record, credential, stream)
                 await client.start()
                 self.clients[rid] = client
 

@@ -1,4 +1,4 @@
-"""A container's metrics (one model per container: its pod or instance identifies it)."""
+"""A container's metrics (labelled with the model: a process may serve several)."""
 
 from __future__ import annotations
 
@@ -21,3 +21,6 @@ worker_switches = _meter.create_counter(
 warmup_duration = _meter.create_gauge(
     "clipper.warmup.duration", unit="ms", description="How long the warm-up took before the "
     "container announced itself")
+streams = _meter.create_up_down_counter(
+    "clipper.container.streams", description="Query streams open from frontends (one per "
+    "frontend, whatever the models the process serves)")

@@ -30,6 +30,7 @@ from services.common.streams import (
 from services.common.tensors import TensorSpec
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
+from services.model_container import metrics
 from services.model_container.answer_check import AnswerCheck
 from services.model_container.batcher import Batcher
 
@@ -81,8 +82,12 @@ class ContainerServicer(pb_grpc.ModelContainerServicer):
         replies: Replies = asyncio.Queue()
         reader = asyncio.create_task(self._read(request_iterator, replies, send_limit))
         packer = MessagePacker(replies, encoded_size, send_limit)
-        async for batch in replies_until_done(packer, reader):
-            yield self._response(batch)
+        metrics.streams.add(1)
+        try:
+            async for batch in replies_until_done(packer, reader):
+                yield self._response(batch)
+        finally:
+            metrics.streams.add(-1)
 
     async def _read(self, request_iterator: AsyncIterator[pb.ContainerRequest],
                     replies: Replies, send_limit: int) -> None:

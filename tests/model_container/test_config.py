@@ -6,7 +6,7 @@ import pytest
 
 from services.common.config import ConfigError
 from services.common.credentials import container_token
-from services.model_container.config import config_from_args
+from services.model_container.config import config_from_args, configs_from_args
 
 ARGS = ["--model", "tests.helpers.models:SumModel", "--name", "alpha"]
 
@@ -26,3 +26,29 @@ def test_other_tokens_fail_fast(monkeypatch: pytest.MonkeyPatch, token: str,
     monkeypatch.setenv("CLIPPER_CONTAINER_TOKEN", token)
     with pytest.raises(ConfigError, match=needle):
         config_from_args(ARGS)
+
+
+def test_several_models_each_with_its_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLIPPER_CONTAINER_TOKEN", ",".join(
+        container_token("a-mesh-secret-xyz", name) for name in ("alpha", "beta")))
+    configs = configs_from_args([*ARGS, "--port", "7001", "--and",
+                                 "--model", "tests.helpers.models:Twice", "--name", "beta"])
+    assert [(c.name, c.source.ref) for c in configs] == [
+        ("alpha", "tests.helpers.models:SumModel"), ("beta", "tests.helpers.models:Twice")]
+    assert configs[0].token != configs[1].token
+    assert configs[0].port == 7001  # the process's own settings: the first model's flags
+
+
+def test_a_model_without_its_token_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLIPPER_CONTAINER_TOKEN", ",".join(
+        container_token("a-mesh-secret-xyz", name) for name in ("alpha", "gamma")))
+    with pytest.raises(ConfigError, match="holds the tokens of models 'alpha', 'gamma', "
+                                          "none of --name 'beta'"):
+        configs_from_args([*ARGS, "--and", "--model", "tests.helpers.models:Twice",
+                           "--name", "beta"])
+
+
+def test_one_model_version_served_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLIPPER_CONTAINER_TOKEN", container_token("a-mesh-secret-xyz", "alpha"))
+    with pytest.raises(ConfigError, match="alpha:1 given twice"):
+        configs_from_args([*ARGS, "--and", *ARGS])
