@@ -8,7 +8,7 @@ flight to them) and every `--metrics` URL, frontends' and containers' `/metrics`
 answered by the models: a default, shed, refused or failed, as the SLO alerts count
 them) since the frontends started, and over the last interval the rate and latency
 p50/p99; per model: the mean batch size over the last interval, from its containers
-(each names its model in `target_info`). `--once` prints one frame, measured over one
+(each batch metric names its model). `--once` prints one frame, measured over one
 interval, and exits. Figures a source did not give show as `-`.
 """
 
@@ -32,7 +32,7 @@ QUERIES = "clipper_queries_total"
 LATENCY_BUCKETS = "clipper_query_duration_milliseconds_bucket"
 DEFAULTS = "clipper_defaults_total"
 BATCH_SUM, BATCH_COUNT = "clipper_batch_size_sum", "clipper_batch_size_count"
-MODEL_LABEL = "clipper_model"  # target_info label of a container (MODEL_ATTRIBUTE)
+BATCH_MODEL_LABEL = "model"  # on a container's batch metrics
 
 
 def add_command(sub: Any) -> None:
@@ -105,14 +105,16 @@ def _buckets(s: Snapshot, application: str) -> dict[float, float]:
 
 
 def _containers(s: Snapshot) -> dict[str, tuple[float, float]]:
-    """model -> (batch size sum, batches) over its containers."""
+    """model -> (batch size sum, batches) over its containers (a batch metric names its
+    model: a container process may serve several)."""
     out: dict[str, tuple[float, float]] = {}
     for m in s.metrics.values():
-        models = {labels.get(MODEL_LABEL) for name, labels, _ in m if name == "target_info"}
-        model = next((x for x in models if x), None)
-        if model is not None:
-            total, count = out.get(model, (0.0, 0.0))
-            out[model] = (total + sample(m, BATCH_SUM), count + sample(m, BATCH_COUNT))
+        for name, labels, value in m:
+            model = labels.get(BATCH_MODEL_LABEL)
+            if model and name in (BATCH_SUM, BATCH_COUNT):
+                total, count = out.get(model, (0.0, 0.0))
+                out[model] = ((total + value, count) if name == BATCH_SUM
+                              else (total, count + value))
     return out
 
 

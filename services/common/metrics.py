@@ -22,7 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 logger = logging.getLogger(__name__)
 # A model container's resource attributes: its `target_info` carries them as the labels
-# clipper_model and clipper_model_version (its other metrics name no model).
+# clipper_model and clipper_model_version (comma-separated when the process serves several
+# models; its batch and refusal metrics name their model in a `model` label).
 MODEL_ATTRIBUTE = "clipper.model"
 VERSION_ATTRIBUTE = "clipper.model.version"
 

@@ -78,13 +78,15 @@ def ready_banner(args: MeshOptions, address: str, selection: str, started: float
     cli, grpcurl, label = query_commands(address, Path(args.state_dir) / "models",
                                          client_tls(args))
     containers = len(models) * args.replicas
+    processes = args.replicas if args.cohost else containers
     urls = Path(args.state_dir) / METRICS_URLS
     top = ("top" if (address, str(urls)) == ("127.0.0.1:1337", ".run/" + METRICS_URLS)
            else f"--frontend {address} top --metrics-file {urls}")
     onnx = (f"\nThe ONNX model alone: the same query to the application {digits.ONNX_MODEL}.\n"
             if digits.ONNX_MODEL in models else "")
     return (f"\nMesh ready in {time.monotonic() - started:.1f} s: frontend on {address}"
-            f" (selection on {selection}, {containers} model containers)\n"
+            f" (selection on {selection}, {containers} model replicas in {processes} "
+            f"container process{'es' if processes > 1 else ''})\n"
             f"Logs and state in {args.state_dir}/. A service that exits is restarted; "
             f"Ctrl-C stops everything.\n\n"
             f"Management token:  export CLIPPER_MANAGEMENT_TOKEN={management_token}\n"

@@ -24,7 +24,10 @@ PORT = Check(lambda v: 0 <= v <= 65535, "out of range")
 class MeshOptions:
     port: int = flag(1337, "frontend port (0: any free port)", check=PORT)
     state_dir: str = flag(".run", "state files, trained models and logs")
-    replicas: int = flag(1, "containers per model", check=POSITIVE)
+    replicas: int = flag(1, "replicas of each model", check=POSITIVE)
+    cohost: bool = flag(False, "serve all the models from one container process per "
+                        "replica (each model still its own replica and batcher, all on one "
+                        "stream from the frontend), instead of one process per model")
     slo_ms: int = flag(100, "SLO of the application digits", check=POSITIVE)
     grace_s: float = flag(10.0, "each service's grace period when the mesh stops (past it "
                           "plus 5 s, a service is killed)", check=NON_NEGATIVE)

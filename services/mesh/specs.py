@@ -11,6 +11,7 @@ from services.common.processes import free_port
 from services.common.tls import ClientTLS
 from services.mesh.options import MeshOptions
 from services.mesh.supervisor import ServiceSpec
+from services.model_container import MEMBER_SEPARATOR
 
 # Drain order: the frontend stops taking queries, containers finish their queues,
 # and the selection service, which in-flight queries may still ask, goes last.
@@ -108,17 +109,26 @@ def container_specs(args: MeshOptions, secret: str, frontend_address: str,
                     models: dict[str, list[str]], metrics: MetricsPorts) -> list[ServiceSpec]:
     """`--replicas` containers of each example model (name -> the flags that load it),
     each with its model's token only; any free port (a replacement announces its new
-    address)."""
+    address). With `--cohost`, one process per replica serves every model, with every
+    model's token (services/model_container/config.configs_from_args)."""
     logs = Path(args.state_dir) / "logs"
-    return [
-        ServiceSpec(
-            f"{name}-{i}", "services.model_container",
-            [*load, "--name", name, "--version", "1", "--frontend", frontend_address,
-             "--grace-s", str(args.grace_s), *metrics.flags(),
-             *tls_flags(args, serve=True, dial=True)],
+
+    def member(name: str, load: list[str]) -> list[str]:
+        return [*load, "--name", name, "--version", "1", "--frontend", frontend_address,
+                "--grace-s", str(args.grace_s), *tls_flags(args, serve=True, dial=True)]
+
+    def spec(label: str, names: list[str]) -> ServiceSpec:
+        flags: list[str] = []
+        for name in names:
+            flags += ([MEMBER_SEPARATOR] if flags else []) + member(name, models[name])
+        return ServiceSpec(
+            label, "services.model_container", [*flags, *metrics.flags()],
             stage=CONTAINER_STAGE,
-            env={"CLIPPER_CONTAINER_TOKEN": container_token(secret, name)},
-            log_path=logs / f"{name}-{i}.log", grace_s=args.grace_s,
+            env={"CLIPPER_CONTAINER_TOKEN": ",".join(container_token(secret, name)
+                                                     for name in names)},
+            log_path=logs / f"{label}.log", grace_s=args.grace_s,
         )
-        for name, load in models.items() for i in range(args.replicas)
-    ]
+
+    if args.cohost:
+        return [spec(f"models-{i}", list(models)) for i in range(args.replicas)]
+    return [spec(f"{name}-{i}", [name]) for name in models for i in range(args.replicas)]

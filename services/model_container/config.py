@@ -34,6 +34,7 @@ from services.common.errors import InvalidInput
 from services.common.server import max_message_bytes_flag
 from services.common.tensors import TensorSpec
 from services.common.tls import ClientTLS, ServerTLS
+from services.model_container import MEMBER_SEPARATOR
 from services.model_container.batcher import BatchingConfig
 from services.model_container.manifest import MANIFEST, ManifestError, read_manifest
 from services.model_container.runner import WORKER_KINDS
@@ -151,10 +152,6 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
         if getattr(args, key) == "":
             setattr(args, key, value)
     return args, specs
-
-
-# Separates the flags of the models one container process serves (each its own replica).
-MEMBER_SEPARATOR = "--and"
 
 
 def configs_from_args(argv: list[str]) -> list[Config]:
