@@ -28,7 +28,10 @@ from services.mesh.specs import METRICS_URLS
 RATES = (100, 200, 400, 500, 600, 800)
 RUN_S = 4
 APPS = {"1 model": digits.ONNX_MODEL, "3 models": "digits"}
-MODELS = {"1 model": 1, "3 models": 3}  # models each application asks
+# The ensemble again on a mesh whose models share one process (make run --cohost).
+COHOSTED = {"3 models, one process": "digits"}
+# The relay floor of each: stream-echo processes, and the times a query goes to each.
+FLOORS = {"1 model": (1, 1), "3 models": (3, 1), "3 models, one process": (1, 3)}
 SLO_S = 0.020
 
 
@@ -80,13 +83,15 @@ def measure_echo(work: Path) -> list[Point]:
         echo.stop()
 
 
-def measure_floor(work: Path, upstreams: int) -> list[Point]:
-    """The relay floor for an application of `upstreams` models, at each rate."""
+def measure_floor(work: Path, upstreams: int, copies: int) -> list[Point]:
+    """The relay floor for an application of `upstreams` model processes, each asked
+    `copies` times per query, at each rate."""
     payload = write_payload(work)
     echoes = [start_service("benchmarks.relay_server", ["--stream-echo"], name=f"echo-{i}")
               for i in range(upstreams)]
     relay = start_service("benchmarks.relay_server",
-                          ["--upstream", ",".join(e.address for e in echoes)], name="relay")
+                          ["--upstream", ",".join(e.address for e in echoes),
+                           "--copies", str(copies)], name="relay")
     try:
         ghz_run(relay.address, payload, 50, 1)  # uncounted
         pids = {"frontend": [relay.proc.pid], "model_container": [e.proc.pid for e in echoes]}
@@ -101,15 +106,16 @@ def measure_floor(work: Path, upstreams: int) -> list[Point]:
             service.stop()
 
 
-def measure_mesh(work: Path) -> dict[str, list[Point]]:
-    """Each application of APPS at each rate, on one `make run` mesh."""
-    proc, address, _ = start_mesh(work / "mesh", "--slo-ms", "20",
+def measure_mesh(work: Path, apps: dict[str, str], *options: str) -> dict[str, list[Point]]:
+    """Each application of `apps` (label -> name) at each rate, on one `make run` mesh
+    started with `options`."""
+    proc, address, _ = start_mesh(work / "mesh", "--slo-ms", "20", *options,
                                   env={"CLIPPER_MANAGEMENT_TOKEN": TOKEN})
     try:
         urls = (work / "mesh" / METRICS_URLS).read_text().split()
         pids = mesh_processes(proc.pid)
         found: dict[str, list[Point]] = {}
-        for label, app in APPS.items():
+        for label, app in apps.items():
             payload = write_payload(work / app, application=register_strict_copy(address, app))
             ghz_run(address, payload, 50, 1)  # uncounted
             found[label] = []
@@ -128,8 +134,10 @@ def measure_mesh(work: Path) -> dict[str, list[Point]]:
 
 def run(work: Path) -> str:
     echo = measure_echo(work / "echo")
-    floors = {label: measure_floor(work / f"floor-{label}", MODELS[label]) for label in APPS}
-    mesh = measure_mesh(work)
+    floors = {label: measure_floor(work / f"floor-{i}", *shape)
+              for i, (label, shape) in enumerate(FLOORS.items())}
+    mesh = measure_mesh(work / "separate", APPS) | measure_mesh(work / "cohosted", COHOSTED,
+                                                               "--cohost")
     lines = [
         "## CPU per query: the mesh against a bare grpc.aio echo server (20 ms SLO)",
         "",
@@ -137,7 +145,8 @@ def run(work: Path) -> str:
         "without a default; CPU is each process's own over the run divided by the queries "
         "sent (ms). Models' compute: the containers' batch durations per query, measured in "
         "process, all of an application's models per query; mean batch: queries per batch. "
-        "Floor: the relay floor's CPU (relay + stream echoes) for as many models.",
+        "Floor: the relay floor's CPU (relay + stream echoes) for as many models and "
+        "processes. \"One process\": the mesh started with --cohost.",
         "",
         "| rate q/s | echo p50/p99 ms | echo CPU | application | p50/p99 ms | within SLO | "
         + " | ".join(KINDS)
@@ -155,7 +164,27 @@ def run(work: Path) -> str:
                 + f" | {p.mesh_ms:.2f} | {p.mesh_ms / max(e.cpu_ms('frontend'), 1e-9):.1f}x | "
                 f"{floor.mesh_ms:.2f} | {p.mesh_ms / max(floor.mesh_ms, 1e-9):.1f}x | "
                 f"{p.compute_ms:.2f} | {p.batch_size:.1f} |")
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *_ensemble_lines(mesh)])
+
+
+def _ensemble_lines(mesh: dict[str, list[Point]]) -> list[str]:
+    """Each ensemble's CPU per query against the one-model application's plus the extra
+    models' own compute (both measured in the same run): what an ensemble costs beyond
+    its models."""
+    one, *ensembles = mesh
+    lines = ["Ensembles: mesh CPU per query vs the one-model application's plus the extra "
+             "models' compute (ms):", "",
+             "| rate q/s | " + " | ".join(ensembles) + " |", "|---|" + "---|" * len(ensembles)]
+    for i, rate in enumerate(RATES):
+        base = mesh[one][i]
+        cells = []
+        for label in ensembles:
+            p = mesh[label][i]
+            target = base.mesh_ms + p.compute_ms - base.compute_ms
+            cells.append(f"{p.mesh_ms:.2f} vs {target:.2f} "
+                         f"({p.mesh_ms / max(target, 1e-9):.2f}x)")
+        lines.append(f"| {rate} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _p50_99(run: Run) -> str:

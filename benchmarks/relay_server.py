@@ -3,8 +3,9 @@
 `python -m benchmarks.relay_server --stream-echo` serves the container stream
 (`ModelContainer/Predict`) and answers every query of a message with its input, in one
 message. `python -m benchmarks.relay_server --upstream HOST:PORT[,HOST:PORT...]` serves
-`Frontend/Predict` and relays each query over one long-lived stream to every upstream,
-packing every query waiting into one message, and answers once all upstreams have. No
+`Frontend/Predict` and relays each query over one long-lived stream to every upstream
+(`--copies N` times to each: an ensemble of N models served by one process), packing
+every query waiting into one message, and answers once all upstreams have. No
 validation, selection, admission, metrics or combining: a query costs gRPC alone, over
 the same processes and messages as the mesh's.
 """
@@ -70,8 +71,8 @@ class Upstream:
 
 
 class Relay(pb_grpc.FrontendServicer):
-    def __init__(self, upstreams: list[Upstream]) -> None:
-        self.upstreams = upstreams
+    def __init__(self, upstreams: list[Upstream], copies: int) -> None:
+        self.upstreams = upstreams * copies
 
     async def Predict(self, request: pb.PredictRequest,
                       context: grpc.aio.ServicerContext) -> pb.PredictResponse:
@@ -79,11 +80,11 @@ class Relay(pb_grpc.FrontendServicer):
         return pb.PredictResponse(query_id=request.query_id, output=replies[0].output)
 
 
-async def main(port: int, upstream: str) -> None:
+async def main(port: int, upstream: str, copies: int) -> None:
     server = grpc.aio.server()
     if upstream:
         pb_grpc.add_FrontendServicer_to_server(
-            Relay([Upstream(address) for address in upstream.split(",")]), server)
+            Relay([Upstream(address) for address in upstream.split(",")], copies), server)
         served = "clipper.v1.Frontend"
     else:
         pb_grpc.add_ModelContainerServicer_to_server(StreamEcho(), server)
@@ -104,5 +105,6 @@ if __name__ == "__main__":
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--upstream", default="", help="stream-echo addresses to relay to")
     mode.add_argument("--stream-echo", action="store_true")
+    parser.add_argument("--copies", type=int, default=1, help="times each query goes to each")
     args = parser.parse_args()
-    run_service(main(args.port, args.upstream))  # the same event loop as the services
+    run_service(main(args.port, args.upstream, args.copies))  # the same event loop as the services

@@ -118,11 +118,11 @@ def container_specs(args: MeshOptions, secret: str, frontend_address: str,
                 "--grace-s", str(args.grace_s), *tls_flags(args, serve=True, dial=True)]
 
     def spec(label: str, names: list[str]) -> ServiceSpec:
-        flags: list[str] = []
-        for name in names:
-            flags += ([MEMBER_SEPARATOR] if flags else []) + member(name, models[name])
+        flags = [*member(names[0], models[names[0]]), *metrics.flags()]  # the process's
+        for name in names[1:]:
+            flags += [MEMBER_SEPARATOR, *member(name, models[name])]
         return ServiceSpec(
-            label, "services.model_container", [*flags, *metrics.flags()],
+            label, "services.model_container", flags,
             stage=CONTAINER_STAGE,
             env={"CLIPPER_CONTAINER_TOKEN": ",".join(container_token(secret, name)
                                                      for name in names)},

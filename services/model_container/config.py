@@ -154,6 +154,11 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
     return args, specs
 
 
+# What the process serves with, from the first model's flags (configs_from_args).
+_PROCESS_SETTINGS = ("host", "port", "advertise_host", "metrics_port", "health_port",
+                     "max_message_bytes", "grace_s", "log_level", "log_format")
+
+
 def configs_from_args(argv: list[str]) -> list[Config]:
     """The models a container process serves: one, or several with their flags separated
     by `--and`. The process's own settings (port, host, TLS, metrics and health ports,
@@ -165,6 +170,14 @@ def configs_from_args(argv: list[str]) -> list[Config]:
         else:
             members[-1].append(arg)
     configs = [config_from_args(member) for member in members]
+    defaults = config_from_namespace(Config, SERVICE, build_parser(Config, SERVICE).parse_args(
+        []))
+    for later in configs[1:]:
+        for name in _PROCESS_SETTINGS:
+            mine = getattr(later, name)
+            require(mine in (getattr(defaults, name), getattr(configs[0], name)),
+                    f"--{name.replace('_', '-')} of model {later.name!r} is the process's "
+                    "own setting: give it with the first model's flags")
     names = [(c.name, c.version) for c in configs]
     duplicated = {f"{n}:{v}" for n, v in names if names.count((n, v)) > 1}
     require(not duplicated, f"one process serves each model version once: "

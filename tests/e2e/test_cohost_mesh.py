@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from services.common.metrics import read_metrics
 from services.mesh import digits
+from services.mesh.specs import METRICS_URLS
 from tests.e2e.test_supervisor import REAL_AGAIN_S, SLO_MS, Load, kill_under_load
 from tests.helpers.launcher import Launcher
 
@@ -42,6 +44,9 @@ def test_one_process_serves_every_model_each_its_own_replica(
     assert len({found[0].address for found in replicas.values()}) == 1
     assert f"{len(models)} model replicas in 1 container process)" in "\n".join(
         cohosted.lines)
+    urls = (cohosted.state_dir / METRICS_URLS).read_text().split()
+    assert len(urls) == 3  # selection, frontend and the one container process: each serves
+    assert all(read_metrics(url) for url in urls)
 
 
 async def test_the_ensemble_is_answered_by_all_and_a_killed_process_comes_back(

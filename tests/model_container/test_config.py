@@ -52,3 +52,16 @@ def test_one_model_version_served_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLIPPER_CONTAINER_TOKEN", container_token("a-mesh-secret-xyz", "alpha"))
     with pytest.raises(ConfigError, match="alpha:1 given twice"):
         configs_from_args([*ARGS, "--and", *ARGS])
+
+
+def test_a_later_model_cannot_set_the_process_own_settings(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLIPPER_CONTAINER_TOKEN", ",".join(
+        container_token("a-mesh-secret-xyz", name) for name in ("alpha", "beta")))
+    beta = ["--model", "tests.helpers.models:Twice", "--name", "beta"]
+    with pytest.raises(ConfigError, match="--metrics-port of model 'beta' is the process's "
+                                          "own setting: give it with the first model's flags"):
+        configs_from_args([*ARGS, "--and", *beta, "--metrics-port", "9999"])
+    # The same value as the first model's is no conflict.
+    assert len(configs_from_args([*ARGS, "--port", "7001", "--and", *beta,
+                                  "--port", "7001"])) == 2
