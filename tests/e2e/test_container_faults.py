@@ -83,18 +83,26 @@ async def test_a_crashed_worker_process_is_replaced_and_serving_goes_on(
     assert container.proc.poll() is None
 
 
+async def one_bad_query_in_a_batch(
+    mesh: Mesh, stub: pb_grpc.FrontendStub, model: str, name: str,
+) -> list[tuple[list[float], pb.PredictResponse]]:
+    """Twelve queries at once to a fresh container of `model`, the eighth with a negative
+    first value (what the test models fail on); each query with its reply."""
+    mesh.start_container(model, name, "1", "--max-batch-size", "16")
+    mesh.create_app(name, [name], slo_ms=5000, default=DEFAULT)
+    mesh.wait_connected(name, 1)
+    values = [[float(i), 1, 1, 1] for i in range(12)]
+    values[7][0] = -5.0
+    replies = await asyncio.gather(*(stub.Predict(query(name, v), timeout=10)
+                                     for v in values))
+    return list(zip(values, replies, strict=True))
+
+
 async def test_only_the_query_the_model_raises_on_gets_its_error(
     mesh: Mesh, stub: pb_grpc.FrontendStub,
 ) -> None:
-    mesh.start_container("tests.helpers.models:SlowFailsOnNegative", "poisoned", "1",
-                         "--max-batch-size", "16")
-    mesh.create_app("poisoned", ["poisoned"], slo_ms=5000, default=DEFAULT)
-    mesh.wait_connected("poisoned", 1)
-    values = [[float(i), 1, 1, 1] for i in range(12)]
-    values[5][0] = -5.0
-    replies = await asyncio.gather(*(stub.Predict(query("poisoned", v), timeout=10)
-                                     for v in values))
-    for v, reply in zip(values, replies, strict=True):
+    for v, reply in await one_bad_query_in_a_batch(
+            mesh, stub, "tests.helpers.models:SlowFailsOnNegative", "poisoned"):
         if v[0] < 0:
             assert reply.default_used and "ValueError: negative input" in reply.default_reason
         else:
@@ -107,15 +115,8 @@ async def test_an_answer_the_model_did_not_declare_fails_that_query_alone(
 ) -> None:
     """The model declares its output; the one answer of another shape, in a batch of
     good ones, fails alone (the application's default goes out, saying why)."""
-    mesh.start_container("tests.helpers.models:MisanswersOnNegative", "misanswers", "1",
-                         "--max-batch-size", "16")
-    mesh.create_app("misanswers", ["misanswers"], slo_ms=5000, default=DEFAULT)
-    mesh.wait_connected("misanswers", 1)
-    values = [[float(i), 1, 1, 1] for i in range(12)]
-    values[7][0] = -5.0
-    replies = await asyncio.gather(*(stub.Predict(query("misanswers", v), timeout=10)
-                                     for v in values))
-    for v, reply in zip(values, replies, strict=True):
+    for v, reply in await one_bad_query_in_a_batch(
+            mesh, stub, "tests.helpers.models:MisanswersOnNegative", "misanswers"):
         if v[0] < 0:
             assert reply.default_used
             assert ("does not match its declared outputs (sum: float64[]): expected shape [], "
