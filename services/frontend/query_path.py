@@ -339,6 +339,20 @@ class QueryPath:
         version: str = "",
     ) -> _FanOut:
         weights = dict(decision)
+        if len(decision) == 1:  # one model: awaited here, no task to race the deadline with
+            model = decision[0][0]
+            fan = _FanOut([], [], [], timed_out=False)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    served_by, output = await self.router.ask(model, value, deadline, version)
+            except TimeoutError:
+                fan.missing.append(model)
+                fan.timed_out = True
+            except Exception as exc:  # kept as the model's error, as below
+                _failed(fan, model, exc)
+            else:
+                fan.answers.append(Answer(model, served_by, output, weights[model]))
+            return fan
         tasks = {
             asyncio.create_task(self.router.ask(model, value, deadline, version)): model
             for model, _ in decision
@@ -349,23 +363,18 @@ class QueryPath:
         finally:
             for task in tasks:
                 task.cancel()  # no-op for finished ones; stops stragglers and our own cancel
-        answers: list[Answer] = []
-        errors: list[ClipperError] = []
-        missing = [tasks[t] for t in pending]
+        fan = _FanOut([], [tasks[t] for t in pending], [], timed_out=bool(pending))
         for task in tasks:  # policy order, so ties break the policy's way
             if task not in done:
                 continue
             model = tasks[task]
-            exc = task.exception()
-            if exc is None:
+            error = task.exception()
+            if error is None:
                 served_by, output = task.result()
-                answers.append(Answer(model, served_by, output, weights[model]))
+                fan.answers.append(Answer(model, served_by, output, weights[model]))
             else:
-                missing.append(model)
-                errors.append(exc if isinstance(exc, ClipperError) else ClipperError(repr(exc)))
-                if not isinstance(exc, ClipperError):
-                    logger.error("query to %s failed", model, exc_info=exc)
-        return _FanOut(answers, missing, errors, timed_out=bool(pending))
+                _failed(fan, model, error)
+        return fan
 
     def _fallback(self, app: Application, query_id: str, fan: _FanOut) -> Prediction:
         cause = "deadline" if fan.timed_out else "error"
@@ -383,6 +392,14 @@ class QueryPath:
         prediction = _default(app, query_id, reason, cause, fan.missing)
         prediction.congested = fan.congested
         return prediction
+
+
+def _failed(fan: _FanOut, model: str, exc: BaseException) -> None:
+    """`model` failed with `exc`: missing from the answer, its error kept."""
+    fan.missing.append(model)
+    fan.errors.append(exc if isinstance(exc, ClipperError) else ClipperError(repr(exc)))
+    if not isinstance(exc, ClipperError):
+        logger.error("query to %s failed", model, exc_info=exc)
 
 
 def _default(app: Application, query_id: str, reason: str, cause: str,

@@ -161,6 +161,10 @@ class ReplicaTable:
 
         Returns ("name:version", output)."""
         self.hedges.earn()
+        only = self.candidates(model, version)
+        if len(only) == 1:  # no other replica to hedge to or retry on: no task to race
+            return f"{model}:{only[0].record.version}", await self._attempt(
+                only[0], value, deadline)
         tried: set[str] = set()
         attempts: dict[asyncio.Task[Value], ReplicaClient] = {}
         last_error: ClipperError | None = None
