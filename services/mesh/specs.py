@@ -113,14 +113,15 @@ def container_specs(args: MeshOptions, secret: str, frontend_address: str,
     model's token (services/model_container/config.configs_from_args)."""
     logs = Path(args.state_dir) / "logs"
 
-    def member(name: str, load: list[str]) -> list[str]:
-        return [*load, "--name", name, "--version", "1", "--frontend", frontend_address,
-                "--grace-s", str(args.grace_s), *tls_flags(args, serve=True, dial=True)]
+    def member(name: str) -> list[str]:
+        return [*models[name], "--name", name, "--version", "1", "--frontend",
+                frontend_address, *tls_flags(args, serve=False, dial=True)]
 
     def spec(label: str, names: list[str]) -> ServiceSpec:
-        flags = [*member(names[0], models[names[0]]), *metrics.flags()]  # the process's
+        flags = [*member(names[0]), "--grace-s", str(args.grace_s), *metrics.flags(),
+                 *tls_flags(args, serve=True, dial=False)]  # the process's, with the first
         for name in names[1:]:
-            flags += [MEMBER_SEPARATOR, *member(name, models[name])]
+            flags += [MEMBER_SEPARATOR, *member(name)]
         return ServiceSpec(
             label, "services.model_container", flags,
             stage=CONTAINER_STAGE,

@@ -79,14 +79,15 @@ async def start(configs: list[Config]) -> Container:
         raise
     replicas = [replica for replica, _ in loaded]
     batchers = [replica.batcher for replica in replicas]
-    watchdog = LoopWatchdog(min(c.batching.batch_timeout_s or LOOP_STALL_S for c in configs))
+    # The longest stall any of the models may take on the loop (a shorter one of another
+    # model's would end the process for what this one is allowed).
+    watchdog = LoopWatchdog(max(c.batching.batch_timeout_s or LOOP_STALL_S for c in configs))
     await watchdog.start()
-    servicer = ContainerServicer(replicas, cfg.max_message_bytes)
     # Frontends dial with a credential valid for one of this process's replicas only.
-    frontends_only = token_auth(
-        [replica_credential(c.token, r.replica_id) for c, r in zip(configs, replicas,
-                                                                   strict=True)],
-        FRONTEND, "replica credential")
+    credentials = {replica_credential(c.token, r.replica_id): r.replica_id
+                   for c, r in zip(configs, replicas, strict=True)}
+    servicer = ContainerServicer(replicas, credentials, cfg.max_message_bytes)
+    frontends_only = token_auth(list(credentials), FRONTEND, "replica credential")
     server = await start_server(
         [(functools.partial(pb_grpc.add_ModelContainerServicer_to_server, servicer),
           "clipper.v1.ModelContainer")],

@@ -154,15 +154,17 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
     return args, specs
 
 
-# What the process serves with, from the first model's flags (configs_from_args).
-_PROCESS_SETTINGS = ("host", "port", "advertise_host", "metrics_port", "health_port",
-                     "max_message_bytes", "grace_s", "log_level", "log_format")
+# The process's own settings: flags of the first model only (configs_from_args).
+PROCESS_FLAGS = ("--host", "--port", "--advertise-host", "--metrics-port", "--health-port",
+                 "--max-message-bytes", "--grace-s", "--log-level", "--log-format",
+                 "--tls-cert", "--tls-key", "--tls-client-ca", "--native-threads")
 
 
 def configs_from_args(argv: list[str]) -> list[Config]:
     """The models a container process serves: one, or several with their flags separated
-    by `--and`. The process's own settings (port, host, TLS, metrics and health ports,
-    message limit, grace period, logging) are the first model's flags."""
+    by `--and`. The process's own settings (PROCESS_FLAGS: address, serving TLS, metrics
+    and health ports, message limit, grace period, logging, native threads) are given
+    with the first model's flags only; each model has its own replica id."""
     members: list[list[str]] = [[]]
     for arg in argv:
         if arg == MEMBER_SEPARATOR:
@@ -170,18 +172,18 @@ def configs_from_args(argv: list[str]) -> list[Config]:
         else:
             members[-1].append(arg)
     configs = [config_from_args(member) for member in members]
-    defaults = config_from_namespace(Config, SERVICE, build_parser(Config, SERVICE).parse_args(
-        []))
-    for later in configs[1:]:
-        for name in _PROCESS_SETTINGS:
-            mine = getattr(later, name)
-            require(mine in (getattr(defaults, name), getattr(configs[0], name)),
-                    f"--{name.replace('_', '-')} of model {later.name!r} is the process's "
-                    "own setting: give it with the first model's flags")
+    for member, later in zip(members[1:], configs[1:], strict=True):
+        given = [f for f in PROCESS_FLAGS if any(a == f or a.startswith(f + "=") for a in member)]
+        require(not given, f"{', '.join(given)} (given with model {later.name!r}) set the "
+                "process's own settings: give them with the first model's flags")
     names = [(c.name, c.version) for c in configs]
     duplicated = {f"{n}:{v}" for n, v in names if names.count((n, v)) > 1}
     require(not duplicated, f"one process serves each model version once: "
             f"{', '.join(sorted(duplicated))} given twice")
+    ids = [c.replica_id for c in configs if c.replica_id]
+    require(len(configs) == 1 or len(set(ids)) == len(ids),
+            "each model of a process is its own replica: give each its own --replica-id "
+            "(CLIPPER_CONTAINER_REPLICA_ID would name them all)")
     return configs
 
 
@@ -190,15 +192,20 @@ def _token_of(name: str, tokens: str) -> str:
     process serves, comma-separated)."""
     require(bool(tokens), "CLIPPER_CONTAINER_TOKEN must be set: this model's token, printed "
             f"by python -m services.cli tokens container {name or 'MODEL'}")
-    named = {}
+    named: dict[str, str] = {}
     for token in (t.strip() for t in tokens.split(",") if t.strip()):
         try:
-            named[token_model(token)] = token
+            model = token_model(token)
         except ValueError as exc:
             raise ConfigError(
                 f"CLIPPER_CONTAINER_TOKEN: {exc}; the shared token of older versions is no "
                 f"longer accepted: python -m services.cli tokens container {name} prints "
                 "this model's") from None
+        require(model not in named, f"CLIPPER_CONTAINER_TOKEN holds two tokens of model "
+                f"{model!r}")
+        named[model] = token
+    require(bool(named), "CLIPPER_CONTAINER_TOKEN holds no token (comma-separated, one per "
+            "model)")
     if name not in named:
         held = ", ".join(repr(n) for n in named)
         raise ConfigError(f"CLIPPER_CONTAINER_TOKEN is the token of model {held}, "

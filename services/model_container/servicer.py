@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 
 from services.common import clock, named_tensors, tensors, tracing
+from services.common.auth import bearer_token
 from services.common.channels import DEFAULT_MAX_MESSAGE_BYTES
 from services.common.errors import (
     ClipperError,
@@ -56,7 +57,8 @@ class ContainerServicer(pb_grpc.ModelContainerServicer):
     finish.
 
     A process serves one model or several, each its own replica; a query names its
-    replica (`replica_id`; empty: the only one), so that one stream from a frontend
+    replica (`replica_id`; empty: the one whose credential opened the stream, as frontends
+    that name none send it), so that one stream from a frontend
     carries the queries of every model here, and one message those of an ensemble's.
     Every response message carries the replies that were waiting (a whole batch,
     typically), as many as fit the message limit, and the replicas' current load.
@@ -65,11 +67,14 @@ class ContainerServicer(pb_grpc.ModelContainerServicer):
     AuthInterceptor checks their replica credential first (see __main__).
     """
 
-    def __init__(self, replicas: list[Replica],
+    def __init__(self, replicas: list[Replica], credentials: dict[str, str],
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
-        """`max_message_bytes`: the server's receive and send limit, stated to frontends."""
+        """`credentials`: replica credential -> replica id (a query that names no replica
+        is for the one whose credential opened its stream); `max_message_bytes`: the
+        server's receive and send limit, stated to frontends."""
         self.replicas = {r.replica_id: r for r in replicas}
         self.first = replicas[0]
+        self.credentials = credentials
         self.max_message_bytes = max_message_bytes
 
     @handle_stream_errors
@@ -80,7 +85,9 @@ class ContainerServicer(pb_grpc.ModelContainerServicer):
     ) -> AsyncIterator[pb.ContainerResponse]:
         send_limit = await accept_stream(context, self.max_message_bytes)
         replies: Replies = asyncio.Queue()
-        reader = asyncio.create_task(self._read(request_iterator, replies, send_limit))
+        own = self.replicas[self.credentials.get(bearer_token(context.invocation_metadata()),
+                                                 self.first.replica_id)]
+        reader = asyncio.create_task(self._read(request_iterator, replies, send_limit, own))
         packer = MessagePacker(replies, encoded_size, send_limit)
         metrics.streams.add(1)
         try:
@@ -90,13 +97,14 @@ class ContainerServicer(pb_grpc.ModelContainerServicer):
             metrics.streams.add(-1)
 
     async def _read(self, request_iterator: AsyncIterator[pb.ContainerRequest],
-                    replies: Replies, send_limit: int) -> None:
-        """Read queries until the stream ends, then wait for their answers and close."""
+                    replies: Replies, send_limit: int, own: Replica) -> None:
+        """Read queries until the stream ends, then wait for their answers and close;
+        a query naming no replica is for `own`."""
         async with answering(replies) as in_flight:
             async for message in request_iterator:
                 for query in message.queries:
                     try:
-                        replica = self._replica(query.replica_id)
+                        replica = self._replica(query.replica_id) if query.replica_id else own
                         value = _decode(replica, query)
                         deadline = clock.now() + query.budget_us / 1e6
                         future = replica.batcher.submit(
@@ -110,13 +118,9 @@ class ContainerServicer(pb_grpc.ModelContainerServicer):
                         query.id, replies, in_flight, send_limit, replica.answers))
 
     def _replica(self, replica_id: str) -> Replica:
-        if not replica_id and len(self.replicas) == 1:
-            return self.first
         replica = self.replicas.get(replica_id)
         if replica is None:  # a frontend's stale record: it asks another replica
-            raise Unavailable(f"replica {replica_id!r} is not served here" if replica_id else
-                              "this process serves several replicas: a query names its "
-                              "replica_id")
+            raise Unavailable(f"replica {replica_id!r} is not served here")
         return replica
 
     def _response(self, replies: list[pb.ContainerReply]) -> pb.ContainerResponse:
@@ -171,11 +175,14 @@ def _reply_when_done(
         else:
             try:
                 answers.served(future.result())
-                reply = _output_reply(query_id, future.result())
-            except ClipperError as err:
+            except ClipperError as err:  # the model's fault: INTERNAL, with what it answered
                 reply = _error_reply(query_id, err)
-            except Exception as err:
-                reply = _error_reply(query_id, ClipperError(f"cannot encode model output: {err}"))
+            else:
+                try:
+                    reply = _output_reply(query_id, future.result())
+                except Exception as err:
+                    reply = _error_reply(query_id, ClipperError(
+                        f"cannot encode model output: {err}"))
             if (size := reply.ByteSize()) > item_budget(send_limit):
                 reply = _error_reply(query_id, InvalidInput(
                     f"the model's answer of {size} bytes exceeds the {send_limit}-byte limit "

@@ -59,9 +59,34 @@ def test_a_later_model_cannot_set_the_process_own_settings(
     monkeypatch.setenv("CLIPPER_CONTAINER_TOKEN", ",".join(
         container_token("a-mesh-secret-xyz", name) for name in ("alpha", "beta")))
     beta = ["--model", "tests.helpers.models:Twice", "--name", "beta"]
-    with pytest.raises(ConfigError, match="--metrics-port of model 'beta' is the process's "
-                                          "own setting: give it with the first model's flags"):
-        configs_from_args([*ARGS, "--and", *beta, "--metrics-port", "9999"])
-    # The same value as the first model's is no conflict.
-    assert len(configs_from_args([*ARGS, "--port", "7001", "--and", *beta,
-                                  "--port", "7001"])) == 2
+    for flags in (["--metrics-port", "9999"], ["--grace-s=10"], ["--native-threads", "2"]):
+        with pytest.raises(ConfigError, match=f"{flags[0].partition('=')[0]} \\(given with "
+                                              "model 'beta'\\) set the process's own"):
+            configs_from_args([*ARGS, "--and", *beta, *flags])
+    assert configs_from_args([*ARGS, "--metrics-port", "9999", "--and", *beta])[
+        0].metrics_port == 9999
+
+
+def test_each_model_of_a_process_has_its_own_replica_id(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLIPPER_CONTAINER_TOKEN", ",".join(
+        container_token("a-mesh-secret-xyz", name) for name in ("alpha", "beta")))
+    monkeypatch.setenv("CLIPPER_CONTAINER_REPLICA_ID", "r1")
+    beta = ["--model", "tests.helpers.models:Twice", "--name", "beta"]
+    with pytest.raises(ConfigError, match="give each its own --replica-id"):
+        configs_from_args([*ARGS, "--and", *beta])
+    ids = [c.replica_id for c in configs_from_args([*ARGS, "--and", *beta,
+                                                    "--replica-id", "r2"])]
+    assert ids == ["r1", "r2"]
+
+
+@pytest.mark.parametrize(("tokens", "needle"), [
+    (",,", "holds no token"),
+    ("{a},{a}", "two tokens of model 'alpha'"),
+])
+def test_malformed_token_lists(monkeypatch: pytest.MonkeyPatch, tokens: str,
+                               needle: str) -> None:
+    a = container_token("a-mesh-secret-xyz", "alpha")
+    monkeypatch.setenv("CLIPPER_CONTAINER_TOKEN", tokens.format(a=a))
+    with pytest.raises(ConfigError, match=needle):
+        config_from_args(ARGS)
