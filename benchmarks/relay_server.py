@@ -55,7 +55,10 @@ class Upstream:
         future: asyncio.Future[pb.ContainerReply] = asyncio.get_running_loop().create_future()
         self.pending[query_id] = future
         self.waiting.put_nowait(pb.ContainerQuery(id=query_id, input=tensor))
-        return await future
+        try:
+            return await future
+        finally:
+            self.pending.pop(query_id, None)
 
     async def _messages(self) -> AsyncIterator[pb.ContainerRequest]:
         while True:
@@ -67,7 +70,9 @@ class Upstream:
     async def _read(self) -> None:
         async for message in self.call:
             for reply in message.replies:
-                self.pending.pop(reply.id).set_result(reply)
+                future = self.pending.pop(reply.id, None)
+                if future is not None and not future.done():  # else its caller gave up
+                    future.set_result(reply)
 
 
 class Relay(pb_grpc.FrontendServicer):

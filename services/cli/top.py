@@ -33,6 +33,7 @@ LATENCY_BUCKETS = "clipper_query_duration_milliseconds_bucket"
 DEFAULTS = "clipper_defaults_total"
 BATCH_SUM, BATCH_COUNT = "clipper_batch_size_sum", "clipper_batch_size_count"
 BATCH_MODEL_LABEL = "model"  # on a container's batch metrics
+MODEL_LABEL = "clipper_model"  # target_info label of a container (MODEL_ATTRIBUTE)
 
 
 def add_command(sub: Any) -> None:
@@ -109,8 +110,11 @@ def _containers(s: Snapshot) -> dict[str, tuple[float, float]]:
     model: a container process may serve several)."""
     out: dict[str, tuple[float, float]] = {}
     for m in s.metrics.values():
+        # A container from before the label: the one model its target_info names.
+        named = next((labels.get(MODEL_LABEL) for name, labels, _ in m
+                      if name == "target_info" and labels.get(MODEL_LABEL)), None)
         for name, labels, value in m:
-            model = labels.get(BATCH_MODEL_LABEL)
+            model = labels.get(BATCH_MODEL_LABEL) or named
             if model and name in (BATCH_SUM, BATCH_COUNT):
                 total, count = out.get(model, (0.0, 0.0))
                 out[model] = ((total + value, count) if name == BATCH_SUM

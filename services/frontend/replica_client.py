@@ -81,8 +81,9 @@ def _slack(query: _Outgoing) -> float:
 class SharedStream:
     """The one stream to a container process, shared by the replicas it serves (one, or
     several models in one process): each attached ReplicaClient's queries name it, and
-    each response's loads go to each. It dials with the credential of a replica attached
-    (the process takes any of its replicas'), and ends with the last one detached."""
+    each response's loads go to each. It dials with the credential of the replica attached
+    last (the process takes any of its replicas'; a process started again at the same
+    address knows only its new ones), and ends with the last one detached."""
 
     def __init__(self, address: str, tls: ClientTLS | None = None,
                  receive_limit_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
@@ -92,19 +93,28 @@ class SharedStream:
         its message (services/common/streams.Coalescer)."""
         self.replicas: dict[str, ReplicaClient] = {}
         self._credentials: dict[str, str] = {}
-        self._started = False
+        self._started = self._closed = False
 
         def open_call(channel: grpc.aio.Channel, metadata: Metadata) -> Any:
-            credential = next(iter(self._credentials.values()))  # at each (re)connect
-            return pb_grpc.ModelContainerStub(channel).Predict(
-                metadata=(*bearer(credential), *metadata))
+            return pb_grpc.ModelContainerStub(channel).Predict(  # at each (re)connect
+                metadata=(*bearer(self.dial_credential()), *metadata))
 
         self.stream: StreamClient[_Outgoing, pb.ContainerReply] = StreamClient(
-            address, open_call, _request, self._unwrap, _size,
+            address, open_call, _request, self.unwrap, _size,
             receive_limit_bytes=receive_limit_bytes, tls=tls, kind="query",
             coalesce_s=coalesce_s, slack=_slack)
 
+    def dial_credential(self) -> str:
+        """The credential of the replica attached last."""
+        return next(reversed(self._credentials.values()))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def attach(self, client: ReplicaClient, credential: str) -> None:
+        if self._closed:
+            raise RuntimeError(f"the stream to {self.stream.address} has ended")
         self.replicas[client.record.replica_id] = client
         self._credentials[client.record.replica_id] = credential
 
@@ -113,14 +123,17 @@ class SharedStream:
             self._started = True
             await self.stream.start()
 
-    async def detach(self, replica_id: str) -> None:
-        """`replica_id` no longer uses the stream: once none does, it ends."""
-        self.replicas.pop(replica_id, None)
-        self._credentials.pop(replica_id, None)
-        if not self.replicas:
+    async def detach(self, client: ReplicaClient) -> None:
+        """`client` no longer uses the stream: once no replica does, it ends."""
+        replica_id = client.record.replica_id
+        if self.replicas.get(replica_id) is client:
+            del self.replicas[replica_id], self._credentials[replica_id]
+        if not self.replicas and not self._closed:
+            self._closed = True
             await self.stream.aclose()
 
-    def _unwrap(self, response: pb.ContainerResponse) -> list[pb.ContainerReply]:
+    def unwrap(self, response: pb.ContainerResponse) -> list[pb.ContainerReply]:
+        """A response's replies; the load of each replica it reports noted."""
         if response.loads:  # several replicas in the process: each its own load
             for replica_id, load in response.loads.items():
                 client = self.replicas.get(replica_id)
@@ -143,8 +156,10 @@ class ReplicaClient:
         # As last reported by the replica with its replies.
         self.queue_depth = 0
         self.est_wait_s = 0.0
-        # Our queries to this replica not yet answered.
+        # Our queries to this replica not yet answered, and when it last answered one
+        # (clock.now(); its process may answer others' meanwhile).
         self.in_flight = 0
+        self.last_heard = 0.0
         self.health = ReplicaHealth()
         self.container = stream
         self._stream = stream.stream
@@ -171,8 +186,8 @@ class ReplicaClient:
         return self.health.record_failure(sent_at, self._stream.connected_at)
 
     def silent_since(self, moment: float) -> bool:
-        """Whether nothing has come from the replica since `moment` (clock.now() time)."""
-        return self._stream.last_heard < moment
+        """Whether no answer has come from the replica since `moment` (clock.now() time)."""
+        return self.last_heard < moment
 
     @property
     def outstanding(self) -> int:
@@ -192,7 +207,7 @@ class ReplicaClient:
         await self.container.start()
 
     async def aclose(self) -> None:
-        await self.container.detach(self.record.replica_id)
+        await self.container.detach(self)
 
     async def query(self, value: Value, deadline: float,
                     trace_context: tracing.Carrier | None = None) -> Value:
@@ -204,6 +219,7 @@ class ReplicaClient:
         try:
             reply = await self._stream.request(query_id, _Outgoing(
                 query_id, self.record.replica_id, value, deadline, trace_context), deadline)
+            self.last_heard = clock.now()
         except TimeoutError:
             raise DeadlineExpired(f"{self.record.address} did not answer in time") from None
         finally:

@@ -121,7 +121,7 @@ async def start(configs: list[Config]) -> Container:
 async def _load(cfg: Config) -> tuple[Replica, ModelSpecs]:
     """The model of `cfg` loaded and warm, as a replica (not yet served)."""
     runner = ModelRunner(cfg.source, cfg.worker, cfg.batching.concurrency,
-                         native_threads=cfg.native_threads)
+                         native_threads=cfg.native_threads, name=cfg.name)
     batcher = Batcher(runner, cfg.batching, model=cfg.name)
     await batcher.start()
     try:

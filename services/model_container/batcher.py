@@ -135,7 +135,7 @@ class Batcher:
                  latency: LatencyModel | None = None, model: str = "") -> None:
         """`model`: its name, on the batcher's metrics (a process may serve several)."""
         self.runner = runner
-        self.attributes = {"model": model} if model else {}
+        self.attributes = metrics.model_attributes(model)
         self.config = config or BatchingConfig()
         self.latency = latency or LatencyModel()
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent sizes, for tests and metrics

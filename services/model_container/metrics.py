@@ -6,6 +6,12 @@ from services.common.metrics import meter
 
 _meter = meter("clipper.container")
 
+
+def model_attributes(model: str) -> dict[str, str]:
+    """What a model's metrics are labelled with (none for a model without a name)."""
+    return {"model": model} if model else {}
+
+
 batch_size = _meter.create_histogram(
     "clipper.batch.size", description="Queries per batch run by the model")
 queue_delay = _meter.create_histogram(

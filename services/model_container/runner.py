@@ -80,7 +80,7 @@ class ModelRunner:
     """Runs `predict_batch` off the event loop, up to `workers` batches at once."""
 
     def __init__(self, source: ModelSource | str, kind: str = "thread", workers: int = 1,
-                 model: Model | None = None, native_threads: int = 1) -> None:
+                 model: Model | None = None, native_threads: int = 1, name: str = "") -> None:
         if kind not in WORKER_KINDS:
             raise ValueError(f"worker kind {kind!r}: expected one of {', '.join(WORKER_KINDS)}")
         self.source = as_source(source)
@@ -88,6 +88,7 @@ class ModelRunner:
         self.workers = workers
         self.model = model
         self.native_threads = native_threads
+        self.attributes = metrics.model_attributes(name)  # on its metrics
         # Where batches run now: "thread" or "process" (auto starts on threads).
         self.active = "process" if kind == "process" else "thread"
         self._threads: ThreadPoolExecutor | None = None
@@ -198,12 +199,13 @@ class ModelRunner:
             pool.close()
             logger.warning("the model stays on worker threads: it cannot run in a worker "
                            "process (%s)", exc)
-            metrics.worker_switches.add(1, {"to": "process", "outcome": "failed"})
+            metrics.worker_switches.add(1, {**self.attributes, "to": "process",
+                                            "outcome": "failed"})
         else:
             self._pool = pool
             self.active = "process"
             logger.info("the model now runs in %d worker process(es)", self.workers)
-            metrics.worker_switches.add(1, {"to": "process", "outcome": "ok"})
+            metrics.worker_switches.add(1, {**self.attributes, "to": "process", "outcome": "ok"})
         if self._meter is not None:
             self._meter.stop()
         self._meter = None

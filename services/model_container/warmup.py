@@ -161,7 +161,7 @@ async def warm_up(batcher: Batcher, config: WarmupConfig, specs: ModelSpecs,
             batches += 1
     batcher.latency.fit()
     report = WarmupReport(batches, clock.now() - started, first_s)
-    metrics.warmup_duration.set(report.duration_s * 1000)
+    metrics.warmup_duration.set(report.duration_s * 1000, batcher.attributes)
     line = batcher.latency.line()
     logger.info("warm-up: %d batches of sizes %s in %.1f ms (the first %.2f ms)%s",
                 report.batches, ",".join(map(str, sizes)), report.duration_s * 1000,
