@@ -112,7 +112,7 @@ class PredictionCache:
         if url in ("memory", "none"):
             memory = SimpleMemoryCache(
                 serializer=BytesSerializer(), plugins=[EntryBound(max_entries)],
-                namespace="clipper",
+                namespace="clipper", timeout=None,  # bounded here (READ_/WRITE_TIMEOUT_S)
             )
             return cls(memory if url == "memory" else None, memory, ttl_s)
         if url.startswith(CACHE_SCHEMES):
@@ -122,7 +122,7 @@ class PredictionCache:
                 db=kwargs.pop("db", 0), password=kwargs.pop("password", None),
                 connection_pool_kwargs=kwargs,
                 serializer=BytesSerializer(), namespace="clipper",
-                create_connection_timeout=1.0,
+                create_connection_timeout=1.0, timeout=None,  # bounded here, as above
             )
             return cls(redis, redis, ttl_s)
         raise ValueError(f"cache {redact_url(url)!r}: expected memory, none or "
