@@ -8,8 +8,8 @@ flight to them) and every `--metrics` URL, frontends' and containers' `/metrics`
 answered by the models: a default, shed, refused or failed, as the SLO alerts count
 them) since the frontends started, and over the last interval the rate and latency
 p50/p99; per model: the mean batch size over the last interval, from its containers
-(each batch metric names its model). `--once` prints one frame, measured over one
-interval, and exits. Figures a source did not give show as `-`.
+(by the model label of a process serving several, else by its target_info). `--once`
+prints one frame, measured over one interval, and exits. Figures a source did not give show as `-`.
 """
 
 from __future__ import annotations
@@ -106,11 +106,11 @@ def _buckets(s: Snapshot, application: str) -> dict[float, float]:
 
 
 def _containers(s: Snapshot) -> dict[str, tuple[float, float]]:
-    """model -> (batch size sum, batches) over its containers (a batch metric names its
-    model: a container process may serve several)."""
+    """model -> (batch size sum, batches) over its containers: by each batch metric's
+    model label in a process serving several models, else by its target_info's model."""
     out: dict[str, tuple[float, float]] = {}
     for m in s.metrics.values():
-        # A container from before the label: the one model its target_info names.
+        # A process serving one model: the model its target_info names.
         named = next((labels.get(MODEL_LABEL) for name, labels, _ in m
                       if name == "target_info" and labels.get(MODEL_LABEL)), None)
         for name, labels, value in m:

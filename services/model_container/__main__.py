@@ -72,7 +72,7 @@ async def start(configs: list[Config]) -> Container:
     loaded: list[tuple[Replica, ModelSpecs]] = []
     try:
         for member in configs:
-            loaded.append(await _load(member))
+            loaded.append(await _load(member, labelled=len(configs) > 1))
     except (ConfigError, ModelLoadFailed, WarmupFailed):
         for replica, _ in loaded:
             await replica.batcher.aclose()
@@ -118,11 +118,14 @@ async def start(configs: list[Config]) -> Container:
     return Container(Running(server.port, stop), batchers)
 
 
-async def _load(cfg: Config) -> tuple[Replica, ModelSpecs]:
-    """The model of `cfg` loaded and warm, as a replica (not yet served)."""
+async def _load(cfg: Config, labelled: bool) -> tuple[Replica, ModelSpecs]:
+    """The model of `cfg` loaded and warm, as a replica (not yet served); its metrics
+    `labelled` with its name when the process serves several (else target_info names it,
+    and a label would cost every record a third more)."""
+    name = cfg.name if labelled else ""
     runner = ModelRunner(cfg.source, cfg.worker, cfg.batching.concurrency,
-                         native_threads=cfg.native_threads, name=cfg.name)
-    batcher = Batcher(runner, cfg.batching, model=cfg.name)
+                         native_threads=cfg.native_threads, name=name)
+    batcher = Batcher(runner, cfg.batching, model=name)
     await batcher.start()
     try:
         specs = _specs(cfg, runner)

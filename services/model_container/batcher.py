@@ -133,7 +133,7 @@ class Load:
 class Batcher:
     def __init__(self, runner: ModelRunner, config: BatchingConfig | None = None,
                  latency: LatencyModel | None = None, model: str = "") -> None:
-        """`model`: its name, on the batcher's metrics (a process may serve several)."""
+        """`model`: its name on the batcher's metrics, when the process serves several."""
         self.runner = runner
         self.attributes = metrics.model_attributes(model)
         self.config = config or BatchingConfig()

@@ -1,4 +1,5 @@
-"""A container's metrics (labelled with the model: a process may serve several)."""
+"""A container's metrics. A process serving one model is named by its target_info
+(MODEL_ATTRIBUTE); one serving several labels each model's metrics with `model`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ _meter = meter("clipper.container")
 
 
 def model_attributes(model: str) -> dict[str, str]:
-    """What a model's metrics are labelled with (none for a model without a name)."""
+    """What a model's metrics are labelled with: none for "" (the process's only model)."""
     return {"model": model} if model else {}
 
 
