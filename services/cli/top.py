@@ -9,7 +9,8 @@ answered by the models: a default, shed, refused or failed, as the SLO alerts co
 them) since the frontends started, and over the last interval the rate and latency
 p50/p99; per model: the mean batch size over the last interval, from its containers
 (by the model label of a process serving several, else by its target_info). `--once`
-prints one frame, measured over one interval, and exits. Figures a source did not give show as `-`.
+prints one frame, measured over one interval, and exits. Figures a source did not give
+show as `-`.
 """
 
 from __future__ import annotations
