@@ -136,7 +136,10 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
     parser = build_parser(
         Config, SERVICE, prog="python -m services.model_container",
         description="Serve a model: any importable object, or a scikit-learn, ONNX, "
-        "XGBoost or LightGBM model file.")
+        "XGBoost or LightGBM model file. Several models in one process, each its own "
+        f"replica: their flags separated by {MEMBER_SEPARATOR}, the process's own settings "
+        f"({', '.join(PROCESS_FLAGS)}) with the first model's, CLIPPER_CONTAINER_TOKEN "
+        "holding each model's token, comma-separated.")
     args = parser.parse_args(argv)
     if not args.model_dir:
         return args, {}
