@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
-import grpc
 import numpy as np
 import pytest
 
@@ -36,12 +35,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         yield mesh
     finally:
         mesh.close()
-
-
-@pytest.fixture
-async def stub(mesh: Mesh) -> AsyncIterator[pb_grpc.FrontendStub]:
-    async with grpc.aio.insecure_channel(mesh.address) as channel:
-        yield pb_grpc.FrontendStub(channel)
 
 
 def batches() -> tuple[float, float]:

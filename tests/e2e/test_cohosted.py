@@ -5,7 +5,7 @@ replica at the process's one address, the frontend reaches them all over one str
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -44,12 +44,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         yield mesh
     finally:
         mesh.close()
-
-
-@pytest.fixture
-async def stub(mesh: Mesh) -> AsyncIterator[pb_grpc.FrontendStub]:
-    async with grpc.aio.insecure_channel(mesh.address) as channel:
-        yield pb_grpc.FrontendStub(channel)
 
 
 def container(mesh: Mesh) -> ServiceProcess:
