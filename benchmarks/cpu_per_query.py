@@ -68,17 +68,22 @@ def _batch_totals(urls: list[str]) -> tuple[float, float, float]:
     return ran, queries, batches
 
 
+def _sweep(address: str, payload: Path, pids: dict[str, list[int]]) -> list[Point]:
+    """ghz at each rate against `address`, with the CPU of `pids` (by kind)."""
+    ghz_run(address, payload, 50, 1)  # uncounted: first calls load code
+    points = []
+    for rate in RATES:
+        with measured(pids) as cpu:
+            run = ghz_run(address, payload, rate, RUN_S)
+        points.append(Point(rate, run, cpu))
+    return points
+
+
 def measure_echo(work: Path) -> list[Point]:
     payload = write_payload(work)
     echo = start_service("benchmarks.echo_server", ["--port", "0"], name="echo-cpu")
     try:
-        ghz_run(echo.address, payload, 50, 1)  # uncounted: first calls load code
-        points = []
-        for rate in RATES:
-            with measured({"frontend": [echo.proc.pid]}) as cpu:
-                run = ghz_run(echo.address, payload, rate, RUN_S)
-            points.append(Point(rate, run, cpu))
-        return points
+        return _sweep(echo.address, payload, {"frontend": [echo.proc.pid]})
     finally:
         echo.stop()
 
@@ -93,14 +98,8 @@ def measure_floor(work: Path, upstreams: int, copies: int) -> list[Point]:
                           ["--upstream", ",".join(e.address for e in echoes),
                            "--copies", str(copies)], name="relay")
     try:
-        ghz_run(relay.address, payload, 50, 1)  # uncounted
-        pids = {"frontend": [relay.proc.pid], "model_container": [e.proc.pid for e in echoes]}
-        points = []
-        for rate in RATES:
-            with measured(pids) as cpu:
-                run = ghz_run(relay.address, payload, rate, RUN_S)
-            points.append(Point(rate, run, cpu))
-        return points
+        return _sweep(relay.address, payload, {"frontend": [relay.proc.pid],
+                                               "model_container": [e.proc.pid for e in echoes]})
     finally:
         for service in (relay, *echoes):
             service.stop()

@@ -158,7 +158,7 @@ class ReplicaClient:
         self.est_wait_s = 0.0
         # Our queries to this replica not yet answered, and when it last answered one
         # (clock.now(); its process may answer others' meanwhile).
-        self.in_flight = 0
+        self.outstanding = 0
         self.last_heard = 0.0
         self.health = ReplicaHealth()
         self.container = stream
@@ -190,10 +190,6 @@ class ReplicaClient:
         return self.last_heard < moment
 
     @property
-    def outstanding(self) -> int:
-        return self.in_flight
-
-    @property
     def reconnects(self) -> int:
         """Times the stream to the replica was accepted again after the first."""
         return max(self._stream.connects - 1, 0)
@@ -215,7 +211,7 @@ class ReplicaClient:
         if tracing.enabled and trace_context is None and tracing.active():
             return await self._traced_query(value, deadline)
         query_id = self._stream.next_id()
-        self.in_flight += 1
+        self.outstanding += 1
         try:
             reply = await self._stream.request(query_id, _Outgoing(
                 query_id, self.record.replica_id, value, deadline, trace_context), deadline)
@@ -223,7 +219,7 @@ class ReplicaClient:
         except TimeoutError:
             raise DeadlineExpired(f"{self.record.address} did not answer in time") from None
         finally:
-            self.in_flight -= 1
+            self.outstanding -= 1
         result = reply.WhichOneof("result")
         if result == "output":
             return reply.output

@@ -96,8 +96,9 @@ class ReplicaTable:
 
     async def wait_connected(self, timeout_s: float) -> int:
         """Wait up to `timeout_s` for the streams to the replicas known now to connect;
-        return how many are not connected by then."""
-        waits = [asyncio.create_task(c.wait_connected()) for c in self.clients.values()]
+        return how many are not connected by then (one per container process)."""
+        streams = {id(c.container): c.container.stream for c in self.clients.values()}
+        waits = [asyncio.create_task(s.wait_connected()) for s in streams.values()]
         if not waits:
             return 0
         _, pending = await asyncio.wait(waits, timeout=timeout_s)

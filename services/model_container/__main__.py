@@ -125,7 +125,7 @@ async def _load(cfg: Config, labelled: bool) -> tuple[Replica, ModelSpecs]:
     name = cfg.name if labelled else ""
     runner = ModelRunner(cfg.source, cfg.worker, cfg.batching.concurrency,
                          native_threads=cfg.native_threads, name=name)
-    batcher = Batcher(runner, cfg.batching, model=name)
+    batcher = Batcher(runner, cfg.batching)
     await batcher.start()
     try:
         specs = _specs(cfg, runner)

@@ -132,10 +132,9 @@ class Load:
 
 class Batcher:
     def __init__(self, runner: ModelRunner, config: BatchingConfig | None = None,
-                 latency: LatencyModel | None = None, model: str = "") -> None:
-        """`model`: its name on the batcher's metrics, when the process serves several."""
+                 latency: LatencyModel | None = None) -> None:
         self.runner = runner
-        self.attributes = metrics.model_attributes(model)
+        self.attributes = runner.attributes  # on its metrics too
         self.config = config or BatchingConfig()
         self.latency = latency or LatencyModel()
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent sizes, for tests and metrics

@@ -88,7 +88,8 @@ class ModelRunner:
         self.workers = workers
         self.model = model
         self.native_threads = native_threads
-        self.attributes = metrics.model_attributes(name)  # on its metrics
+        # Its metrics' labels (and its batcher's): the model's name when given.
+        self.attributes = metrics.model_attributes(name)
         # Where batches run now: "thread" or "process" (auto starts on threads).
         self.active = "process" if kind == "process" else "thread"
         self._threads: ThreadPoolExecutor | None = None

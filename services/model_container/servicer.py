@@ -125,10 +125,12 @@ class ContainerServicer(pb_grpc.ModelContainerServicer):
 
     def _response(self, replies: list[pb.ContainerReply]) -> pb.ContainerResponse:
         response = pb.ContainerResponse(replies=replies)
-        _load(self.first, response.load)
-        if len(self.replicas) > 1:
-            for replica_id, replica in self.replicas.items():
-                _load(replica, response.loads[replica_id])
+        if len(self.replicas) == 1:
+            _load(self.first, response.load)
+            return response
+        for replica_id, replica in self.replicas.items():
+            _load(replica, response.loads[replica_id])
+        response.load.CopyFrom(response.loads[self.first.replica_id])
         return response
 
 
@@ -173,13 +175,14 @@ def _reply_when_done(
         elif exc is not None:
             reply = _error_reply(query_id, ClipperError("internal error"))
         else:
+            answer = future.result()
             try:
-                answers.served(future.result())
+                answers.served(answer)
             except ClipperError as err:  # the model's fault: INTERNAL, with what it answered
                 reply = _error_reply(query_id, err)
             else:
                 try:
-                    reply = _output_reply(query_id, future.result())
+                    reply = _output_reply(query_id, answer)
                 except Exception as err:
                     reply = _error_reply(query_id, ClipperError(
                         f"cannot encode model output: {err}"))
