@@ -21,7 +21,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from types import FrameType
@@ -106,12 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     secret = mesh_secret(Path(args.state_dir) / "mesh-secret")
     supervisor = Supervisor(RestartPolicy(max_backoff_s=args.max_backoff_s,
                                           max_restarts_per_min=args.max_restarts_per_min))
-    serving, stop = threading.Event(), threading.Event()
+    # Plain flags, not threading.Events: the handler runs in the main thread between two
+    # bytecodes, possibly while that thread holds an Event's lock inside its wait, and
+    # setting the Event would then wait on that lock for ever (the mesh never stopped).
+    serving = stop = False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set() or not serving.is_set():
+        nonlocal stop
+        if stop or not serving:
             raise KeyboardInterrupt  # a second signal, or still starting: kill everything
-        stop.set()
+        stop = True
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -128,9 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         assert selection is not None
         print(ready_banner(args, address, selection.address, started, management_token,
                            models), flush=True)
-        serving.set()
-        while not stop.wait(CHECK_INTERVAL_S):
+        serving = True
+        while not stop:
             supervisor.check()
+            time.sleep(CHECK_INTERVAL_S)
         for name in supervisor.down:
             logger.error("%s was left down after too many restarts", name)
         clean = supervisor.drain()
