@@ -58,9 +58,12 @@ logger = logging.getLogger(__name__)
 
 BATCHING_MODES = ("adaptive", "fixed")
 # A model idle this long because every query was refused as too slow for its deadline
-# runs the next one anyway (a late answer the frontend ignores), so that the latency
-# estimate follows a model that got faster.
-PROBE_S = 5.0
+# runs the next one anyway (a probe: a late answer the frontend ignores), so that the
+# latency estimate follows a model that got faster, or was wrongly learnt while the
+# process stalled. A fast probe resets the estimate (services/model_container/
+# latency_model.py). At most a few late answers a second from a model really too slow;
+# it was 5 s, and a model wrongly learnt as slow refused every query for minutes.
+PROBE_S = 0.25
 # A batch's timeout, unless set: this many times its high-quantile latency, at least
 # MIN_BATCH_TIMEOUT_S; before the latency is known (the first batches may warm up).
 TIMEOUT_FACTOR = 10.0
@@ -446,7 +449,8 @@ class Batcher:
             self._running_until.remove(expected_end)
         _answer(batch, outputs)
         finished = self._last_finished = clock.now()
-        self.latency.observe(len(batch), finished - started)
+        self.latency.observe(len(batch), finished - started,
+                             probe=any(item.probe for item in batch))
         self.batch_sizes.append(len(batch))
         metrics.batch_size.record(len(batch), self.attributes)
         metrics.batch_duration.record((finished - started) * 1000, self.attributes)

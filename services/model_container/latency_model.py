@@ -1,14 +1,22 @@
 """Online estimate of a model's batch latency as a function of batch size.
 
 The last `window` (batch size, latency) observations are kept. Every few
-observations a line latency = fixed + per_item * size is fitted by least
-squares (slope and intercept kept non-negative) and lifted by a high quantile
-of its residuals, so the estimate is a high quantile of the latency at each
-size, learnt at the sizes actually run and carried to the sizes not yet tried.
+observations a line latency = fixed + per_item * size is fitted (slope and
+intercept kept non-negative) through the median latency at each size seen, each
+size weighted by its count, and lifted by a high quantile of the residuals of all
+observations, so the estimate is a high quantile of the latency at each size,
+learnt at the sizes actually run and carried to the sizes not yet tried. Medians,
+not means: a few batches that waited out a stall of the process (a CPU quota's
+throttling, a busy machine at start-up) say nothing of the model, and must not
+move the line (least squares through them put a 0.1 ms model at 17-41 ms).
 While every batch seen had the same size, the estimate is that size's latency
 for any size (flat): enough to refuse queries that cannot finish in time, but
 the model is not `known`, so the batcher still sizes batches by AIMD, which
 explores other sizes until a line can be fitted.
+
+A probe, a batch run although the estimate said it would be late
+(services/model_container/batcher.py), that takes under half the typical estimate
+shows the observations are stale: they are dropped, and the line is learnt again.
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ import numpy as np
 
 MIN_SAMPLES = 8
 REFIT_EVERY = 8
+# A probe faster than this share of the typical estimate resets the model.
+STALE_SHARE = 0.5
 
 
 class LatencyModel:
@@ -37,7 +47,14 @@ class LatencyModel:
         """True once batches of two different sizes gave a line."""
         return self._fitted and not self._one_size
 
-    def observe(self, batch_size: int, latency_s: float) -> None:
+    def observe(self, batch_size: int, latency_s: float, probe: bool = False) -> None:
+        """One batch's latency; `probe`: the batch ran although it was estimated late."""
+        if probe:
+            typical = self.typical(batch_size)
+            if typical is not None and latency_s < typical * STALE_SHARE:
+                self._samples.clear()  # learnt again from the batches that now run
+                self._fitted = False
+                self._since_fit = 0
         self._samples.append((batch_size, latency_s))
         self._since_fit += 1
         if self._since_fit >= REFIT_EVERY:
@@ -83,15 +100,18 @@ class LatencyModel:
             return
         data = np.array(self._samples, dtype=float)
         sizes, latency = data[:, 0], data[:, 1]
-        self._one_size = bool(np.ptp(sizes) == 0)
+        seen, which, counts = np.unique(sizes, return_inverse=True, return_counts=True)
+        medians = np.array([np.median(latency[which == i]) for i in range(len(seen))])
+        self._one_size = len(seen) == 1
         if self._one_size:  # flat: that size's latency, whatever the size
-            per_item, fixed = 0.0, float(np.mean(latency))
-        else:
-            per_item, fixed = np.polyfit(sizes, latency, 1)
+            per_item, fixed = 0.0, float(medians[0])
+        else:  # counts as weights: polyfit squares w, so the square roots
+            per_item, fixed = np.polyfit(seen, medians, 1, w=np.sqrt(counts))
         if per_item < 0:
-            per_item, fixed = 0.0, float(np.mean(latency))
+            per_item, fixed = 0.0, float(np.median(latency))
         if fixed < 0:
-            fixed, per_item = 0.0, float(np.dot(sizes, latency) / np.dot(sizes, sizes))
+            fixed, per_item = 0.0, float(np.dot(counts * seen, medians)
+                                         / np.dot(counts * seen, seen))
         residuals = latency - (fixed + per_item * sizes)
         self._fixed_s, self._per_item_s = float(fixed), float(per_item)
         self._margin_s = max(0.0, float(np.quantile(residuals, self.quantile)))

@@ -162,3 +162,28 @@ async def test_shutdown_is_bounded_by_the_grace_period_with_a_stuck_worker(
     assert code == 0
     reply = await stub.Predict(query("stuck", [1, 0, 0, 0]), timeout=5)
     assert reply.default_used  # nothing serves it any more
+
+
+async def test_a_model_that_warmed_up_slowly_is_served_once_a_probe_shows_it_fast(
+    mesh: Mesh, stub: pb_grpc.FrontendStub,
+) -> None:
+    """Its ten warm-up batches took 40 ms each, so the container learns it too slow for
+    a 20 ms SLO; a probe (a query run anyway after a quarter of a second idle) shows it
+    fast, and it answers from then on. It once refused every query for minutes."""
+    mesh.start_container("tests.helpers.models:SlowForItsFirstBatches", "slowstart", "1",
+                         "--input-dtype", "float32", "--input-shape", "4",
+                         "--max-batch-size", "4", "--warmup-rounds", "3")
+    mesh.create_app("slowstart", ["slowstart"], slo_ms=20, default=DEFAULT)
+    mesh.wait_connected("slowstart", 1)
+    assert "a batch takes 40." in logs(mesh)  # learnt too slow
+    replies = []
+    started = time.monotonic()
+    while time.monotonic() - started < 1.5:
+        values = [float(len(replies)), 1, 1, 1]
+        reply = await stub.Predict(query("slowstart", values), timeout=5)
+        replies.append((time.monotonic() - started, values, reply))
+        await asyncio.sleep(0.02)
+    for at, values, reply in replies:
+        if at > 0.5:
+            assert not reply.default_used, reply.default_reason
+            assert tensors.decode(reply.output).item() == sum(values)

@@ -151,3 +151,17 @@ class MisanswersOnNegative:
     def predict_batch(self, inputs: list[np.ndarray]) -> Sequence[Any]:
         return [{"sum": np.full(3, float(x.sum())) if float(x.reshape(-1)[0]) < 0
                  else np.float64(x.sum())} for x in inputs]
+
+
+class SlowForItsFirstBatches:
+    """Takes 40 ms on each of its first ten batches, as when its process waits for a CPU
+    while it warms up, then answers at once: the sum of each input."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def predict_batch(self, inputs: list[np.ndarray]) -> Sequence[Any]:
+        self.batches += 1
+        if self.batches <= 10:
+            time.sleep(0.04)
+        return [np.float64(x.sum()) for x in inputs]

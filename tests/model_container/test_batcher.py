@@ -11,7 +11,7 @@ import uvloop
 
 from services.common import clock
 from services.common.errors import DeadlineExpired, Overloaded, Unavailable
-from services.model_container.batcher import Batcher, BatchingConfig, ModelFailed
+from services.model_container.batcher import PROBE_S, Batcher, BatchingConfig, ModelFailed
 from services.model_container.latency_model import LatencyModel
 from services.model_container.runner import ModelRunner
 
@@ -328,6 +328,27 @@ async def test_a_model_always_too_slow_is_learnt_refused_and_probed(
         await batcher.aclose()
 
 
+async def test_a_model_wrongly_learnt_as_too_slow_is_served_again_after_one_probe() -> None:
+    """Its latency was learnt while the process stalled (40 ms a batch; it takes well
+    under 1 ms): queries are refused as too slow, until the first probe, a quarter of
+    a second on, shows it fast; from then on queries are answered."""
+    model = InstantModel()
+    model.gate.set()
+    batcher = make_batcher(model, max_batch_size=8)
+    for _ in range(8):
+        batcher.latency.observe(1, 0.040)
+    await batcher.start()
+    try:
+        with pytest.raises(Overloaded, match="estimated wait"):
+            batcher.submit(np.array([0.0]), clock.now() + 0.010)
+        await asyncio.sleep(PROBE_S + 0.05)
+        await batcher.submit(np.array([0.0]), clock.now() + 0.010)  # the probe, fast
+        for _ in range(20):
+            await asyncio.wait_for(batcher.submit(np.array([0.0]), clock.now() + 0.010), 1)
+    finally:
+        await batcher.aclose()
+
+
 class SpinningModel:
     """Keeps the CPU busy for `cost_s` per batch, like a small scikit-learn model."""
 
@@ -346,9 +367,9 @@ class RecordingLatency(LatencyModel):
         super().__init__()
         self.seen: list[float] = []
 
-    def observe(self, batch_size: int, latency_s: float) -> None:
+    def observe(self, batch_size: int, latency_s: float, probe: bool = False) -> None:
         self.seen.append(latency_s)
-        super().observe(batch_size, latency_s)
+        super().observe(batch_size, latency_s, probe)
 
 
 def test_sub_millisecond_batches_are_timed_to_the_microsecond_on_uvloop() -> None:

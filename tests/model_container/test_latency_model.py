@@ -45,3 +45,32 @@ def test_follows_a_model_that_slows_down() -> None:
     for size in [1, 8] * 64:
         model.observe(size, 0.002 * size)
     assert model.estimate(8) == pytest.approx(0.016, rel=0.05)
+
+
+def test_batches_that_waited_out_a_stall_do_not_move_the_line() -> None:
+    """Warm-up on a busy machine: a third of the batches, at every size, waited 100 ms
+    for a CPU. The line stays the model's: least squares put it at 41 ms a batch."""
+    model = LatencyModel()
+    for round_ in range(3):
+        for size in (1, 2, 4, 8, 16, 32, 64):
+            stalled = (round_ + size) % 3 == 0
+            model.observe(size, 0.1 if stalled else 0.0001 + 0.000001 * size)
+    model.fit()
+    typical = model.typical(1)
+    assert typical is not None and typical < 0.0005
+    fixed, per_item = model.line() or (1.0, 1.0)
+    assert fixed == pytest.approx(0.0001, abs=0.0002) and per_item < 0.00001
+
+
+def test_a_fast_probe_drops_what_was_learnt_and_a_slow_one_keeps_it() -> None:
+    model = LatencyModel()
+    for _ in range(8):
+        model.observe(1, 0.040)  # learnt while the process stalled
+    assert model.typical(1) == pytest.approx(0.040)
+    model.observe(1, 0.030, probe=True)  # slower than half the estimate: it holds
+    assert model.typical(1) == pytest.approx(0.040)
+    model.observe(1, 0.0002, probe=True)  # far faster: the estimate was stale
+    assert model.typical(1) is None and model.estimate(1) is None
+    for _ in range(7):
+        model.observe(1, 0.0002)
+    assert model.typical(1) == pytest.approx(0.0002)
