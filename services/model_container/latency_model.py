@@ -100,8 +100,10 @@ class LatencyModel:
             return
         data = np.array(self._samples, dtype=float)
         sizes, latency = data[:, 0], data[:, 1]
-        seen, which, counts = np.unique(sizes, return_inverse=True, return_counts=True)
-        medians = np.array([np.median(latency[which == i]) for i in range(len(seen))])
+        order = np.lexsort((latency, sizes))  # by size, then latency
+        ordered = latency[order]
+        seen, first, counts = np.unique(sizes[order], return_index=True, return_counts=True)
+        medians = (ordered[first + (counts - 1) // 2] + ordered[first + counts // 2]) / 2
         self._one_size = len(seen) == 1
         if self._one_size:  # flat: that size's latency, whatever the size
             per_item, fixed = 0.0, float(medians[0])
