@@ -8,10 +8,9 @@ Three signals decide, all cheap to read:
   the frontend has one). Past capacity this is where queries queue, out of every
   handler's sight; while it is over half the time a query has left, queries
   are refused, which shortens the loop's turns, and the queue drains;
-- the backlog: how late the event loop runs its callbacks (`LoopLag`), twice in a
-  row (one stall already over delays nothing that comes after it). Every message and
-  every query waits behind that much work, so when it passes half the time a query
-  has left, the query is refused; and while it stays over `max_backlog_s`
+- the backlog: how late the event loop runs its callbacks (`LoopLag`). Every
+  message and every query waits behind that much work, so when it passes half the
+  time a query has left, the query is refused; and while it stays over `max_backlog_s`
   on average (one stall, a process starting beside us, does not count), every query is;
 - the work in flight: at most `max_inflight` queries at once in this process, and
   per key (the application) at most its adaptive limit, never above
@@ -57,18 +56,14 @@ class LoopLag:
     """How late this event loop runs a timer: the wait every callback has ahead of it.
 
     Sampled every `period_s`; `lag_s` follows a rise at once and decays by half each
-    sample; `sustained_s` is the same of the shorter of the last two samples' lateness,
-    which one stall already over does not raise (what admission sheds by: the queries
-    that come after such a stall do not wait behind it); `mean_s` is the moving average
+    sample, so that one stall does not shed for long; `mean_s` is its moving average
     (a fifth of each sample), which only a backlog that lasts moves.
     """
 
     def __init__(self, period_s: float = 0.005) -> None:
         self.period_s = period_s
         self.lag_s = 0.0
-        self.sustained_s = 0.0
         self.mean_s = 0.0
-        self._late_s = 0.0  # the last sample's
         self._task = BackgroundTask("loop-lag", self._sample)
 
     async def start(self) -> None:
@@ -81,14 +76,9 @@ class LoopLag:
         while True:
             due = time.monotonic() + self.period_s
             await asyncio.sleep(self.period_s)
-            self.record(max(time.monotonic() - due, 0.0))
-
-    def record(self, late_s: float) -> None:
-        """One sample: the timer ran `late_s` late."""
-        self.lag_s = max(late_s, self.lag_s / 2)
-        self.sustained_s = max(min(late_s, self._late_s), self.sustained_s / 2)
-        self._late_s = late_s
-        self.mean_s += (late_s - self.mean_s) / 5
+            late = max(time.monotonic() - due, 0.0)
+            self.lag_s = max(late, self.lag_s / 2)
+            self.mean_s += (late - self.mean_s) / 5
 
 
 ADMISSION_MODES = ("adaptive", "fixed", "off")
@@ -203,7 +193,7 @@ class Admission:
         limits = self.limits
         if limits.mode == "off":
             return
-        backlog_s, waited_s = self.lag.sustained_s, self.accept_wait_s
+        backlog_s, waited_s = self.lag.lag_s, self.accept_wait_s
         if waited_s > remaining_s * ACCEPT_SHARE:
             raise _shed(f"calls wait {waited_s * 1000:.0f} ms inside gRPC core before they "
                         f"are handled, over {ACCEPT_SHARE:.0%} of the "

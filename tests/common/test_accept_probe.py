@@ -65,30 +65,6 @@ async def test_calls_queued_behind_a_busy_loop_are_seen_and_new_queries_refused(
         await server.stop(None)
 
 
-class TimedHealth:
-    """A health stub whose next answers take the given times."""
-
-    def __init__(self, *waits_s: float) -> None:
-        self.waits_s = list(waits_s)
-
-    async def Check(self, request: health_pb2.HealthCheckRequest,
-                    **_: float) -> health_pb2.HealthCheckResponse:
-        await asyncio.sleep(self.waits_s.pop(0))
-        return health_pb2.HealthCheckResponse()
-
-
-async def test_one_slow_answer_is_a_stall_over_two_in_a_row_a_queue() -> None:
-    probe = AcceptProbe("unix:unused", lambda: True)
-    health = TimedHealth(0.0, 0.03, 0.0, 0.03, 0.03)
-    await probe._probe(health)  # type: ignore[arg-type]
-    await probe._probe(health)  # type: ignore[arg-type]
-    assert probe.wait_s < 0.01  # one slow answer: the calls after it wait no longer
-    await probe._probe(health)  # type: ignore[arg-type]
-    await probe._probe(health)  # type: ignore[arg-type]
-    await probe._probe(health)  # type: ignore[arg-type]
-    assert probe.wait_s >= 0.03  # slow twice in a row: calls queue
-
-
 async def test_an_idle_service_is_not_probed() -> None:
     server = await start_server([], "127.0.0.1", 0, probe_socket=True)
     probed = []
