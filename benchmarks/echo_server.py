@@ -14,8 +14,8 @@ from grpc_reflection.v1alpha import reflection
 from services.common.server import (
     MethodAwarePool,
     announce_ready,
+    catch_stop_signals,
     run_service,
-    wait_for_signal,
 )
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
@@ -35,8 +35,9 @@ async def main(port: int) -> None:
         pool=MethodAwarePool(descriptor_pool.Default()))
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
+    stop = catch_stop_signals()
     announce_ready("echo", bound)
-    await wait_for_signal()
+    await stop.wait()
     await server.stop(1)
 
 

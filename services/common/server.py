@@ -259,8 +259,10 @@ def freeze_startup() -> None:
     gc.freeze()
 
 
-async def wait_for_signal() -> None:
-    """Return on the first SIGTERM or SIGINT; a second one exits at once."""
+def catch_stop_signals() -> asyncio.Event:
+    """From now on, the first SIGTERM or SIGINT sets the event returned, and a second
+    exits at once. Call it before announcing ready: a launcher may signal as soon as it
+    reads that line, and a signal with no handler yet kills the process undrained."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -271,4 +273,4 @@ async def wait_for_signal() -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-    await stop.wait()
+    return stop

@@ -22,9 +22,9 @@ from services.common.metrics import meter, serve_metrics
 from services.common.server import (
     Running,
     announce_ready,
+    catch_stop_signals,
     run_service,
     start_server,
-    wait_for_signal,
 )
 from services.common.stores import open_store
 from services.common.telemetry import setup_logging
@@ -125,9 +125,10 @@ async def start(cfg: Config, now: clock.Now = clock.now) -> Running:
 
 async def main(cfg: Config) -> None:
     running = await start(cfg)
+    stop = catch_stop_signals()
     announce_ready("frontend", running.port)
     try:
-        await wait_for_signal()
+        await stop.wait()
     finally:
         await running.stop()
 

@@ -13,10 +13,10 @@ one for `--port 0`), then the others on the port it bound, and says it is ready 
 all serve. A worker that exits is reported and started again on the same port after
 a backoff (services/mesh/supervisor.py's `RestartPolicy`), while the others keep
 serving; one that keeps exiting is left down. SIGTERM or SIGINT drains every worker
-(each has `--grace-s`), then kills what is left. Workers are spawned, not forked (a
-fork would inherit gRPC's threads), sit in their own process group (a terminal's
-Ctrl-C reaches this process only, which passes it on once) and end when this
-process dies.
+(each has `--grace-s`), then kills what is left; a second one kills them at once.
+Workers are spawned, not forked (a fork would inherit gRPC's threads), sit in their
+own process group (a terminal's Ctrl-C reaches this process only, which passes it on
+once) and end when this process dies.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ from multiprocessing.process import BaseProcess
 
 from services.common.server import (
     Running,
+    catch_stop_signals,
     freeze_startup,
     run_service,
-    wait_for_signal,
 )
 from services.common.tasks import BackgroundTask
 from services.common.telemetry import setup_logging
@@ -90,9 +90,10 @@ def _end_with(parent_pid: int) -> None:
 async def _serve(start: Start, cfg: Config, link: socket.socket) -> None:
     running = await start(cfg)
     try:
+        stop = catch_stop_signals()
         freeze_startup()
         link.sendall(f"{running.port} {running.health_port}\n".encode())
-        await wait_for_signal()
+        await stop.wait()
     finally:
         await running.stop()
         link.close()
@@ -266,6 +267,9 @@ class WorkerPool:
                 process.kill()
                 process.join()
 
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal: no more grace
+            loop.add_signal_handler(sig, self._kill, processes)
         await asyncio.gather(*(asyncio.to_thread(join, p) for p in processes))
         clean = all(p.exitcode == 0 for p in processes)
         if not clean:
@@ -274,13 +278,24 @@ class WorkerPool:
         return clean
 
 
+    @staticmethod
+    def _kill(processes: list[BaseProcess]) -> None:
+        alive = [p for p in processes if p.is_alive()]
+        logger.warning("signalled again while draining: killing %d frontend workers",
+                       len(alive))
+        for process in alive:
+            process.kill()
+
+
 async def serve_workers(cfg: Config, announce: Callable[[int], None]) -> int:
     """Run `cfg.workers` workers until SIGTERM or SIGINT (or until all are left down);
     `announce(port)` once all serve. The exit code: 0 when every worker drained cleanly."""
     pool = WorkerPool(cfg)
     try:
-        announce(await pool.start())
-        signalled = asyncio.create_task(wait_for_signal())
+        port = await pool.start()
+        stop = catch_stop_signals()
+        announce(port)
+        signalled = asyncio.create_task(stop.wait())
         all_down = asyncio.create_task(pool.all_down.wait())
         await asyncio.wait([signalled, all_down], return_when=asyncio.FIRST_COMPLETED)
         for task in (signalled, all_down):

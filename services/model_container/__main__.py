@@ -24,9 +24,9 @@ from services.common.server import (
     Running,
     Server,
     announce_ready,
+    catch_stop_signals,
     run_service,
     start_server,
-    wait_for_signal,
 )
 from services.common.telemetry import setup_logging
 from services.common.tensors import TensorSpec, spec_to_proto
@@ -202,8 +202,9 @@ async def main(configs: list[Config]) -> int:
     except (ConfigError, ModelLoadFailed, WarmupFailed) as exc:
         logger.error("the model cannot be served: %s", exc)
         return 2
+    stop = catch_stop_signals()
     announce_ready("model_container", container.running.port)
-    waits = [asyncio.create_task(wait_for_signal())] + [
+    waits = [asyncio.create_task(stop.wait())] + [
         asyncio.create_task(b.unhealthy.wait()) for b in container.batchers]
     try:
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)

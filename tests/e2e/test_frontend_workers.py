@@ -7,6 +7,7 @@ through the workers' own metrics (every worker logs its metrics port).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import os
@@ -226,3 +227,33 @@ def test_workers_without_a_shared_store_are_refused_at_start(tmp_path: Path) -> 
     assert result.returncode != 0
     assert "--workers=2 needs a shared state store" in result.stderr
     assert "CLIPPER_READY" not in result.stdout
+
+
+def test_a_second_sigterm_kills_the_workers_at_once(tmp_path: Path) -> None:
+    """A worker that cannot drain (stopped: SIGSTOP) would hold the first SIGTERM for
+    the whole grace period (10 s); a second SIGTERM kills the workers and ends it."""
+    redis = RedisServer(tmp_path / "redis").start()
+    mesh = Mesh(tmp_path)
+    pids: dict[int, int] = {}
+    try:
+        mesh.start_selection(state=redis.url)
+        frontend = mesh.start_frontend("--workers", "2", "--cache", "none", state=redis.url)
+        pids = Workers(mesh, frontend, tmp_path / f"{frontend.name}.log").pids()
+        assert len(pids) == 2
+        os.kill(pids[0], signal.SIGSTOP)
+        frontend.proc.terminate()
+        time.sleep(0.5)
+        assert frontend.proc.poll() is None  # draining: waits for the stopped worker
+        started = time.monotonic()
+        frontend.proc.terminate()
+        assert frontend.proc.wait(5) != 0
+        assert time.monotonic() - started < 3
+        for pid in pids.values():
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
+        for pid in pids.values():  # nothing left behind if the test failed
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        mesh.close()
+        redis.stop()
