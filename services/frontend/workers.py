@@ -277,9 +277,9 @@ class WorkerPool:
                          ", ".join(exit_reason(p.exitcode or 0) for p in processes))
         return clean
 
-
     @staticmethod
     def _kill(processes: list[BaseProcess]) -> None:
+        """A second SIGTERM or SIGINT while the workers drain: no more grace."""
         alive = [p for p in processes if p.is_alive()]
         logger.warning("signalled again while draining: killing %d frontend workers",
                        len(alive))
