@@ -315,7 +315,8 @@ def test_pods_stopped_under_load_drain_every_query_in_flight(pods: Pods, app: st
 
     kube down alone (podman 4.3) kills every container at once, with no grace, so the
     graceful stop comes first. Every query started before the stop is answered; after
-    it, a query may only be refused (UNAVAILABLE); every container exits 0 (drained, not
+    it, a query may only be refused (UNAVAILABLE, or CANCELLED for the few that reach
+    the server as gRPC core shuts it down); every container exits 0 (drained, not
     killed at the end of its grace).
     """
     grace = {d["metadata"]["name"]:
@@ -342,6 +343,10 @@ def test_pods_stopped_under_load_drain_every_query_in_flight(pods: Pods, app: st
           f"{load.outcomes(until=stopping_at)}; from the stop on: "
           f"{load.outcomes(since=stopping_at)}; exit codes: {exits}", file=sys.stderr)
     assert set(load.outcomes(until=stopping_at)) <= {"answer", "default"}, drained_logs
-    assert set(load.outcomes(since=stopping_at)) <= {"answer", "default", "UNAVAILABLE"}, (
-        drained_logs)
+    # A query sent in the instant gRPC core shuts the server down is cancelled by it
+    # (CANCELLED; it never started): these clients dial the pod directly and never see
+    # its readiness turn, where behind a Service the preStop delay keeps them away.
+    after = load.outcomes(since=stopping_at)
+    assert set(after) <= {"answer", "default", "UNAVAILABLE", "CANCELLED"}, drained_logs
+    assert after.get("CANCELLED", 0) <= max(3, sum(after.values()) // 50), (after, drained_logs)
     assert exits == {name: "0" for name in pods.specs}, drained_logs
