@@ -63,6 +63,15 @@ class Workers:
         return {index: sample(scrape(port), "clipper_queries_total")
                 for index, port in self._latest(WORKER_METRICS).items()}
 
+    def taken(self) -> float:
+        """Queries the workers have answered or are answering (their handlers have them)."""
+        total = 0.0
+        for port in self._latest(WORKER_METRICS).values():
+            samples = scrape(port)
+            total += (sample(samples, "clipper_queries_total")
+                      + sample(samples, "clipper_admission_queries", of="inflight"))
+        return total
+
 
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
@@ -205,9 +214,15 @@ async def test_a_restarted_worker_takes_connections_once_its_streams_are_up(
 async def test_sigterm_drains_both_workers_and_loses_no_query(workers: Workers) -> None:
     async with channel_per_worker(workers) as channels:
         stubs = [pb_grpc.FrontendStub(channel) for channel in channels.values()]
+        before = await asyncio.to_thread(workers.taken)
         calls = [asyncio.ensure_future(stubs[i % 2].Predict(query(float(i)), timeout=10))
                  for i in range(40)]  # 10 ms each, one at a time: 0.4 s of work
-        await asyncio.wait(calls, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        # Every query in the workers' hands (a query still on its way when the server
+        # shuts down is refused by gRPC, not drained): then SIGTERM, with most queued.
+        deadline = time.monotonic() + 10
+        while await asyncio.to_thread(workers.taken) < before + 40:
+            assert time.monotonic() < deadline, "the workers did not take every query"
+            await asyncio.sleep(0.005)
         exit_code = await asyncio.to_thread(workers.frontend.stop, 30.0)
         replies = await asyncio.gather(*calls)
     assert exit_code == 0
