@@ -156,6 +156,21 @@ async def test_feedback_by_query_id_scores_the_first_output(
     assert sorted(scored.models) == ["heada", "headb", "headc"]
 
 
+async def test_feedback_with_named_inputs_asks_the_models_again_and_scores_them(
+    stub: pb_grpc.FrontendStub,
+) -> None:
+    scored = await stub.Feedback(pb.FeedbackRequest(
+        application="heads", inputs=_named(1), label=tensors.encode(np.int64(1))),
+        timeout=10)
+    assert sorted(scored.models) == ["heada", "headb", "headc"]
+    with pytest.raises(grpc.aio.AioRpcError) as err:  # checked as a query's would be
+        await stub.Feedback(pb.FeedbackRequest(
+            application="heads", inputs={"features": _named(1)["features"]},
+            label=tensors.encode(np.int64(1))), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "mask" in (err.value.details() or ""), err.value.details()
+
+
 def test_specs_round_trip_through_management(mesh: Mesh) -> None:
     with mesh.management() as mgmt:
         app = mgmt.GetApplication(pb.ApplicationName(name="masked"), metadata=MGMT, timeout=5)
