@@ -49,7 +49,7 @@ def test_follows_a_model_that_slows_down() -> None:
 
 def test_batches_that_waited_out_a_stall_do_not_move_the_line() -> None:
     """Warm-up on a busy machine: a third of the batches, at every size, waited 100 ms
-    for a CPU. The line stays the model's: least squares put it at 41 ms a batch."""
+    for a CPU. The line stays the model's: least squares put it at 33 ms a batch."""
     model = LatencyModel()
     for round_ in range(3):
         for size in (1, 2, 4, 8, 16, 32, 64):
