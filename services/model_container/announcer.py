@@ -82,7 +82,12 @@ class Announcer:
                     request, metadata=bearer(self.token), timeout=1.0
                 )
             except grpc.aio.AioRpcError as exc:
-                logger.warning("deregister failed: %s", exc.code().name)
+                if exc.code() == grpc.StatusCode.UNAVAILABLE:  # stopped first (make run)
+                    logger.info("frontend %s gone before this replica's deregister; it "
+                                "drops the replica when its heartbeats stop", channel.target)
+                else:
+                    logger.warning("deregister from %s failed: %s", channel.target,
+                                   exc.code().name)
             except OSError as exc:
-                logger.warning("deregister failed: %s", exc)
+                logger.warning("deregister from %s failed: %s", channel.target, exc)
             await channel.aclose()
