@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -27,18 +28,27 @@ class EchoFrontend(pb_grpc.FrontendServicer):
         return pb.PredictResponse(query_id=request.query_id, output=request.input)
 
 
-async def main(port: int) -> None:
+async def serve_bare(add: Callable[[grpc.aio.Server], None], service: str, label: str,
+                     port: int) -> None:
+    """Serve `service` (registered by `add`) on 127.0.0.1:`port` with no interceptor, no
+    health and no limit, announce `label` ready, and stop on SIGTERM or SIGINT. Reflection
+    lets ghz find the methods without proto files."""
     server = grpc.aio.server()
-    pb_grpc.add_FrontendServicer_to_server(EchoFrontend(), server)
-    reflection.enable_server_reflection(  # so that ghz finds Predict without proto files
-        ("clipper.v1.Frontend", reflection.SERVICE_NAME), server,
+    add(server)
+    reflection.enable_server_reflection(
+        (service, reflection.SERVICE_NAME), server,
         pool=MethodAwarePool(descriptor_pool.Default()))
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     stop = catch_stop_signals()
-    announce_ready("echo", bound)
+    announce_ready(label, bound)
     await stop.wait()
     await server.stop(1)
+
+
+async def main(port: int) -> None:
+    await serve_bare(lambda server: pb_grpc.add_FrontendServicer_to_server(EchoFrontend(), server),
+                     "clipper.v1.Frontend", "echo", port)
 
 
 if __name__ == "__main__":

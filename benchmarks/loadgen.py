@@ -24,7 +24,7 @@ import numpy as np
 from services.common import clock
 from services.common.errors import ClipperError
 from services.frontend.records import ReplicaRecord
-from services.frontend.replica_client import ReplicaClient, SharedStream
+from services.frontend.replica_client import ReplicaClient
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 
@@ -182,8 +182,7 @@ class ContainerStream:
 
         self.input = tensors.encode(value)
         self.slo_s = slo_s
-        self._client = ReplicaClient(ReplicaRecord("bench", "bench", "1", address), credential,
-                                     SharedStream(address))
+        self._client = ReplicaClient(ReplicaRecord("bench", "bench", "1", address), credential)
 
     async def __aenter__(self) -> ContainerStream:
         await self._client.start()

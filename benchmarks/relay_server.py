@@ -18,15 +18,9 @@ import itertools
 from collections.abc import AsyncIterator
 
 import grpc
-from google.protobuf import descriptor_pool
-from grpc_reflection.v1alpha import reflection
 
-from services.common.server import (
-    MethodAwarePool,
-    announce_ready,
-    catch_stop_signals,
-    run_service,
-)
+from benchmarks.echo_server import serve_bare
+from services.common.server import run_service
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 
@@ -86,23 +80,14 @@ class Relay(pb_grpc.FrontendServicer):
 
 
 async def main(port: int, upstream: str, copies: int) -> None:
-    server = grpc.aio.server()
     if upstream:
-        pb_grpc.add_FrontendServicer_to_server(
-            Relay([Upstream(address) for address in upstream.split(",")], copies), server)
-        served = "clipper.v1.Frontend"
+        relay = Relay([Upstream(address) for address in upstream.split(",")], copies)
+        await serve_bare(lambda server: pb_grpc.add_FrontendServicer_to_server(relay, server),
+                         "clipper.v1.Frontend", "relay", port)
     else:
-        pb_grpc.add_ModelContainerServicer_to_server(StreamEcho(), server)
-        served = "clipper.v1.ModelContainer"
-    reflection.enable_server_reflection(  # so that ghz finds Predict without proto files
-        (served, reflection.SERVICE_NAME), server,
-        pool=MethodAwarePool(descriptor_pool.Default()))
-    bound = server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    stop = catch_stop_signals()
-    announce_ready("relay" if upstream else "stream-echo", bound)
-    await stop.wait()
-    await server.stop(1)
+        await serve_bare(
+            lambda server: pb_grpc.add_ModelContainerServicer_to_server(StreamEcho(), server),
+            "clipper.v1.ModelContainer", "stream-echo", port)
 
 
 if __name__ == "__main__":

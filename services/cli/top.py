@@ -24,7 +24,7 @@ from typing import Any
 
 import grpc
 
-from services.common.metrics import Samples, read_metrics, sample
+from services.common.metrics import MODEL_METRIC_LABEL, Samples, read_metrics, sample
 from services.generated.clipper.v1 import clipper_pb2 as pb
 from services.generated.clipper.v1 import clipper_pb2_grpc as pb_grpc
 
@@ -33,7 +33,6 @@ QUERIES = "clipper_queries_total"
 LATENCY_BUCKETS = "clipper_query_duration_milliseconds_bucket"
 DEFAULTS = "clipper_defaults_total"
 BATCH_SUM, BATCH_COUNT = "clipper_batch_size_sum", "clipper_batch_size_count"
-BATCH_MODEL_LABEL = "model"  # on a container's batch metrics
 MODEL_LABEL = "clipper_model"  # target_info label of a container (MODEL_ATTRIBUTE)
 
 
@@ -115,7 +114,7 @@ def _containers(s: Snapshot) -> dict[str, tuple[float, float]]:
         named = next((labels.get(MODEL_LABEL) for name, labels, _ in m
                       if name == "target_info" and labels.get(MODEL_LABEL)), None)
         for name, labels, value in m:
-            model = labels.get(BATCH_MODEL_LABEL) or named
+            model = labels.get(MODEL_METRIC_LABEL) or named
             if model and name in (BATCH_SUM, BATCH_COUNT):
                 total, count = out.get(model, (0.0, 0.0))
                 out[model] = ((total + value, count) if name == BATCH_SUM

@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 # models; its batch and refusal metrics name their model in a `model` label).
 MODEL_ATTRIBUTE = "clipper.model"
 VERSION_ATTRIBUTE = "clipper.model.version"
+MODEL_METRIC_LABEL = "model"
 
 
 def meter(name: str) -> metrics.Meter:

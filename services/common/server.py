@@ -259,17 +259,21 @@ def freeze_startup() -> None:
     gc.freeze()
 
 
-def catch_stop_signals() -> asyncio.Event:
+def catch_stop_signals(on_again: Callable[[], None] | None = None) -> asyncio.Event:
     """From now on, the first SIGTERM or SIGINT sets the event returned, and a second
-    exits at once. Call it before announcing ready: a launcher may signal as soon as it
-    reads that line, and a signal with no handler yet kills the process undrained."""
+    calls `on_again` (default: exit at once). Call it before announcing ready: a launcher
+    may signal as soon as it reads that line, and a signal with no handler yet kills the
+    process undrained."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
     def on_signal() -> None:
-        if stop.is_set():
+        if not stop.is_set():
+            stop.set()
+        elif on_again is not None:
+            on_again()
+        else:
             raise SystemExit(1)
-        stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)

@@ -82,8 +82,6 @@ class StreamClient(Generic[Item, Reply]):
         self.send_limit_bytes = DEFAULT_MAX_MESSAGE_BYTES
         # When the current stream was accepted (clock.now(); 0 before the first).
         self.connected_at = 0.0
-        # When a response last came (clock.now()).
-        self.last_heard = 0.0
         # Streams accepted so far (more than one: it reconnected).
         self.connects = 0
         self._connected = asyncio.Event()
@@ -107,10 +105,6 @@ class StreamClient(Generic[Item, Reply]):
 
     async def wait_connected(self) -> None:
         await self._connected.wait()
-
-    @property
-    def outstanding(self) -> int:
-        return len(self._pending)
 
     async def start(self) -> None:
         self._task.start()
@@ -186,13 +180,12 @@ class StreamClient(Generic[Item, Reply]):
             writer = asyncio.create_task(pump(
                 MessagePacker(self._outbox, self._measure, self.send_limit_bytes),
                 call, self._wrap, self._coalescer))
-            self.connected_at = self.last_heard = clock.now()
+            self.connected_at = clock.now()
             self.connects += 1
             self._connected.set()
             logger.info("connected to %s (messages up to %d bytes)", self.address,
                         self.send_limit_bytes)
             async for response in call:
-                self.last_heard = clock.now()
                 for reply in self._unwrap(response):
                     future = self._pending.get(reply.id)
                     if future is not None and not future.done():

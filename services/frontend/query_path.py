@@ -338,9 +338,8 @@ class QueryPath:
         self, decision: list[tuple[str, float]], value: Value, deadline: float,
         version: str = "",
     ) -> _FanOut:
-        weights = dict(decision)
         if len(decision) == 1:  # one model: awaited here, no task to race the deadline with
-            model = decision[0][0]
+            model, weight = decision[0]
             fan = _FanOut([], [], [], timed_out=False)
             try:
                 async with asyncio.timeout_at(deadline):
@@ -351,8 +350,9 @@ class QueryPath:
             except Exception as exc:  # kept as the model's error, as below
                 _failed(fan, model, exc)
             else:
-                fan.answers.append(Answer(model, served_by, output, weights[model]))
+                fan.answers.append(Answer(model, served_by, output, weight))
             return fan
+        weights = dict(decision)
         tasks = {
             asyncio.create_task(self.router.ask(model, value, deadline, version)): model
             for model, _ in decision

@@ -91,8 +91,7 @@ class SharedStream:
         """`receive_limit_bytes`: the largest reply message taken (the container packs its
         replies to fit); `coalesce_s`: the longest a query is held for others to share
         its message (services/common/streams.Coalescer)."""
-        self.replicas: dict[str, ReplicaClient] = {}
-        self._credentials: dict[str, str] = {}
+        self.replicas: dict[str, ReplicaClient] = {}  # in the order attached
         self._started = self._closed = False
 
         def open_call(channel: grpc.aio.Channel, metadata: Metadata) -> Any:
@@ -106,17 +105,16 @@ class SharedStream:
 
     def dial_credential(self) -> str:
         """The credential of the replica attached last."""
-        return next(reversed(self._credentials.values()))
+        return next(reversed(self.replicas.values())).credential
 
     @property
     def closed(self) -> bool:
         return self._closed
 
-    def attach(self, client: ReplicaClient, credential: str) -> None:
+    def attach(self, client: ReplicaClient) -> None:
         if self._closed:
             raise RuntimeError(f"the stream to {self.stream.address} has ended")
         self.replicas[client.record.replica_id] = client
-        self._credentials[client.record.replica_id] = credential
 
     async def start(self) -> None:
         if not self._started:
@@ -127,7 +125,7 @@ class SharedStream:
         """`client` no longer uses the stream: once no replica does, it ends."""
         replica_id = client.record.replica_id
         if self.replicas.get(replica_id) is client:
-            del self.replicas[replica_id], self._credentials[replica_id]
+            del self.replicas[replica_id]
         if not self.replicas and not self._closed:
             self._closed = True
             await self.stream.aclose()
@@ -149,10 +147,12 @@ class ReplicaClient:
     """Sends queries to one replica over its container's stream and matches the replies."""
 
     def __init__(self, record: ReplicaRecord, credential: str,
-                 stream: SharedStream) -> None:
+                 stream: SharedStream | None = None) -> None:
         """`credential`: the replica credential (services/common/credentials.py);
-        `stream`: the one to the replica's container process (at `record.address`)."""
+        `stream`: the one to the replica's container process (at `record.address`),
+        shared with its other replicas (default: a stream of its own)."""
         self.record = record
+        self.credential = credential
         # As last reported by the replica with its replies.
         self.queue_depth = 0
         self.est_wait_s = 0.0
@@ -161,9 +161,9 @@ class ReplicaClient:
         self.outstanding = 0
         self.last_heard = 0.0
         self.health = ReplicaHealth()
-        self.container = stream
-        self._stream = stream.stream
-        stream.attach(self, credential)
+        self.container = stream or SharedStream(record.address)
+        self._stream = self.container.stream
+        self.container.attach(self)
 
     def reported(self, load: pb.ReplicaLoad) -> None:
         """The replica's load, as a response just said."""

@@ -97,8 +97,8 @@ class ReplicaTable:
     async def wait_connected(self, timeout_s: float) -> int:
         """Wait up to `timeout_s` for the streams to the replicas known now to connect;
         return how many are not connected by then (one per container process)."""
-        streams = {id(c.container): c.container.stream for c in self.clients.values()}
-        waits = [asyncio.create_task(s.wait_connected()) for s in streams.values()]
+        streams = {c.container.stream for c in self.clients.values()}
+        waits = [asyncio.create_task(s.wait_connected()) for s in streams]
         if not waits:
             return 0
         _, pending = await asyncio.wait(waits, timeout=timeout_s)
@@ -162,10 +162,10 @@ class ReplicaTable:
 
         Returns ("name:version", output)."""
         self.hedges.earn()
-        only = self.candidates(model, version)
-        if len(only) == 1:  # no other replica to hedge to or retry on: no task to race
-            return f"{model}:{only[0].record.version}", await self._attempt(
-                only[0], value, deadline)
+        live = self.candidates(model, version)
+        if len(live) == 1:  # no other replica to hedge to or retry on: no task to race
+            return f"{model}:{live[0].record.version}", await self._attempt(
+                live[0], value, deadline)
         tried: set[str] = set()
         attempts: dict[asyncio.Task[Value], ReplicaClient] = {}
         last_error: ClipperError | None = None
@@ -179,8 +179,9 @@ class ReplicaTable:
         try:
             while True:
                 now = clock.now()
-                if not attempts:
-                    client = self._pick(model, version, tried, allow_ejected=True)
+                if not attempts:  # the first pick, or a retry (on replicas live now)
+                    client = self._pick(self.candidates(model, version) if tried else live,
+                                        tried, allow_ejected=True)
                     if client is None:
                         if last_error is not None:
                             raise last_error
@@ -191,7 +192,8 @@ class ReplicaTable:
                         hedge_at = now + HEDGE_AFTER_SHARE * (deadline - now)
                 elif now >= hedge_at:
                     hedge_at, hedged = math.inf, True
-                    other = self._pick(model, version, tried, allow_ejected=False)
+                    other = self._pick(self.candidates(model, version), tried,
+                                       allow_ejected=False)
                     if other is not None and self.hedges.spend():
                         attempt(other)
                         metrics.hedges.add(1, {"model": model})
@@ -212,13 +214,12 @@ class ReplicaTable:
             for task in attempts:
                 task.cancel()  # the other attempt lost the race, or the caller gave up
 
-    def _pick(self, model: str, version: str, tried: set[str],
+    def _pick(self, live: list[ReplicaClient], tried: set[str],
               allow_ejected: bool) -> ReplicaClient | None:
-        """A replica not tried yet; an ejected one only when no other is left and
-        `allow_ejected` (a degraded replica is better than none)."""
+        """One of the `live` replicas not tried yet; an ejected one only when no other is
+        left and `allow_ejected` (a degraded replica is better than none)."""
         now = clock.now()
-        fresh = [c for c in self.candidates(model, version)
-                 if c.record.replica_id not in tried]
+        fresh = [c for c in live if c.record.replica_id not in tried]
         serving = [c for c in fresh if not c.ejected_for(now)]
         pool = serving or (fresh if allow_ejected else [])
         return choose(pool) if pool else None

@@ -267,9 +267,6 @@ class WorkerPool:
                 process.kill()
                 process.join()
 
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal: no more grace
-            loop.add_signal_handler(sig, self._kill, processes)
         await asyncio.gather(*(asyncio.to_thread(join, p) for p in processes))
         clean = all(p.exitcode == 0 for p in processes)
         if not clean:
@@ -277,10 +274,10 @@ class WorkerPool:
                          ", ".join(exit_reason(p.exitcode or 0) for p in processes))
         return clean
 
-    @staticmethod
-    def _kill(processes: list[BaseProcess]) -> None:
-        """A second SIGTERM or SIGINT while the workers drain: no more grace."""
-        alive = [p for p in processes if p.is_alive()]
+    def kill(self) -> None:
+        """Kill every worker still alive, at once (signalled again while they drain)."""
+        alive = [w.process for w in self._workers
+                 if w.process is not None and w.process.is_alive()]
         logger.warning("signalled again while draining: killing %d frontend workers",
                        len(alive))
         for process in alive:
@@ -293,7 +290,7 @@ async def serve_workers(cfg: Config, announce: Callable[[int], None]) -> int:
     pool = WorkerPool(cfg)
     try:
         port = await pool.start()
-        stop = catch_stop_signals()
+        stop = catch_stop_signals(on_again=pool.kill)
         announce(port)
         signalled = asyncio.create_task(stop.wait())
         all_down = asyncio.create_task(pool.all_down.wait())

@@ -69,15 +69,14 @@ async def start(configs: list[Config]) -> Container:
     serve_metrics("model_container", cfg.host, cfg.metrics_port,
                   {MODEL_ATTRIBUTE: ",".join(c.name for c in configs),
                    VERSION_ATTRIBUTE: ",".join(c.version for c in configs)})
-    loaded: list[tuple[Replica, ModelSpecs]] = []
+    replicas: list[Replica] = []
     try:
         for member in configs:
-            loaded.append(await _load(member, labelled=len(configs) > 1))
+            replicas.append(await _load(member, labelled=len(configs) > 1))
     except (ConfigError, ModelLoadFailed, WarmupFailed):
-        for replica, _ in loaded:
+        for replica in replicas:
             await replica.batcher.aclose()
         raise
-    replicas = [replica for replica, _ in loaded]
     batchers = [replica.batcher for replica in replicas]
     # The longest stall any of the models may take on the loop (a shorter one of another
     # model's would end the process for what this one is allowed).
@@ -99,8 +98,8 @@ async def start(configs: list[Config]) -> Container:
         interceptors=[AuthInterceptor(
             rules_for(pb.DESCRIPTOR.services_by_name["ModelContainer"], frontends_only))],
     )
-    announcers = [_announcer(member, replica, specs, f"{cfg.advertise_host}:{server.port}")
-                  for member, (replica, specs) in zip(configs, loaded, strict=True)]
+    announcers = [_announcer(member, replica, f"{cfg.advertise_host}:{server.port}")
+                  for member, replica in zip(configs, replicas, strict=True)]
     for announcer in announcers:
         await announcer.start()
     for member, announcer in zip(configs, announcers, strict=True):
@@ -118,7 +117,7 @@ async def start(configs: list[Config]) -> Container:
     return Container(Running(server.port, stop), batchers)
 
 
-async def _load(cfg: Config, labelled: bool) -> tuple[Replica, ModelSpecs]:
+async def _load(cfg: Config, labelled: bool) -> Replica:
     """The model of `cfg` loaded and warm, as a replica (not yet served); its metrics
     `labelled` with its name when the process serves several (else target_info names it,
     and a label would cost every record a third more)."""
@@ -135,12 +134,11 @@ async def _load(cfg: Config, labelled: bool) -> tuple[Replica, ModelSpecs]:
     except (ConfigError, WarmupFailed):
         await batcher.aclose()
         raise
-    replica = Replica(cfg.replica_id or uuid.uuid4().hex, batcher, specs.input_spec,
-                      specs.inputs, answers)
-    return replica, specs
+    return Replica(cfg.replica_id or uuid.uuid4().hex, batcher, specs.input_spec,
+                   specs.inputs, answers)
 
 
-def _announcer(cfg: Config, replica: Replica, specs: ModelSpecs, address: str) -> Announcer:
+def _announcer(cfg: Config, replica: Replica, address: str) -> Announcer:
     """What keeps the frontends told of `replica`, served at `address`."""
     announce = pb.AnnounceRequest(
         model=cfg.name,
@@ -150,10 +148,10 @@ def _announcer(cfg: Config, replica: Replica, specs: ModelSpecs, address: str) -
         # Proves to the frontends that later announces come from this process.
         replica_secret=secrets.token_urlsafe(32),
     )
-    if specs.input_spec is not None:
-        announce.input_spec.CopyFrom(spec_to_proto(specs.input_spec))
-    announce.inputs.extend(spec_to_proto(spec) for spec in specs.inputs)
-    announce.outputs.extend(spec_to_proto(spec) for spec in specs.outputs)
+    if replica.input_spec is not None:
+        announce.input_spec.CopyFrom(spec_to_proto(replica.input_spec))
+    announce.inputs.extend(spec_to_proto(spec) for spec in replica.inputs)
+    announce.outputs.extend(spec_to_proto(spec) for spec in replica.answers.outputs)
     return Announcer(list(cfg.frontends), announce, cfg.token, cfg.heartbeat_s,
                      tls=cfg.client_tls)
 

@@ -138,6 +138,9 @@ class Batcher:
                  latency: LatencyModel | None = None) -> None:
         self.runner = runner
         self.attributes = runner.attributes  # on its metrics too
+        # Each refusal reason's labels, made once (refusals come per query past capacity).
+        self._refused = {reason: {**self.attributes, "reason": reason} for reason in
+                         ("unhealthy", "shutting_down", "expired", "overloaded")}
         self.config = config or BatchingConfig()
         self.latency = latency or LatencyModel()
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent sizes, for tests and metrics
@@ -200,23 +203,23 @@ class Batcher:
         loop = asyncio.get_running_loop()
         now = clock.now()
         if self.unhealthy.is_set():
-            metrics.refused.add(1, {**self.attributes, "reason": "unhealthy"})
+            metrics.refused.add(1, self._refused["unhealthy"])
             raise Unavailable(f"replica is unhealthy: {self.unhealthy_reason}")
         if self._draining:
-            metrics.refused.add(1, {**self.attributes, "reason": "shutting_down"})
+            metrics.refused.add(1, self._refused["shutting_down"])
             raise Unavailable("replica is shutting down")
         if deadline <= now:
-            metrics.refused.add(1, {**self.attributes, "reason": "expired"})
+            metrics.refused.add(1, self._refused["expired"])
             raise DeadlineExpired("query arrived after its deadline")
         if len(self._heap) >= self.config.max_queue:
-            metrics.refused.add(1, {**self.attributes, "reason": "overloaded"})
+            metrics.refused.add(1, self._refused["overloaded"])
             raise Overloaded(f"queue full ({self.config.max_queue} queries waiting)")
         probe = False
         if self.config.mode == "adaptive":
             wait_s = self.estimated_wait(now)
             if wait_s is not None and now + wait_s > deadline:
                 if self._idle_for(now) <= PROBE_S:
-                    metrics.refused.add(1, {**self.attributes, "reason": "overloaded"})
+                    metrics.refused.add(1, self._refused["overloaded"])
                     raise Overloaded(
                         f"estimated wait {wait_s * 1000:.1f} ms exceeds the "
                         f"{(deadline - now) * 1000:.1f} ms left"
@@ -377,7 +380,7 @@ class Batcher:
                 heapq.heappop(self._heap)
             elif head.deadline <= now + alone and not head.probe:
                 heapq.heappop(self._heap)
-                metrics.refused.add(1, {**self.attributes, "reason": "expired"})
+                metrics.refused.add(1, self._refused["expired"])
                 head.future.set_exception(
                     DeadlineExpired("cannot finish before its deadline; not run")
                 )

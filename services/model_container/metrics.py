@@ -3,14 +3,14 @@
 
 from __future__ import annotations
 
-from services.common.metrics import meter
+from services.common.metrics import MODEL_METRIC_LABEL, meter
 
 _meter = meter("clipper.container")
 
 
 def model_attributes(model: str) -> dict[str, str]:
     """What a model's metrics are labelled with: none for "" (the process's only model)."""
-    return {"model": model} if model else {}
+    return {MODEL_METRIC_LABEL: model} if model else {}
 
 
 batch_size = _meter.create_histogram(

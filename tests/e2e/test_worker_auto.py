@@ -18,7 +18,7 @@ from services.common.errors import ClipperError, DeadlineExpired, Overloaded
 from services.common.metrics import sample, scrape
 from services.common.processes import ServiceProcess, free_port, start_service
 from services.frontend.registry import ReplicaRecord
-from services.frontend.replica_client import ReplicaClient, SharedStream
+from services.frontend.replica_client import ReplicaClient
 from testkit.mesh import MESH_SECRET, container_env
 
 BUDGET_S = 0.040  # a 40 ms SLO: a stall of a few milliseconds costs deadlines
@@ -46,8 +46,7 @@ async def load_until(proc: ServiceProcess, log: Path, pattern: str) -> list[obje
     sends them) until `pattern` shows in its log and 2 s more have passed (bounded);
     each query's answer, or its error."""
     client = ReplicaClient(ReplicaRecord("gil", "gil", "1", proc.address),
-                           replica_credential(container_token(MESH_SECRET, "gil"), "gil"),
-                           SharedStream(proc.address))
+                           replica_credential(container_token(MESH_SECRET, "gil"), "gil"))
     await client.start()
 
     async def one(i: int) -> object:
